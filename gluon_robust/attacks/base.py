@@ -1,0 +1,334 @@
+"""The attack contract, enforced once for every attack.
+
+An attack holds only hyperparameters. Calling it, ``attack(model, x, y)`` or
+``attack(model, x, y, target=t)``, runs the subclass's :meth:`Attack._run` and
+then the framework guarantees, whatever the subclass did:
+
+* the adversarial batch lies inside ``model.bounds`` and, for fixed-epsilon
+  attacks, inside the epsilon-ball of the attack's norm;
+* NaNs are replaced by the clean input;
+* it has the shape, dtype, type (NumPy or NDArray) and ctx of the input;
+* success is recomputed from a real forward pass in eval mode;
+* the model's parameters and their gradients are never touched: gradients are
+  taken with :func:`mxnet.autograd.grad` with respect to the input only.
+
+Randomness comes from one generator per sample, seeded by the attack's seed
+and the sample's bytes, so a sample's result does not depend on the batch it
+is in, and a seed reproduces a run exactly.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, nd
+
+from ..errors import ConfigError, DataError
+from .losses import LossFn
+from .norms import Norm, get_norm
+
+__all__ = ["Attack", "AttackResult", "input_gradient", "sample_generators", "check_positive", "check_int"]
+
+logger = logging.getLogger(__name__)
+
+ArrayLike = Union[nd.NDArray, np.ndarray]
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False, upper: Optional[float] = None) -> float:
+    """Validate a positive real hyperparameter; the error names it and the value received."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not np.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    if upper is not None and value > upper:
+        raise ConfigError(f"{name} must be <= {upper}, got {value!r}")
+    return float(value)
+
+
+def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    """Validate an integer hyperparameter ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns.
+
+    Attributes
+    ----------
+    x_adv : NDArray or numpy.ndarray
+        The adversarial batch, same shape, dtype, type and ctx as the input.
+    success : numpy.ndarray of bool, shape (N,)
+        Misclassified (untargeted) or classified as the target (targeted),
+        from a real forward pass on ``x_adv``.
+    distance : numpy.ndarray of float, shape (N,)
+        Perturbation size in the attack's norm.
+    predictions : numpy.ndarray of int, shape (N,)
+        The model's labels for ``x_adv``.
+    iterations : numpy.ndarray of int, shape (N,)
+        Gradient steps (white-box) or iterations spent on each sample.
+    queries : numpy.ndarray of int, shape (N,)
+        Model evaluations spent on each sample (forward or forward+backward).
+    norm : str
+        The norm of ``distance``.
+    targets : numpy.ndarray of int, optional
+        The target labels of a targeted attack.
+    """
+
+    x_adv: ArrayLike
+    success: np.ndarray
+    distance: np.ndarray
+    predictions: np.ndarray
+    iterations: np.ndarray
+    queries: np.ndarray
+    norm: str
+    targets: Optional[np.ndarray] = None
+    extras: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> float:
+        """Fraction of samples on which the attack succeeded."""
+        return float(self.success.mean()) if len(self.success) else 0.0
+
+
+def sample_generators(x: np.ndarray, seed: int) -> List[np.random.Generator]:
+    """One NumPy generator per sample, seeded by ``seed`` and the sample's bytes.
+
+    A sample therefore draws the same random numbers alone or inside any batch.
+    """
+    return [np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(xi).tobytes())]) for xi in x]
+
+
+def input_gradient(
+    model: mx.gluon.Block,
+    x: nd.NDArray,
+    y: nd.NDArray,
+    target: Optional[nd.NDArray],
+    loss: LossFn,
+    eot_samples: int = 1,
+) -> Tuple[nd.NDArray, nd.NDArray, nd.NDArray]:
+    """Gradient of a per-sample loss with respect to the input only, in eval mode.
+
+    Parameters
+    ----------
+    model : Block
+        The classifier (pixel inputs to logits).
+    x : NDArray
+        The point where the gradient is taken.
+    y, target : NDArray
+        True labels and optional targets, as float32 (N,).
+    loss : callable
+        ``loss(logits, y, target) -> (N,)``, the objective to ascend.
+    eot_samples : int
+        Average over this many forward/backward passes: Expectation over
+        Transformation (Athalye et al. 2018, "Synthesizing Robust Adversarial
+        Examples") for randomised models.
+
+    Returns
+    -------
+    grad, loss_value, logits : NDArray
+        The (averaged) gradient, loss and logits; parameters get no gradient.
+    """
+    total_grad = None
+    total_loss = None
+    for _ in range(eot_samples):
+        xv = x.copy()
+        xv.attach_grad()
+        with autograd.record(train_mode=False):
+            logits = model(xv)
+            value = loss(logits, y, target)
+        (grad,) = autograd.grad(value, [xv], retain_graph=False)
+        total_grad = grad if total_grad is None else total_grad + grad
+        total_loss = value if total_loss is None else total_loss + value
+    if eot_samples > 1:
+        total_grad = total_grad / eot_samples
+        total_loss = total_loss / eot_samples
+    return total_grad, total_loss.detach(), logits.detach()
+
+
+class Attack(abc.ABC):
+    """Base class of every attack; subclasses implement :meth:`_run` only.
+
+    Parameters
+    ----------
+    norm : str
+        Threat model: ``"linf"``, ``"l2"``, ``"l1"`` or ``"l0"``.
+    eps : float, optional
+        Radius of the threat model for fixed-epsilon attacks (in pixel units,
+        the scale of ``model.bounds``); None for minimal-perturbation attacks,
+        which the framework then does not project.
+    seed : int
+        Seed of every random draw (random starts, random targets).
+    """
+
+    #: Registry name, set by subclasses.
+    name: ClassVar[str] = "attack"
+    #: Norms the attack supports; the first is its default.
+    norms: ClassVar[Tuple[str, ...]] = ("linf",)
+    #: Whether the attack has a targeted mode.
+    supports_targeted: ClassVar[bool] = True
+
+    def __init__(self, *, norm: str, eps: Optional[float], seed: int = 0) -> None:
+        self.norm: Norm = get_norm(norm)
+        if self.norm.name not in self.norms:
+            raise ConfigError(f"{self.name} supports norms {', '.join(self.norms)}; got norm={norm!r}")
+        self.eps = None if eps is None else check_positive("eps", eps, allow_zero=True)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        self.seed = int(seed)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in sorted(vars(self).items()) if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+    # ------------------------------------------------------------------ hooks
+    @abc.abstractmethod
+    def _run(
+        self,
+        model: mx.gluon.Block,
+        x: nd.NDArray,
+        y: nd.NDArray,
+        target: Optional[nd.NDArray],
+        rngs: Sequence[np.random.Generator],
+    ) -> Tuple[nd.NDArray, Union[int, np.ndarray]]:
+        """Craft adversarial inputs.
+
+        Parameters
+        ----------
+        model : Block
+            The classifier, with ``bounds`` and ``num_classes``.
+        x : NDArray
+            Clean inputs, float32, on the model's ctx.
+        y : NDArray
+            True labels as float32 (N,).
+        target : NDArray, optional
+            Target labels (float32) for a targeted attack, else None.
+        rngs : sequence of numpy.random.Generator
+            One generator per sample.
+
+        Returns
+        -------
+        x_adv : NDArray
+            Candidate adversarial inputs; the framework projects and clips them.
+        iterations : int or numpy.ndarray
+            Steps spent, in total or per sample.
+        """
+
+    def _queries(self, iterations: np.ndarray) -> np.ndarray:
+        """Model evaluations per sample; white-box attacks spend one per iteration."""
+        return iterations
+
+    # ------------------------------------------------------------- contract
+    def __call__(
+        self,
+        model: mx.gluon.Block,
+        x: ArrayLike,
+        y: ArrayLike,
+        *,
+        target: Optional[ArrayLike] = None,
+    ) -> AttackResult:
+        """Attack a batch.
+
+        Parameters
+        ----------
+        model : Classifier
+            Pixel inputs to logits; must have ``bounds``, ``num_classes`` and ``ctx``.
+        x : NDArray or numpy.ndarray
+            Clean inputs (N, C, H, W) inside ``model.bounds``.
+        y : NDArray or numpy.ndarray
+            True labels (N,).
+        target : NDArray or numpy.ndarray, optional
+            Target labels (N,); makes the attack targeted.
+
+        Returns
+        -------
+        AttackResult
+        """
+        if target is not None and not self.supports_targeted:
+            raise ConfigError(f"{self.name} has no targeted mode")
+        ctx = getattr(model, "ctx", mx.cpu())
+        low, high = getattr(model, "bounds", (0.0, 1.0))
+        num_classes = getattr(model, "num_classes", None)
+        is_numpy = isinstance(x, np.ndarray)
+        x_np = x if is_numpy else x.asnumpy()
+        in_dtype = x_np.dtype
+        in_ctx = ctx if is_numpy else x.context
+        _check_batch(x_np, low, high, getattr(model, "input_size", None))
+        y_np = _check_labels("y", y, len(x_np), num_classes)
+        t_np = None if target is None else _check_labels("target", target, len(x_np), num_classes)
+
+        x32 = nd.array(x_np, ctx=ctx, dtype="float32")
+        y32 = nd.array(y_np, ctx=ctx, dtype="float32")
+        t32 = None if t_np is None else nd.array(t_np, ctx=ctx, dtype="float32")
+        raw, iterations = self._run(model, x32, y32, t32, sample_generators(x_np, self.seed))
+        x_adv = self._enforce(x32, raw, low, high)
+
+        predictions = _predict(model, x_adv)
+        success = predictions != y_np if t_np is None else predictions == t_np
+        distance = self.norm.distance(x_adv - x32).asnumpy().astype(np.float64)
+        iterations = np.broadcast_to(np.asarray(iterations, dtype=np.int64), (len(x_np),)).copy()
+        out = x_adv.astype(in_dtype) if in_dtype != np.float32 else x_adv
+        out = out.asnumpy() if is_numpy else out.as_in_context(in_ctx)
+        return AttackResult(
+            x_adv=out,
+            success=success,
+            distance=distance,
+            predictions=predictions,
+            iterations=iterations,
+            queries=self._queries(iterations),
+            norm=self.norm.name,
+            targets=t_np,
+        )
+
+    def _enforce(self, x: nd.NDArray, x_adv: nd.NDArray, low: float, high: float) -> nd.NDArray:
+        """Replace NaNs by the clean input, project into the eps-ball, clip to bounds."""
+        if x_adv.shape != x.shape:
+            raise RuntimeError(f"{self.name} returned shape {x_adv.shape} for input {x.shape}")
+        x_adv = x_adv.as_in_context(x.context).astype("float32")
+        x_adv = nd.where(x_adv == x_adv, x_adv, x)  # NaN != NaN
+        if self.eps is not None:
+            # Clipping to bounds moves coordinates towards x (x is inside bounds),
+            # so it never leaves the ball again.
+            x_adv = x + self.norm.project(x_adv - x, self.eps)
+        return nd.clip(x_adv, low, high)
+
+
+def _predict(model: mx.gluon.Block, x: nd.NDArray) -> np.ndarray:
+    with autograd.pause(train_mode=False):
+        return model(x).argmax(axis=1).asnumpy().astype(np.int64)
+
+
+def _check_batch(x: np.ndarray, low: float, high: float, input_size: Optional[Sequence[int]]) -> None:
+    if x.ndim < 2:
+        raise DataError(f"inputs must be a batch (N, C, H, W), got shape {x.shape}")
+    if len(x) == 0:
+        raise DataError("empty batch")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DataError(f"inputs must be floating point in pixel space {low}..{high}, got dtype {x.dtype}")
+    if input_size is not None and tuple(x.shape[1:]) != tuple(input_size):
+        raise DataError(f"inputs of shape {tuple(x.shape[1:])} do not fit the model's input size {tuple(input_size)}")
+    lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+    tol = 1e-6 * max(1.0, high - low)
+    if lo < low - tol or hi > high + tol or not np.isfinite(x).all():
+        raise DataError(f"inputs must lie inside the model bounds [{low}, {high}], got values in [{lo:.4g}, {hi:.4g}]")
+
+
+def _check_labels(name: str, labels: ArrayLike, n: int, num_classes: Optional[int]) -> np.ndarray:
+    arr = labels if isinstance(labels, np.ndarray) else (labels.asnumpy() if hasattr(labels, "asnumpy") else np.asarray(labels))
+    arr = np.asarray(arr)
+    if arr.shape != (n,):
+        raise DataError(f"{name} must have shape ({n},), got {arr.shape}")
+    if not np.all(np.equal(np.mod(arr, 1), 0)):
+        raise DataError(f"{name} must hold integer class labels")
+    arr = arr.astype(np.int64)
+    if arr.min() < 0 or (num_classes is not None and arr.max() >= num_classes):
+        raise DataError(f"{name} must be class labels in [0, {num_classes}), got values in [{arr.min()}, {arr.max()}]")
+    return arr

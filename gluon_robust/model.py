@@ -1,0 +1,308 @@
+"""The model wrapper: the one place where preprocessing happens.
+
+A :class:`Classifier` takes pixel-space inputs (float32, NCHW, inside
+``bounds``), normalises them with a per-channel mean and std and calls the
+network. Because normalisation lives inside the model, an epsilon is always in
+pixel units: ``8/255`` means eight grey levels.
+
+:func:`load_classifier` builds one from a GluonCV zoo name, a model config
+YAML, any Gluon ``HybridBlock`` or an exported ``net-symbol.json``, and by
+default folds BatchNorm away (see :mod:`gluon_robust.folding`) so that input
+gradients are correct and fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import mxnet as mx
+import numpy as np
+from mxnet import gluon
+
+from .config import ModelConfig, family_defaults, load_config, parse_input_size, resolve_config_path
+from .errors import ConfigError, ModelError
+from .folding import fold_batchnorm, symbol_block
+from .zoo import build_zoo_net, close_matches, load_params_into, zoo_names
+
+__all__ = ["Classifier", "load_classifier", "ModelSource"]
+
+logger = logging.getLogger(__name__)
+
+ModelSource = Union[str, os.PathLike, ModelConfig, gluon.HybridBlock]
+
+
+def _as_channel_array(values: Sequence[float] | float, channels: int, name: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float32).reshape(-1)
+    if arr.size not in (1, channels):
+        raise ConfigError(f"{name} has {arr.size} values but the input has {channels} channels")
+    if name == "std" and np.any(arr <= 0):
+        raise ConfigError(f"std must be positive, got {arr.tolist()}")
+    return arr.reshape(1, -1, 1, 1)
+
+
+class Classifier(gluon.HybridBlock):
+    """A classifier on pixel-space inputs, with normalisation inside.
+
+    Parameters
+    ----------
+    net : mxnet.gluon.HybridBlock
+        The initialised network; it sees normalised inputs.
+    num_classes : int
+        Number of output scores.
+    input_size : tuple of int, optional
+        ``(C, H, W)`` of one input, when known.
+    mean, std : float or sequence of float
+        Normalisation ``(x - mean) / std``: one value or one per channel.
+    bounds : tuple of float
+        Valid pixel range of the inputs, ``(low, high)``.
+    ctx : mxnet.Context
+        Where the network's parameters live and inputs are expected.
+    arch : str, optional
+        Architecture name for logs and reports; defaults to the net's class name.
+
+    Attributes
+    ----------
+    folded : bool
+        Whether BatchNorm was folded away (set by :func:`load_classifier`).
+    """
+
+    def __init__(
+        self,
+        net: gluon.HybridBlock,
+        *,
+        num_classes: int,
+        input_size: Optional[Sequence[int]] = None,
+        mean: Sequence[float] | float = 0.0,
+        std: Sequence[float] | float = 1.0,
+        bounds: Tuple[float, float] = (0.0, 1.0),
+        ctx: Optional[mx.Context] = None,
+        arch: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+            raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        low, high = (float(b) for b in bounds)
+        if not low < high:
+            raise ConfigError(f"bounds must satisfy low < high, got {tuple(bounds)}")
+        self.num_classes = int(num_classes)
+        self.input_size = parse_input_size(input_size) if input_size is not None else None
+        self.bounds = (low, high)
+        self.ctx = ctx if ctx is not None else mx.cpu()
+        self.folded = False
+        self.arch = arch or type(net).__name__
+        channels = self.input_size[0] if self.input_size else max(np.size(mean), np.size(std))
+        with self.name_scope():
+            self.net = net
+            self.mean = self.params.get_constant("mean", _as_channel_array(mean, channels, "mean"))
+            self.std = self.params.get_constant("std", _as_channel_array(std, channels, "std"))
+        self.mean.initialize(ctx=self.ctx)
+        self.std.initialize(ctx=self.ctx)
+
+    def hybrid_forward(self, F: Any, x: Any, mean: Any, std: Any) -> Any:  # noqa: N803 (Gluon's signature)
+        return self.net(F.broadcast_div(F.broadcast_sub(x, mean), std))
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Logits for a NumPy batch, computed in eval mode in chunks of ``batch_size``."""
+        out = []
+        for start in range(0, len(x), batch_size):
+            chunk = mx.nd.array(x[start : start + batch_size], ctx=self.ctx, dtype="float32")
+            out.append(self(chunk).asnumpy())
+        return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+
+    def describe(self) -> str:
+        """One line saying what this classifier is."""
+        size = "x".join(map(str, self.input_size)) if self.input_size else "any size"
+        return (
+            f"{self.arch} | {self.num_classes} classes | input {size} | bounds {self.bounds} | "
+            f"BatchNorm {'folded' if self.folded else 'as is'} | {self.ctx}"
+        )
+
+
+def _symbol_source(path: Path, params: Optional[str], ctx: mx.Context) -> gluon.SymbolBlock:
+    """Load an exported ``net-symbol.json`` (+ ``net-0000.params``) as a SymbolBlock."""
+    if params is None:
+        guess = Path(str(path).replace("-symbol.json", "-0000.params"))
+        if guess == path or not guess.is_file():
+            raise ModelError(f"no params for {path}: pass --params FILE (expected {guess.name} beside it)")
+        params = str(guess)
+    try:
+        symbol = mx.sym.load(str(path))
+    except mx.base.MXNetError:
+        raise ModelError(f"cannot read symbol file {path}: not a valid MXNet symbol JSON") from None
+    try:
+        loaded = mx.nd.load(params)
+    except mx.base.MXNetError:
+        raise ModelError(f"cannot read params file {params}: not a valid MXNet .params file") from None
+    names = {k.split(":", 1)[-1] for k in loaded}
+    inputs = [n for n in symbol.list_inputs() if n not in names]
+    if len(inputs) != 1:
+        raise ModelError(f"symbol {path} must have exactly one input not in the params, found {inputs}")
+    stripped = {k.split(":", 1)[-1]: v for k, v in loaded.items()}
+    return symbol_block(symbol, stripped, ctx, input_name=inputs[0], hybridize=False, freeze=False)
+
+
+def _resolve(
+    source: ModelSource, classes: Optional[int], params: Optional[str], pretrained: bool, ctx: mx.Context
+) -> Tuple[gluon.HybridBlock, dict]:
+    """Build the network and the defaults (mean, std, input size, classes) its source implies."""
+    if isinstance(source, gluon.HybridBlock):
+        if params:
+            load_params_into(source, params, ctx)
+        return source, {"arch": type(source).__name__}
+    if isinstance(source, ModelConfig):
+        config = source
+    else:
+        text = str(source)
+        if text.endswith(".json"):
+            return _symbol_source(Path(text), params, ctx), {"arch": Path(text).name.replace("-symbol.json", "")}
+        if text.endswith((".yaml", ".yml")) or (text not in zoo_names() and _is_bundled_config(text)):
+            config = load_config(text)
+        else:
+            net = build_zoo_net(text, classes, pretrained, ctx)
+            defaults = dict(family_defaults(text), arch=text.lower())
+            if classes is not None:
+                defaults["classes"] = classes
+            if params:
+                load_params_into(net, params, ctx)
+            elif not pretrained:
+                net.initialize(mx.init.Xavier(), ctx=ctx)
+            return net, defaults
+    net = build_zoo_net(config.model, classes or config.classes, pretrained and not (params or config.params), ctx)
+    weights = params or config.params
+    if weights:
+        load_params_into(net, weights, ctx)
+    elif not pretrained:
+        logger.warning("no weights given for %s: the model is freshly initialised", config.model)
+        net.initialize(mx.init.Xavier(), ctx=ctx)
+    return net, {
+        "arch": config.model,
+        "classes": config.classes,
+        "mean": config.mean,
+        "std": config.std,
+        "bounds": config.bounds,
+        "input_size": config.input_size,
+    }
+
+
+def _is_bundled_config(name: str) -> bool:
+    try:
+        resolve_config_path(name)
+    except ConfigError:
+        return False
+    return True
+
+
+def _infer_classes(net: gluon.HybridBlock, input_size: Tuple[int, int, int], ctx: mx.Context) -> int:
+    """Run one forward pass on zeros and return the number of output scores."""
+    try:
+        out = net(mx.nd.zeros((1,) + tuple(input_size), ctx=ctx))
+    except RuntimeError as err:  # Gluon's "Parameter ... has not been initialized"
+        raise ModelError(f"the model's parameters are not initialised ({str(err).splitlines()[0]}); pass params") from None
+    except mx.base.MXNetError as err:
+        detail = str(err).strip().splitlines()
+        reason = next((line for line in reversed(detail) if line.strip()), type(err).__name__)
+        raise ModelError(f"the model does not accept inputs of size {tuple(input_size)}: {reason}") from None
+    if isinstance(out, (list, tuple)):
+        raise ModelError(f"the model returns {len(out)} outputs; a classifier returns one (N, classes) array")
+    if out.ndim != 2:
+        raise ModelError(f"the model returns shape {out.shape}; a classifier returns (N, classes)")
+    return int(out.shape[1])
+
+
+def load_classifier(
+    source: ModelSource,
+    *,
+    params: Optional[str | os.PathLike] = None,
+    pretrained: bool = False,
+    classes: Optional[int] = None,
+    mean: Optional[Sequence[float] | float] = None,
+    std: Optional[Sequence[float] | float] = None,
+    bounds: Optional[Tuple[float, float]] = None,
+    input_size: Optional[int | Sequence[int]] = None,
+    ctx: Optional[mx.Context] = None,
+    fold: bool = True,
+    hybridize: bool = True,
+) -> Classifier:
+    """Build a :class:`Classifier` on pixel inputs from any model source.
+
+    Parameters
+    ----------
+    source : str, path, ModelConfig or mxnet.gluon.HybridBlock
+        A ``gluoncv.model_zoo`` name (``"resnet50_v1"``), a config YAML (or the
+        name of a bundled one, ``"mnist_resnet20"``), an exported
+        ``net-symbol.json``, or an initialised Gluon block.
+    params : str or path, optional
+        A ``.params`` file to load (``save_parameters`` or ``export`` format).
+        Overrides the config's ``params``.
+    pretrained : bool
+        Use GluonCV's published weights from the offline cache.
+    classes : int, optional
+        Number of classes; checked against the model's actual output.
+    mean, std : float or sequence of float, optional
+        Normalisation; defaults come from the config or the zoo family
+        (ImageNet or CIFAR statistics), else 0 and 1.
+    bounds : tuple of float, optional
+        Pixel range, default ``(0, 1)``.
+    input_size : int or sequence of int, optional
+        ``(C, H, W)``; needed for user blocks whose BatchNorm cannot all be folded.
+    ctx : mxnet.Context, optional
+        Device; default CPU.
+    fold : bool
+        Fold BatchNorm away (exact; correct and fast input gradients). With
+        ``False`` the network is used as it is, and MXNet's eval-mode BatchNorm
+        gradients are wrong.
+    hybridize : bool
+        Hybridise the classifier.
+
+    Returns
+    -------
+    Classifier
+        In eval mode, with every parameter frozen (``grad_req='null'``).
+
+    Raises
+    ------
+    ModelError, ConfigError
+        For an unknown name, missing or unfitting weights, or a wrong class count.
+
+    Examples
+    --------
+    >>> model = load_classifier("mnist_resnet20")
+    >>> model = load_classifier("cifar_resnet20_v1", params="net.params", ctx=mx.gpu(0))
+    """
+    ctx = ctx if ctx is not None else mx.cpu()
+    if isinstance(source, str) and not source.strip():
+        raise ModelError("no model given: pass a zoo name, a config file, a symbol file or a block")
+    net, defaults = _resolve(source, classes, str(params) if params else None, pretrained, ctx)
+    size = parse_input_size(input_size) if input_size is not None else defaults.get("input_size")
+    if size is not None:
+        actual = _infer_classes(net, size, ctx)
+        expected = classes or defaults.get("classes")
+        if expected is not None and actual != expected:
+            raise ModelError(f"the model outputs {actual} class scores but {expected} classes were expected")
+    else:
+        actual = classes
+        if actual is None:
+            raise ModelError("cannot tell the number of classes: pass classes= or input_size=")
+    if fold:
+        net = fold_batchnorm(net, input_shape=(1,) + tuple(size) if size else None, ctx=ctx, hybridize=False)
+    else:
+        logger.warning("BatchNorm not folded: MXNet 1.9.1 computes wrong eval-mode input gradients through it")
+        net.collect_params().setattr("grad_req", "null")
+    model = Classifier(
+        net,
+        num_classes=actual,
+        input_size=size,
+        mean=mean if mean is not None else defaults.get("mean", 0.0),
+        std=std if std is not None else defaults.get("std", 1.0),
+        bounds=bounds if bounds is not None else defaults.get("bounds", (0.0, 1.0)),
+        ctx=ctx,
+        arch=defaults.get("arch"),
+    )
+    model.folded = fold
+    if hybridize:
+        model.hybridize(static_alloc=True)
+    logger.info("model: %s", model.describe())
+    return model

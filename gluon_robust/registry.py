@@ -1,0 +1,67 @@
+"""A flat, GluonCV-style registry: lower-cased names, errors that list them."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Dict, Generic, List, TypeVar
+
+from .errors import ConfigError
+
+__all__ = ["Registry"]
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps lower-cased names (and aliases) to factories.
+
+    Parameters
+    ----------
+    kind : str
+        What is registered ("attack", "defence", ...), used in error messages.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._factories: Dict[str, Callable[..., T]] = {}
+        self._aliases: Dict[str, str] = {}
+
+    def register(self, name: str, *aliases: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Class decorator registering a factory under ``name`` and ``aliases``."""
+
+        def wrap(factory: Callable[..., T]) -> Callable[..., T]:
+            key = name.lower()
+            if key in self._factories:
+                raise ValueError(f"{self.kind} {key!r} registered twice")
+            self._factories[key] = factory
+            for alias in aliases:
+                self._aliases[alias.lower()] = key
+            return factory
+
+        return wrap
+
+    def names(self) -> List[str]:
+        """The registered names, sorted."""
+        return sorted(self._factories)
+
+    def resolve(self, name: str) -> str:
+        """The canonical name for ``name`` or an alias; ConfigError listing the valid names otherwise."""
+        key = str(name).strip().lower()
+        key = self._aliases.get(key, key)
+        if key not in self._factories:
+            close = difflib.get_close_matches(key, self.names() + list(self._aliases), n=3, cutoff=0.6)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"unknown {self.kind} {name!r}{hint}; valid names: {', '.join(self.names())}")
+        return key
+
+    def factory(self, name: str) -> Callable[..., T]:
+        """The factory registered under ``name``."""
+        return self._factories[self.resolve(name)]
+
+    def get(self, name: str, **kwargs: object) -> T:
+        """Build the item registered under ``name`` with keyword arguments."""
+        return self.factory(name)(**kwargs)
+
+    def __contains__(self, name: object) -> bool:
+        key = str(name).strip().lower()
+        return self._aliases.get(key, key) in self._factories

@@ -1,0 +1,139 @@
+"""GluonCV model-zoo access that works offline and fails clearly.
+
+GluonCV downloads pretrained weights on demand. Offline, the only source is
+its cache, ``$MXNET_HOME/models/{name}-{short_hash}.params`` (default
+``~/.mxnet/models``), checked by SHA-1. This module looks there itself and
+never triggers a download.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import mxnet as mx
+from mxnet import gluon
+
+from .errors import ModelError
+
+__all__ = ["zoo_names", "check_zoo_name", "pretrained_weights_path", "build_zoo_net", "load_params_into"]
+
+logger = logging.getLogger(__name__)
+
+
+def zoo_names() -> List[str]:
+    """Every name ``gluoncv.model_zoo.get_model`` accepts."""
+    from gluoncv.model_zoo import get_model_list
+
+    return list(get_model_list())
+
+
+def close_matches(name: str, candidates: List[str], n: int = 5) -> str:
+    """A human-readable list of the candidates closest to ``name``."""
+    matches = difflib.get_close_matches(name.lower(), candidates, n=n, cutoff=0.5)
+    return ", ".join(matches) if matches else "none close; see gluoncv.model_zoo.get_model_list()"
+
+
+def check_zoo_name(name: str) -> str:
+    """Return the lower-cased zoo name, or raise a ModelError listing close matches."""
+    names = zoo_names()
+    key = name.lower()
+    if key not in names:
+        raise ModelError(f"unknown model {name!r}; close matches: {close_matches(key, names)}")
+    return key
+
+
+def _cache_root() -> Path:
+    if "MXNET_HOME" in os.environ:
+        return Path(os.environ["MXNET_HOME"]) / "models"
+    return Path("~/.mxnet/models").expanduser()
+
+
+def pretrained_weights_path(name: str) -> Path:
+    """Path of the cached pretrained weights for a zoo model, checked by SHA-1.
+
+    Raises
+    ------
+    ModelError
+        If GluonCV publishes no weights for ``name``, or they are not in the
+        cache (the message names the expected file and the ``--params``
+        alternative), or the cached file is corrupt.
+    """
+    from gluoncv.model_zoo import model_store
+    from gluoncv.utils import check_sha1
+
+    key = check_zoo_name(name)
+    sha1 = model_store._model_sha1.get(key)  # GluonCV's own table of published weights
+    if sha1 is None:
+        raise ModelError(f"GluonCV publishes no pretrained weights for {key!r}; pass --params FILE instead")
+    path = _cache_root() / f"{key}-{sha1[:8]}.params"
+    if not path.is_file():
+        raise ModelError(
+            f"pretrained weights for {key!r} are not cached and cannot be downloaded offline: expected {path} "
+            f"(SHA-1 {sha1}); copy the file there (or set MXNET_HOME), or pass --params FILE"
+        )
+    if not check_sha1(str(path), sha1):
+        raise ModelError(f"cached weights {path} fail their SHA-1 check (expected {sha1}); replace the file")
+    return path
+
+
+def build_zoo_net(name: str, classes: Optional[int], pretrained: bool, ctx: mx.Context) -> gluon.HybridBlock:
+    """Construct a zoo network, with cached pretrained weights or uninitialised.
+
+    Parameters
+    ----------
+    name : str
+        A ``gluoncv.model_zoo`` name.
+    classes : int, optional
+        Number of output classes; None keeps the model's default.
+    pretrained : bool
+        Load GluonCV's published weights from the offline cache.
+    ctx : mxnet.Context
+        Where the weights are loaded.
+
+    Returns
+    -------
+    mxnet.gluon.HybridBlock
+        Initialised when ``pretrained``; otherwise not yet initialised.
+    """
+    from gluoncv.model_zoo import get_model
+
+    key = check_zoo_name(name)
+    weights = pretrained_weights_path(key) if pretrained else None
+    kwargs = {} if classes is None else {"classes": classes}
+    try:
+        net = get_model(key, pretrained=False, **kwargs)
+    except TypeError as err:
+        raise ModelError(f"model {key!r} cannot be built as a classifier with {kwargs}: {err}") from None
+    if weights is not None:
+        load_params_into(net, weights, ctx)
+    return net
+
+
+def load_params_into(net: gluon.Block, path: str | os.PathLike, ctx: mx.Context) -> None:
+    """Load a ``.params`` file into ``net``, turning every failure into one clear line.
+
+    Both formats are accepted: ``save_parameters`` (structural names) and
+    ``export`` (``arg:``/``aux:`` prefixed names).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"params file not found: {path}")
+    try:
+        loaded = mx.nd.load(str(path))
+    except mx.base.MXNetError:
+        raise ModelError(f"cannot read params file {path}: not a valid MXNet .params file") from None
+    if not isinstance(loaded, dict) or not loaded:
+        raise ModelError(f"params file {path} holds no named parameters")
+    try:
+        if any(k.startswith(("arg:", "aux:")) for k in loaded):
+            stripped = {k.split(":", 1)[1]: v for k, v in loaded.items()}
+            net.collect_params().load_dict(stripped, ctx=ctx)
+        else:
+            net.load_parameters(str(path), ctx=ctx)
+    except (AssertionError, ValueError, KeyError, mx.base.MXNetError) as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"params file {path} does not fit the model: {detail}") from None
