@@ -8,7 +8,10 @@ by name with :func:`get_attack`.
 
 from __future__ import annotations
 
-from typing import Any, List
+import inspect
+from typing import Any, Dict, List
+
+from ..errors import ConfigError
 
 from ..registry import Registry
 from .base import Attack, AttackResult, input_gradient
@@ -17,7 +20,7 @@ from .losses import get_loss
 from .norms import get_norm
 from .pgd import BIM, PGD
 
-__all__ = ["Attack", "AttackResult", "ATTACKS", "get_attack", "attack_names", "input_gradient", "get_loss", "get_norm",
+__all__ = ["Attack", "AttackResult", "ATTACKS", "get_attack", "make_attack", "attack_names", "input_gradient", "get_loss", "get_norm",
            "FGSM", "PGD", "BIM"]
 
 ATTACKS: Registry[Attack] = Registry("attack")
@@ -35,6 +38,23 @@ def get_attack(name: str, **kwargs: Any) -> Attack:
         For an unknown name (the message lists the valid names) or a bad hyperparameter.
     """
     return ATTACKS.get(name, **kwargs)
+
+
+def make_attack(name: str, options: Dict[str, Any]) -> Attack:
+    """Build a registered attack from options, rejecting those it does not take.
+
+    Unlike :func:`get_attack`, an option the attack has no parameter for is a
+    :class:`ConfigError` that lists the parameters it does accept (for flags
+    such as ``--steps`` given to ``fgsm``).
+    """
+    factory = ATTACKS.factory(name)
+    accepted = [p for p in inspect.signature(factory).parameters if p != "self"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"{ATTACKS.resolve(name)} does not take {', '.join(unknown)}; it accepts {', '.join(accepted)}"
+        )
+    return factory(**options)
 
 
 def attack_names() -> List[str]:

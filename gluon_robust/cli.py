@@ -1,0 +1,203 @@
+"""The ``gluon-robust`` command line.
+
+Every subcommand shares the same model, data and run flags (GluonCV-style
+dashed names) and the same error handling: a user error prints one line on
+stderr and exits with status 2, without a traceback unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from fractions import Fraction
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .errors import ConfigError, GluonRobustError
+
+__all__ = ["main", "parse_fraction", "parse_floats", "parse_ctx", "setup_logging", "build_parser"]
+
+logger = logging.getLogger("gluon_robust")
+
+PROG = "gluon-robust"
+
+
+# ---------------------------------------------------------------- value parsers
+def parse_fraction(text: str) -> float:
+    """Parse ``0.03``, ``8/255`` or ``1e-2`` into a float."""
+    try:
+        value = float(Fraction(str(text).strip())) if "/" in str(text) else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r}") from None
+    return value
+
+
+def parse_floats(text: str) -> Tuple[float, ...]:
+    """Parse a comma-separated list of numbers or fractions: ``0.485,0.456,0.406``."""
+    parts = [p for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected one or more numbers, got {text!r}")
+    return tuple(parse_fraction(p) for p in parts)
+
+
+def parse_bounds(text: str) -> Tuple[float, float]:
+    """Parse ``LO,HI``."""
+    values = parse_floats(text)
+    if len(values) != 2 or not values[0] < values[1]:
+        raise argparse.ArgumentTypeError(f"bounds must be LO,HI with LO < HI, got {text!r}")
+    return values[0], values[1]
+
+
+def parse_ctx(text: str) -> List["object"]:
+    """Parse ``cpu``, ``gpu:0`` or ``gpu:0,gpu:1`` into a list of MXNet contexts."""
+    import mxnet as mx
+
+    contexts = []
+    for part in str(text).split(","):
+        kind, _, index = part.strip().lower().partition(":")
+        if kind not in ("cpu", "gpu") or (index and not index.isdigit()):
+            raise argparse.ArgumentTypeError(f"context must be cpu or gpu:N (comma-separated), got {text!r}")
+        contexts.append(mx.cpu(int(index or 0)) if kind == "cpu" else mx.gpu(int(index or 0)))
+    return contexts
+
+
+def setup_logging(debug: bool = False) -> None:
+    """Log to stderr: INFO for the package, WARNING for everything else."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("gluon_robust").setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+# ------------------------------------------------------------- shared flags
+def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--model NAME | --config FILE`` and the weights and preprocessing overrides."""
+    group = parser.add_argument_group("model")
+    source = group.add_mutually_exclusive_group(required=required)
+    source.add_argument("--model", help="gluoncv.model_zoo name, or an exported net-symbol.json")
+    source.add_argument("--config", help="model config YAML (model_configs/*.yaml) or a bundled config name")
+    group.add_argument("--params", help=".params file with the weights")
+    group.add_argument("--pretrained", action="store_true", help="GluonCV pretrained weights from the offline cache")
+    group.add_argument("--classes", type=int, help="number of classes")
+    group.add_argument("--mean", type=parse_floats, help="normalisation mean: one value or one per channel")
+    group.add_argument("--std", type=parse_floats, help="normalisation std: one value or one per channel")
+    group.add_argument("--bounds", type=parse_bounds, help="pixel range LO,HI (default 0,1)")
+    group.add_argument("--input-size", type=parse_floats, help="C,H,W or H,W or N")
+    group.add_argument("--no-fold", action="store_true", help="keep BatchNorm (slow, wrong eval-mode gradients)")
+
+
+def add_data_args(parser: argparse.ArgumentParser, default: Optional[str] = None) -> None:
+    """``--data SRC --split --limit``."""
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--data", default=default, required=default is None,
+        help="mnist-sample, npz:PATH, folder:PATH, mnist, fashion-mnist, cifar10, cifar100",
+    )
+    group.add_argument("--split", default="test", choices=("train", "test"))
+    group.add_argument("--limit", type=int, help="use only the first N samples")
+
+
+def add_run_args(parser: argparse.ArgumentParser, out_default: Optional[str] = None) -> None:
+    """``--ctx --batch-size --seed --out --debug``."""
+    group = parser.add_argument_group("run")
+    group.add_argument("--ctx", type=parse_ctx, default="cpu", help="cpu, gpu:0, or a comma-separated list")
+    group.add_argument("--batch-size", type=int, default=128)
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--out", default=out_default, required=out_default is None, help="output directory")
+
+
+def model_from_args(args: argparse.Namespace):
+    """Build the Classifier the model flags describe."""
+    from .model import load_classifier
+
+    size = None
+    if args.input_size is not None:
+        size = tuple(int(v) for v in args.input_size)
+        size = size[0] if len(size) == 1 else size
+    return load_classifier(
+        args.config or args.model,
+        params=args.params,
+        pretrained=args.pretrained,
+        classes=args.classes,
+        mean=args.mean,
+        std=args.std,
+        bounds=args.bounds,
+        input_size=size,
+        ctx=args.ctx[0],
+        fold=not args.no_fold,
+    )
+
+
+def data_from_args(args: argparse.Namespace, model=None):
+    """Open the data source the data flags describe, sized for ``model``."""
+    from .data import load_data
+
+    size = tuple(model.input_size[1:]) if model is not None and model.input_size else None
+    source = load_data(args.data, split=args.split, limit=args.limit, input_size=size)
+    if model is not None and model.input_size and tuple(source.sample_shape) != tuple(model.input_size):
+        raise ConfigError(
+            f"data {source.name} has samples of shape {source.sample_shape} but the model expects {model.input_size}"
+        )
+    return source
+
+
+# --------------------------------------------------------------- commands
+Command = Callable[[argparse.Namespace], int]
+COMMANDS: Dict[str, Tuple[Callable[[argparse.ArgumentParser], None], Command, str]] = {}
+
+
+def command(name: str, help_text: str) -> Callable:
+    """Register ``configure(parser)`` and ``run(args)`` for a subcommand."""
+
+    def wrap(configure: Callable[[argparse.ArgumentParser], None]) -> Callable:
+        def bind(run: Command) -> Command:
+            COMMANDS[name] = (configure, run, help_text)
+            return run
+
+        return bind
+
+    return wrap
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every registered subcommand."""
+    from . import commands  # noqa: F401  (registers the subcommands)
+    from ._version import __version__
+
+    parser = argparse.ArgumentParser(prog=PROG, description="Adversarial robustness for MXNet Gluon and GluonCV.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (configure, _, help_text) in COMMANDS.items():
+        child = sub.add_parser(name, help=help_text, description=help_text)
+        child.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+        configure(child)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``gluon-robust``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        setup_logging(args.debug)
+        logger.debug("arguments: %s", vars(args))
+        return COMMANDS[args.command][1](args)
+    except GluonRobustError as err:
+        if debug:
+            raise
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 -- the CLI turns any failure into one line
+        if debug:
+            raise
+        first = (str(err).strip().splitlines() or [""])[0]
+        print(f"{PROG}: error: {type(err).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""A data source over an image folder with one sub-folder per class."""
+from __future__ import annotations
+
+import logging
+import os
+
+import mxnet as mx
+import numpy as np
+from mxnet.gluon.data.vision import ImageFolderDataset
+
+from gluon_robust.data._utils import InputSize, one_line, parse_input_size
+from gluon_robust.data.sources import DataSource
+from gluon_robust.errors import DataError
+
+__all__ = ["FolderSource", "CROP_RATIO", "DEFAULT_INPUT_SIZE", "IMAGE_EXTENSIONS"]
+
+logger = logging.getLogger(__name__)
+
+#: Fraction of the resized short side kept by the centre crop (GluonCV's ImageNet eval preset).
+CROP_RATIO = 0.875
+#: Default side of the square centre crop.
+DEFAULT_INPUT_SIZE = 224
+#: Extensions that :class:`mxnet.gluon.data.vision.ImageFolderDataset` reads; it skips others.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+_BILINEAR = 1  # MXNet/OpenCV interpolation code, as in gluon's Resize and CenterCrop transforms
+
+
+class FolderSource(DataSource):
+    """Images stored as ``root/<class name>/<image file>``, decoded lazily per batch.
+
+    Class folders are listed and labelled exactly as by
+    :class:`mxnet.gluon.data.vision.ImageFolderDataset` (sorted folder names;
+    label ``i`` is ``classes[i]``). Each image is decoded as RGB, resized so its
+    short side is ``round(max(height, width) / 0.875)`` and centre-cropped to
+    ``(height, width)`` -- the geometry of GluonCV's ImageNet evaluation preset,
+    without mean/std normalisation.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        The image folder.
+    input_size : int or (int, int), optional
+        ``(height, width)`` of the delivered images, or one int for square
+        images; default (None) 224.
+
+    Raises
+    ------
+    DataError
+        If the folder is missing, has no class sub-folders or holds no images,
+        or `input_size` is invalid.
+    """
+
+    def __init__(self, root: str | os.PathLike[str],
+                 input_size: InputSize | None = None) -> None:
+        crop_hw = parse_input_size(DEFAULT_INPUT_SIZE if input_size is None else input_size)
+        root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+        name = f"folder:{root}"
+        if not os.path.isdir(root):
+            problem = "is not a directory" if os.path.exists(root) else "directory not found"
+            raise DataError(f"{name}: {problem}")
+        dataset = ImageFolderDataset(root, flag=1)
+        if not dataset.synsets:
+            raise DataError(f"{name}: no class sub-folders; expected one sub-folder of "
+                            "images per class, e.g. <root>/cat/0001.jpg")
+        if not dataset.items:
+            raise DataError(f"{name}: the class sub-folders hold no images with extension "
+                            f"{', '.join(IMAGE_EXTENSIONS)}")
+        super().__init__(name, len(dataset.items))
+        self._items: list[tuple[str, int]] = list(dataset.items)
+        self._classes: list[str] = list(dataset.synsets)
+        self._crop_hw: tuple[int, int] = crop_hw
+        self._short_side = int(round(max(self._crop_hw) / CROP_RATIO))
+        logger.debug("%s: %d images in %d classes", name, len(self._items), len(self._classes))
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """``(3, height, width)``: images are always decoded as RGB."""
+        return (3, *self._crop_hw)
+
+    @property
+    def classes(self) -> list[str]:
+        """Class folder names; label ``i`` is ``classes[i]``."""
+        return list(self._classes)
+
+    def _load(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.empty((len(index), *self.sample_shape), dtype=np.float32)
+        y = np.empty(len(index), dtype=np.int64)
+        for row, item in enumerate(index):
+            path, label = self._items[item]
+            x[row] = self._decode(path)
+            y[row] = label
+        return x, y
+
+    def _decode(self, path: str) -> np.ndarray:
+        """Decode, resize and centre-crop one image to float32 CHW in [0, 1]."""
+        height, width = self._crop_hw
+        try:
+            image = mx.image.imread(path, flag=1)
+            image = mx.image.resize_short(image, self._short_side, interp=_BILINEAR)
+            image, _ = mx.image.center_crop(image, (width, height), interp=_BILINEAR)
+            pixels = image.asnumpy()
+        except mx.base.MXNetError as err:
+            raise DataError(f"{self.name}: cannot decode image file '{path}' "
+                            f"({one_line(err)})") from err
+        return pixels.transpose(2, 0, 1).astype(np.float32) / 255.0
