@@ -42,6 +42,11 @@ __all__ = ["FoldReport", "block_to_symbol", "fold_symbol", "fold_batchnorm", "sy
 logger = logging.getLogger(__name__)
 
 _FOLDABLE_OPS = ("Convolution", "Deconvolution", "FullyConnected")
+# Ops whose result depends on train/eval mode; a graph without them is "mode free".
+_MODE_DEPENDENT_OPS = frozenset({
+    "BatchNorm", "BatchNorm_v1", "SyncBatchNorm", "_contrib_SyncBatchNorm", "_contrib_BatchNormWithReLU",
+    "Dropout", "RNN", "_contrib_quantized_batch_norm",
+})
 # Index of the output-channel axis in each op's weight.
 _WEIGHT_OUT_AXIS = {"Convolution": 0, "Deconvolution": 1, "FullyConnected": 0}
 
@@ -58,10 +63,17 @@ class FoldReport:
         BatchNorm layers merged into the preceding convolution or dense layer.
     rewritten : int
         BatchNorm layers replaced by a constant per-channel affine map.
+    dropout_removed : int
+        Dropout layers removed (the identity at inference).
+    mode_free : bool
+        Whether the graph left computes the same function in train and eval
+        mode (no op whose behaviour depends on the mode remains).
     """
 
     folded: int
     rewritten: int
+    dropout_removed: int = 0
+    mode_free: bool = False
 
 
 def _is_true(value: str | None) -> bool:
@@ -219,9 +231,14 @@ def fold_symbol(
         src, idx = remap[(entry[0], entry[1])]
         return [src, idx, 0]
 
+    dropouts = 0
     for nid, node in enumerate(nodes):
         if nid in fold_into:
             remap[(nid, 0)] = remap[(fold_into[nid], 0)]
+            continue
+        if node["op"] == "Dropout" and uses.get((nid, 1), 0) == 0:
+            remap[(nid, 0)] = remap[tuple(node["inputs"][0][:2])]
+            dropouts += 1
             continue
         if nid in rewrite:
             scale, shift = rewrite[nid]
@@ -273,7 +290,8 @@ def fold_symbol(
     folded_symbol = mx.sym.load_json(json.dumps(graph_out))
     wanted = set(folded_symbol.list_arguments()) | set(folded_symbol.list_auxiliary_states())
     wanted.discard(input_name)
-    report = FoldReport(folded=len(fold_into), rewritten=len(rewrite))
+    remaining = {n["op"] for n in out_nodes} & _MODE_DEPENDENT_OPS
+    report = FoldReport(folded=len(fold_into), rewritten=len(rewrite), dropout_removed=dropouts, mode_free=not remaining)
     logger.debug("folded %d BatchNorm layers, rewrote %d", report.folded, report.rewritten)
     return folded_symbol, {k: v for k, v in new_params.items() if k in wanted}, report
 
@@ -332,7 +350,10 @@ def fold_batchnorm(
 
     The copy computes the same function as ``model`` in eval mode (to float32
     rounding), has correct and fast input gradients, and freezes all of its
-    parameters (``grad_req='null'``). ``model`` itself is not modified.
+    parameters (``grad_req='null'``). Dropout, the identity at inference, is
+    removed too, so that the copy usually computes the same function in train
+    and eval mode (``block.fold_report.mode_free``). ``model`` itself is not
+    modified.
 
     Parameters
     ----------
@@ -360,5 +381,10 @@ def fold_batchnorm(
     if ctx is None:
         ctx = next(iter(model.collect_params().values())).list_ctx()[0]
     folded, new_params, report = fold_symbol(symbol, params, input_shape=input_shape)
-    logger.info("BatchNorm folding: %d folded into the preceding layer, %d rewritten as affine", report.folded, report.rewritten)
-    return symbol_block(folded, new_params, ctx, hybridize=hybridize)
+    logger.info(
+        "BatchNorm folding: %d folded into the preceding layer, %d rewritten as affine, %d Dropout removed",
+        report.folded, report.rewritten, report.dropout_removed,
+    )
+    block = symbol_block(folded, new_params, ctx, hybridize=hybridize)
+    block.fold_report = report
+    return block

@@ -67,6 +67,10 @@ class Classifier(gluon.HybridBlock):
     ----------
     folded : bool
         Whether BatchNorm was folded away (set by :func:`load_classifier`).
+    mode_free : bool
+        Whether the network computes the same function in train and eval mode
+        (folded, with no BatchNorm or Dropout left); attacks then record
+        gradients in train mode, see :func:`gluon_robust.attacks.base.gradient_recording`.
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class Classifier(gluon.HybridBlock):
         self.bounds = (low, high)
         self.ctx = ctx if ctx is not None else mx.cpu()
         self.folded = False
+        self.mode_free = False
         self.arch = arch or type(net).__name__
         channels = self.input_size[0] if self.input_size else max(np.size(mean), np.size(std))
         with self.name_scope():
@@ -302,6 +307,7 @@ def load_classifier(
         arch=defaults.get("arch"),
     )
     model.folded = fold
+    model.mode_free = fold and net.fold_report.mode_free
     if hybridize:
         model.hybridize(static_alloc=True)
     logger.info("model: %s", model.describe())

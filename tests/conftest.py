@@ -73,7 +73,8 @@ def linear_classifier(w: np.ndarray, b: float, bounds: Tuple[float, float] = (-1
     weight[1] = w.reshape(-1)
     dense.weight.set_data(mx.nd.array(weight))
     dense.bias.set_data(mx.nd.array([0.0, b]))
-    return load_classifier(dense, input_size=(1,) + tuple(w.shape), bounds=bounds)
+    shape = {1: (1, 1) + w.shape, 2: (1,) + w.shape, 3: w.shape}[w.ndim]
+    return load_classifier(dense, input_size=shape, bounds=bounds)
 
 
 @pytest.fixture(scope="session")

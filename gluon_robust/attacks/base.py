@@ -33,7 +33,9 @@ from ..errors import ConfigError, DataError
 from .losses import LossFn
 from .norms import Norm, get_norm
 
-__all__ = ["Attack", "AttackResult", "input_gradient", "sample_generators", "check_positive", "check_int"]
+__all__ = [
+    "Attack", "AttackResult", "input_gradient", "gradient_recording", "sample_generators", "check_positive", "check_int",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,20 @@ def sample_generators(x: np.ndarray, seed: int) -> List[np.random.Generator]:
     return [np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(xi).tobytes())]) for xi in x]
 
 
+def gradient_recording(model: mx.gluon.Block) -> Any:
+    """The ``autograd.record`` scope under which to differentiate ``model`` with respect to its input.
+
+    Eval mode (``train_mode=False``) in general. When the model's graph is
+    *mode free* (``model.mode_free``: folded, so no BatchNorm and no Dropout
+    remain), it computes the same function in both modes and train mode is
+    used instead: MXNet 1.9.1's MKLDNN max-pooling backward is wrong, and not
+    even deterministic, after an inference-mode forward (checked against
+    finite differences in ``tests/test_attack_invariants.py``), while the
+    train-mode path is exact.
+    """
+    return autograd.record(train_mode=bool(getattr(model, "mode_free", False)))
+
+
 def input_gradient(
     model: mx.gluon.Block,
     x: nd.NDArray,
@@ -132,6 +148,11 @@ def input_gradient(
         Transformation (Athalye et al. 2018, "Synthesizing Robust Adversarial
         Examples") for randomised models.
 
+    Notes
+    -----
+    Recorded under :func:`gradient_recording`, so the gradient is the one of
+    the eval-mode function.
+
     Returns
     -------
     grad, loss_value, logits : NDArray
@@ -142,7 +163,7 @@ def input_gradient(
     for _ in range(eot_samples):
         xv = x.copy()
         xv.attach_grad()
-        with autograd.record(train_mode=False):
+        with gradient_recording(model):
             logits = model(xv)
             value = loss(logits, y, target)
         (grad,) = autograd.grad(value, [xv], retain_graph=False)
