@@ -286,16 +286,20 @@ class Attack(abc.ABC):
         y_np = _check_labels("y", y, len(x_np), num_classes)
         t_np = None if target is None else _check_labels("target", target, len(x_np), num_classes)
 
-        x32 = nd.array(x_np, ctx=ctx, dtype="float32")
-        y32 = nd.array(y_np, ctx=ctx, dtype="float32")
-        t32 = None if t_np is None else nd.array(t_np, ctx=ctx, dtype="float32")
-        raw, iterations = self._run(model, x32, y32, t32, sample_generators(x_np, self.seed))
+        n = len(x_np)
+        pad = _padded(n)
+        x_pad = _pad_rows(x_np.astype(np.float32, copy=False), pad)
+        x32 = nd.array(x_pad, ctx=ctx, dtype="float32")
+        y32 = nd.array(_pad_rows(y_np, pad), ctx=ctx, dtype="float32")
+        t32 = None if t_np is None else nd.array(_pad_rows(t_np, pad), ctx=ctx, dtype="float32")
+        raw, iterations = self._run(model, x32, y32, t32, sample_generators(x_pad, self.seed))
         x_adv = self._enforce(x32, raw, low, high)
 
-        predictions = _predict(model, x_adv)
+        predictions = _predict(model, x_adv)[:n]
         success = predictions != y_np if t_np is None else predictions == t_np
-        distance = self.norm.distance(x_adv - x32).asnumpy().astype(np.float64)
-        iterations = np.broadcast_to(np.asarray(iterations, dtype=np.int64), (len(x_np),)).copy()
+        distance = self.norm.distance(x_adv - x32).asnumpy().astype(np.float64)[:n]
+        iterations = np.broadcast_to(np.asarray(iterations, dtype=np.int64), (pad,))[:n].copy()
+        x_adv = x_adv[:n] if pad != n else x_adv
         out = x_adv.astype(in_dtype) if in_dtype != np.float32 else x_adv
         out = out.asnumpy() if is_numpy else out.as_in_context(in_ctx)
         return AttackResult(
@@ -320,6 +324,26 @@ class Attack(abc.ABC):
             # so it never leaves the ball again.
             x_adv = x + self.norm.project(x_adv - x, self.eps)
         return nd.clip(x_adv, low, high)
+
+
+def _padded(n: int) -> int:
+    """The bucketed batch size for ``n`` samples: the next of 1, 2, 3, 4, 6, 8, 12, 16, 24, ...
+
+    MKLDNN keeps memory for every input shape it has seen (tens of MiB per
+    shape for a ResNet), so attacking subsets of every possible size would
+    grow memory with the dataset. Padding to these buckets bounds the shapes
+    at about ``2 log2(N)`` and wastes at most a third of a batch.
+    """
+    power = 1 << (n - 1).bit_length()  # the smallest power of two >= n
+    three_quarters = 3 * power // 4
+    return three_quarters if power >= 4 and n <= three_quarters else power
+
+
+def _pad_rows(a: np.ndarray, size: int) -> np.ndarray:
+    """Repeat the last row of ``a`` until it has ``size`` rows (a padded row computes like its original)."""
+    if len(a) >= size:
+        return a
+    return np.concatenate([a, np.repeat(a[-1:], size - len(a), axis=0)])
 
 
 def _predict(model: mx.gluon.Block, x: nd.NDArray) -> np.ndarray:
