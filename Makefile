@@ -8,7 +8,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all bench install clean
+ART_VENV := benchmarks/.venv-art
+
+.PHONY: demo test test-all bench bench-art install clean
 
 $(STAMP): setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +29,20 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
 
+# Speed and memory benchmarks (JSON in benchmarks/results, tables on stderr).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_folding.py --out benchmarks/results
+	$(BIN)/python benchmarks/bench_attacks.py --out benchmarks/results
+
+# ART 1.19.1 (its MXNet classifier) lives only in the benchmark's own environment.
+$(ART_VENV)/.installed: setup.py constraints.txt
+	test -x $(ART_VENV)/bin/python || $(PYTHON) -m venv $(ART_VENV)
+	$(ART_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[cpu]" \
+		adversarial-robustness-toolbox==1.19.1 "scikit-learn<1.4"
+	touch $@
+
+bench-art: $(ART_VENV)/.installed
+	$(ART_VENV)/bin/python benchmarks/bench_art.py --out benchmarks/results
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(ART_VENV) runs build *.egg-info

@@ -61,10 +61,30 @@ def parse_ctx(text: str) -> List["object"]:
     return contexts
 
 
-def setup_logging(debug: bool = False) -> None:
-    """Log to stderr: INFO for the package, WARNING for everything else."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def setup_logging(debug: bool = False, verbose: bool = False) -> None:
+    """Log warnings to stderr (everything with ``debug``).
+
+    The package still emits its INFO records (to handlers a host application or
+    a test harness installed), but the terminal only shows warnings unless
+    ``--verbose`` (INFO) or ``--debug`` (everything): a failing command prints
+    exactly one line on stderr, its error.
+    """
+    root = logging.getLogger()
+    if not root.handlers:  # like logging.basicConfig, but with a level on the handler
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING)
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
     logging.getLogger("gluon_robust").setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def _close_progress_bars() -> None:
+    """Close progress bars an exception left open, so that the error starts on a clean line."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 # ------------------------------------------------------------- shared flags
@@ -106,14 +126,15 @@ def add_run_args(parser: argparse.ArgumentParser, out_default: Optional[str] = N
 
 def model_from_args(args: argparse.Namespace):
     """Build the Classifier the model flags describe."""
+    from .config import load_config
     from .model import load_classifier
 
     size = None
     if args.input_size is not None:
-        size = tuple(int(v) for v in args.input_size)
+        size = tuple(args.input_size)  # parse_input_size rejects non-integers such as 64.5
         size = size[0] if len(size) == 1 else size
     return load_classifier(
-        args.config or args.model,
+        load_config(args.config) if args.config else args.model,  # --config NAME is a config, never a zoo name
         params=args.params,
         pretrained=args.pretrained,
         classes=args.classes,
@@ -157,18 +178,27 @@ def command(name: str, help_text: str) -> Callable:
     return wrap
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are ConfigErrors, so that :func:`main` prints them as one line
+    and returns 2 like every other bad input (argparse would print the usage too and raise SystemExit)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every registered subcommand."""
     from . import commands  # noqa: F401  (registers the subcommands)
     from ._version import __version__
 
-    parser = argparse.ArgumentParser(prog=PROG, description="Adversarial robustness for MXNet Gluon and GluonCV.")
+    parser = _Parser(prog=PROG, description="Adversarial robustness for MXNet Gluon and GluonCV.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (configure, _, help_text) in COMMANDS.items():
         child = sub.add_parser(name, help=help_text, description=help_text)
         child.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+        child.add_argument("-v", "--verbose", action="store_true", help="show progress logs")
         configure(child)
     return parser
 
@@ -180,24 +210,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        setup_logging(args.debug)
+        setup_logging(args.debug, args.verbose)
         logger.debug("arguments: %s", vars(args))
         return COMMANDS[args.command][1](args)
     except GluonRobustError as err:
         if debug:
             raise
+        _close_progress_bars()
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 -- the CLI turns any failure into one line
         if debug:
             raise
+        _close_progress_bars()
         first = (str(err).strip().splitlines() or [""])[0]
         print(f"{PROG}: error: {type(err).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
         return 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m gluon_robust.cli`: use the package module, where the subcommands register
+    # themselves, not this __main__ copy of it (whose COMMANDS would stay empty).
+    from gluon_robust.cli import main as _main
+
+    sys.exit(_main())

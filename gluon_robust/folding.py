@@ -218,6 +218,8 @@ def fold_symbol(
 
     out_nodes: List[dict] = []
     remap: Dict[Tuple[int, int], Tuple[int, int]] = {}
+    # Old node id -> new node id, for nodes copied unchanged (any number of outputs).
+    copied: Dict[int, int] = {}
 
     def emit(node: dict) -> int:
         out_nodes.append(node)
@@ -228,16 +230,17 @@ def fold_symbol(
         return emit({"op": "null", "name": name, "inputs": []})
 
     def mapped(entry: Sequence[int]) -> List[int]:
-        src, idx = remap[(entry[0], entry[1])]
+        key = (entry[0], entry[1])
+        src, idx = remap[key] if key in remap else (copied[entry[0]], entry[1])
         return [src, idx, 0]
 
     dropouts = 0
     for nid, node in enumerate(nodes):
         if nid in fold_into:
-            remap[(nid, 0)] = remap[(fold_into[nid], 0)]
+            remap[(nid, 0)] = (copied[fold_into[nid]], 0)
             continue
         if node["op"] == "Dropout" and uses.get((nid, 1), 0) == 0:
-            remap[(nid, 0)] = remap[tuple(node["inputs"][0][:2])]
+            remap[(nid, 0)] = tuple(mapped(node["inputs"][0])[:2])
             dropouts += 1
             continue
         if nid in rewrite:
@@ -265,7 +268,8 @@ def fold_symbol(
             bshape[axis] = -1
             w_folded = f"{node['name']}_folded_weight"
             w_id = emit_var(w_folded, weight * scale.reshape(bshape))
-            if _is_true(attrs.get("no_bias", "False")):
+            # Deconvolution's op default is no_bias=True, so go by the inputs, not the attribute.
+            if _is_true(attrs.get("no_bias", "False")) or len(node["inputs"]) < 3:
                 bias = np.zeros_like(scale)
             else:
                 bias = params[var_name(node["inputs"][2])].asnumpy().astype(np.float64)
@@ -273,10 +277,7 @@ def fold_symbol(
             attrs["no_bias"] = "False"
             new["attrs"] = attrs
             new["inputs"] = [new["inputs"][0], [w_id, 0, 0], [b_id, 0, 0]]
-        new_id = emit(new)
-        n_out = 3 if node["op"] == "BatchNorm" else 8
-        for k in range(n_out):
-            remap[(nid, k)] = (new_id, k)
+        copied[nid] = emit(new)
 
     heads = [mapped(h) for h in graph["heads"]]
     out_nodes, heads = _prune(out_nodes, heads)

@@ -142,13 +142,17 @@ class StreamingNpzWriter:
         if self._written != self._shape[0]:
             self.abort()
             raise ValueError(f"streamed {self._written} rows, expected {self._shape[0]}")
-        self._entry.close()
-        for key, value in small.items():
-            with self._zip.open(f"{key}.npy", "w", force_zip64=True) as fh:
-                np.lib.format.write_array(fh, np.asarray(value), allow_pickle=False)
-        self._zip.close()
-        os.chmod(self._tmp, 0o666 & ~_umask())
-        os.replace(self._tmp, self.path)
+        try:
+            self._entry.close()
+            for key, value in small.items():
+                with self._zip.open(f"{key}.npy", "w", force_zip64=True) as fh:
+                    np.lib.format.write_array(fh, np.asarray(value), allow_pickle=False)
+            self._zip.close()
+            os.chmod(self._tmp, 0o666 & ~_umask())
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()  # e.g. an object array among ``small``: leave nothing half-written
+            raise
 
     def abort(self) -> None:
         """Discard the partial file."""

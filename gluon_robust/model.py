@@ -128,6 +128,10 @@ class Classifier(gluon.HybridBlock):
 
 def _symbol_source(path: Path, params: Optional[str], ctx: mx.Context) -> gluon.SymbolBlock:
     """Load an exported ``net-symbol.json`` (+ ``net-0000.params``) as a SymbolBlock."""
+    if not path.is_file():
+        raise ModelError(f"symbol file not found: {path}")
+    if params is not None and not Path(params).is_file():
+        raise ModelError(f"params file not found: {params}")
     if params is None:
         guess = Path(str(path).replace("-symbol.json", "-0000.params"))
         if guess == path or not guess.is_file():
@@ -166,7 +170,7 @@ def _resolve(
         if text.endswith((".yaml", ".yml")) or (text not in zoo_names() and _is_bundled_config(text)):
             config = load_config(text)
         else:
-            net = build_zoo_net(text, classes, pretrained, ctx)
+            net = build_zoo_net(text, classes, pretrained and not params, ctx)
             defaults = dict(family_defaults(text), arch=text.lower())
             if classes is not None:
                 defaults["classes"] = classes
@@ -204,12 +208,12 @@ def _infer_classes(net: gluon.HybridBlock, input_size: Tuple[int, int, int], ctx
     """Run one forward pass on zeros and return the number of output scores."""
     try:
         out = net(mx.nd.zeros((1,) + tuple(input_size), ctx=ctx))
-    except RuntimeError as err:  # Gluon's "Parameter ... has not been initialized"
-        raise ModelError(f"the model's parameters are not initialised ({str(err).splitlines()[0]}); pass params") from None
-    except mx.base.MXNetError as err:
+    except mx.base.MXNetError as err:  # a RuntimeError subclass, so caught first
         detail = str(err).strip().splitlines()
         reason = next((line for line in reversed(detail) if line.strip()), type(err).__name__)
         raise ModelError(f"the model does not accept inputs of size {tuple(input_size)}: {reason}") from None
+    except RuntimeError as err:  # Gluon's "Parameter ... has not been initialized"
+        raise ModelError(f"the model's parameters are not initialised ({str(err).splitlines()[0]}); pass params") from None
     if isinstance(out, (list, tuple)):
         raise ModelError(f"the model returns {len(out)} outputs; a classifier returns one (N, classes) array")
     if out.ndim != 2:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import List, Optional
 
@@ -113,6 +114,22 @@ def build_zoo_net(name: str, classes: Optional[int], pretrained: bool, ctx: mx.C
     return net
 
 
+def _to_net_prefix(params: dict, net: gluon.Block) -> dict:
+    """Rename exported parameters to ``net``'s name prefix.
+
+    Exported names carry the exporting block's automatic prefix (``cifarresnetv10_``),
+    which depends on how many blocks of that class the exporting process had
+    created; a net of the same architecture built here may be ``cifarresnetv13_``.
+    """
+    prefix = getattr(net, "prefix", "")
+    auto = re.compile(rf"^{re.escape(type(net).__name__.lower())}\d+_")
+    if not prefix or not auto.fullmatch(prefix) or any(k.startswith(prefix) for k in params):
+        return params
+    if not all(auto.match(k) for k in params):
+        return params
+    return {auto.sub(lambda _: prefix, k, count=1): v for k, v in params.items()}
+
+
 def load_params_into(net: gluon.Block, path: str | os.PathLike, ctx: mx.Context) -> None:
     """Load a ``.params`` file into ``net``, turning every failure into one clear line.
 
@@ -130,7 +147,7 @@ def load_params_into(net: gluon.Block, path: str | os.PathLike, ctx: mx.Context)
         raise ModelError(f"params file {path} holds no named parameters")
     try:
         if any(k.startswith(("arg:", "aux:")) for k in loaded):
-            stripped = {k.split(":", 1)[1]: v for k, v in loaded.items()}
+            stripped = _to_net_prefix({k.split(":", 1)[1]: v for k, v in loaded.items()}, net)
             net.collect_params().load_dict(stripped, ctx=ctx)
         else:
             net.load_parameters(str(path), ctx=ctx)

@@ -198,37 +198,39 @@ def evaluate_attacks(
     start = time.perf_counter()
     pos = 0
     bar = tqdm(total=n, desc="evaluate", unit="img", disable=not progress, leave=False)
-    for batch in source.batches(batch_size):
-        rows = slice(pos, pos + len(batch.y))
-        index[rows], labels[rows] = batch.index, batch.y
-        clean_pred[rows] = model.predict(batch.x, batch_size=batch_size).argmax(axis=1)
-        correct = clean_pred[rows] == batch.y
-        still: Dict[Tuple[str, Optional[float]], np.ndarray] = {}
-        for k, (name, attack) in enumerate(attacks):
-            tm = threat_model(attack)
-            todo = still.setdefault(tm, correct.copy()) if cascade else correct
-            sel = np.flatnonzero(todo)
-            outcome = outcomes[k]
-            if sel.size == 0:
-                continue
-            t0 = time.perf_counter()
-            target = targets(batch.x[sel], batch.y[sel]) if targets is not None else None
-            result = attack(model, batch.x[sel], batch.y[sel], target=target)
-            outcome.seconds += time.perf_counter() - t0
-            absolute = sel + pos
-            outcome.attacked[absolute] = True
-            outcome.broken[absolute] = result.predictions != batch.y[sel]
-            outcome.distance[absolute] = result.distance
-            outcome.queries[absolute] = result.queries
-            if cascade:
-                still[tm][sel[outcome.broken[absolute]]] = False
-            if on_batch is not None:
-                mask = np.zeros(len(batch.y), bool)
-                mask[sel] = True
-                on_batch(k, batch, result, mask)
-        pos += len(batch.y)
-        bar.update(len(batch.y))
-    bar.close()
+    try:
+        for batch in source.batches(batch_size):
+            rows = slice(pos, pos + len(batch.y))
+            index[rows], labels[rows] = batch.index, batch.y
+            clean_pred[rows] = model.predict(batch.x, batch_size=batch_size).argmax(axis=1)
+            correct = clean_pred[rows] == batch.y
+            still: Dict[Tuple[str, Optional[float]], np.ndarray] = {}
+            for k, (name, attack) in enumerate(attacks):
+                tm = threat_model(attack)
+                todo = still.setdefault(tm, correct.copy()) if cascade else correct
+                sel = np.flatnonzero(todo)
+                outcome = outcomes[k]
+                if sel.size == 0:
+                    continue
+                t0 = time.perf_counter()
+                target = targets(batch.x[sel], batch.y[sel]) if targets is not None else None
+                result = attack(model, batch.x[sel], batch.y[sel], target=target)
+                outcome.seconds += time.perf_counter() - t0
+                absolute = sel + pos
+                outcome.attacked[absolute] = True
+                outcome.broken[absolute] = result.predictions != batch.y[sel]
+                outcome.distance[absolute] = result.distance
+                outcome.queries[absolute] = result.queries
+                if cascade:
+                    still[tm][sel[outcome.broken[absolute]]] = False
+                if on_batch is not None:
+                    mask = np.zeros(len(batch.y), bool)
+                    mask[sel] = True
+                    on_batch(k, batch, result, mask)
+            pos += len(batch.y)
+            bar.update(len(batch.y))
+    finally:
+        bar.close()
     result = RobustnessResult(index, labels, clean_pred, outcomes, cascade, seconds=time.perf_counter() - start)
     for o in outcomes:
         logger.info(
