@@ -1,17 +1,13 @@
-"""The ``gluon-robust`` subcommands: thin wrappers over :mod:`gluon_robust.jobs`."""
+"""``gluon-robust attack``: attack a model on a data source and save the adversarial examples."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 from typing import Any, Dict
 
-from .cli import (add_data_args, add_model_args, add_run_args, command, data_from_args, model_from_args,
-                  parse_floats, parse_fraction)
-from .errors import ConfigError
-
-logger = logging.getLogger("gluon_robust")
+from ..cli import add_data_args, add_model_args, add_run_args, command, data_from_args, model_from_args, parse_fraction
+from ..errors import ConfigError
 
 
 def _option_value(text: str) -> Any:
@@ -26,7 +22,6 @@ def _option_value(text: str) -> Any:
     return int(number) if number.is_integer() and "." not in text and "e" not in lowered and "/" not in text else number
 
 
-# ------------------------------------------------------------------ attack
 def _configure_attack(parser: argparse.ArgumentParser) -> None:
     add_model_args(parser)
     add_data_args(parser)
@@ -64,8 +59,8 @@ def attack_options(args: argparse.Namespace) -> Dict[str, Any]:
 
 @command("attack", "Attack a model on a data source and save the adversarial examples.")(_configure_attack)
 def run_attack(args: argparse.Namespace) -> int:
-    from .attacks import make_attack
-    from .jobs import run_attack_job
+    from ..attacks import make_attack
+    from ..jobs import run_attack_job
 
     if args.target is not None and not args.targeted:
         raise ConfigError("--target needs --targeted")
@@ -83,46 +78,3 @@ def run_attack(args: argparse.Namespace) -> int:
     return 0
 
 
-# -------------------------------------------------------------------- demo
-def _configure_demo(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="mnist_resnet20", help="model config (default: the bundled reference)")
-    parser.add_argument("--eps", type=parse_floats, default=(0.1,), help="comma-separated budgets (L-inf)")
-    parser.add_argument("--limit", type=int, default=500, help="test digits to evaluate")
-    parser.add_argument("--batch-size", type=int, default=250)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/demo", help="report directory")
-
-
-@command("demo", "Evaluate the bundled reference model on bundled MNIST digits and write a report.")(_configure_demo)
-def run_demo_command(args: argparse.Namespace) -> int:
-    from .jobs import demo_table, run_demo
-
-    report = run_demo(args.out, config=args.config, eps=args.eps, limit=args.limit, batch_size=args.batch_size,
-                      seed=args.seed)
-    print(f"{report['model']}\n{report['data']}: {report['n']} digits\n")
-    print(demo_table(report))
-    print(f"\nreport: {args.out}/report.json")
-    return 0
-
-
-# ---------------------------------------------------------------- listing
-def _configure_list(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=("attacks", "models", "configs"), help="what to list")
-
-
-@command("list", "List the registered attacks, zoo models or bundled configs.")(_configure_list)
-def run_list(args: argparse.Namespace) -> int:
-    if args.what == "attacks":
-        from .attacks import attack_names
-
-        names = attack_names()
-    elif args.what == "models":
-        from .zoo import zoo_names
-
-        names = zoo_names()
-    else:
-        from .config import config_dir
-
-        names = sorted(p.stem for p in config_dir().glob("*.yaml"))
-    print("\n".join(names))
-    return 0
