@@ -14,19 +14,25 @@ from typing import Any, Dict, List
 from ..errors import ConfigError
 
 from ..registry import Registry
+from .apgd import APGD
+from .apgdt import APGDT
 from .base import Attack, AttackResult, input_gradient
 from .fgsm import FGSM
 from .losses import get_loss
+from .mifgsm import MIFGSM
 from .norms import get_norm
 from .pgd import BIM, PGD
 
 __all__ = ["Attack", "AttackResult", "ATTACKS", "get_attack", "make_attack", "attack_names", "input_gradient", "get_loss", "get_norm",
-           "FGSM", "PGD", "BIM"]
+           "FGSM", "PGD", "BIM", "MIFGSM", "APGD", "APGDT"]
 
 ATTACKS: Registry[Attack] = Registry("attack")
 ATTACKS.register("fgsm", "fgm")(FGSM)
 ATTACKS.register("pgd", "pgd-linf")(PGD)
 ATTACKS.register("bim", "i-fgsm")(BIM)
+ATTACKS.register("mifgsm", "mi-fgsm")(MIFGSM)
+ATTACKS.register("apgd", "apgd-ce")(APGD)
+ATTACKS.register("apgd-t", "apgdt")(APGDT)
 
 
 def get_attack(name: str, **kwargs: Any) -> Attack:
