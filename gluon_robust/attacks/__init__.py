@@ -17,14 +17,16 @@ from ..registry import Registry
 from .apgd import APGD
 from .apgdt import APGDT
 from .base import Attack, AttackResult, input_gradient
+from .deepfool import DeepFool
 from .fgsm import FGSM
+from .jsma import JSMA
 from .losses import get_loss
 from .mifgsm import MIFGSM
 from .norms import get_norm
 from .pgd import BIM, PGD
 
 __all__ = ["Attack", "AttackResult", "ATTACKS", "get_attack", "make_attack", "attack_names", "input_gradient", "get_loss", "get_norm",
-           "FGSM", "PGD", "BIM", "MIFGSM", "APGD", "APGDT"]
+           "FGSM", "PGD", "BIM", "MIFGSM", "APGD", "APGDT", "DeepFool", "JSMA"]
 
 ATTACKS: Registry[Attack] = Registry("attack")
 ATTACKS.register("fgsm", "fgm")(FGSM)
@@ -33,6 +35,8 @@ ATTACKS.register("bim", "i-fgsm")(BIM)
 ATTACKS.register("mifgsm", "mi-fgsm")(MIFGSM)
 ATTACKS.register("apgd", "apgd-ce")(APGD)
 ATTACKS.register("apgd-t", "apgdt")(APGDT)
+ATTACKS.register("deepfool")(DeepFool)
+ATTACKS.register("jsma")(JSMA)
 
 
 def get_attack(name: str, **kwargs: Any) -> Attack:
