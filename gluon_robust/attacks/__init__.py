@@ -17,7 +17,10 @@ from ..registry import Registry
 from .apgd import APGD
 from .apgdt import APGDT
 from .base import Attack, AttackResult, input_gradient
+from .cw import CarliniWagnerL2
+from .cw_linf import CarliniWagnerLinf
 from .deepfool import DeepFool
+from .ead import EAD
 from .fgsm import FGSM
 from .jsma import JSMA
 from .losses import get_loss
@@ -26,7 +29,8 @@ from .norms import get_norm
 from .pgd import BIM, PGD
 
 __all__ = ["Attack", "AttackResult", "ATTACKS", "get_attack", "make_attack", "attack_names", "input_gradient", "get_loss", "get_norm",
-           "FGSM", "PGD", "BIM", "MIFGSM", "APGD", "APGDT", "DeepFool", "JSMA"]
+           "FGSM", "PGD", "BIM", "MIFGSM", "APGD", "APGDT", "DeepFool", "JSMA",
+           "CarliniWagnerL2", "CarliniWagnerLinf", "EAD"]
 
 ATTACKS: Registry[Attack] = Registry("attack")
 ATTACKS.register("fgsm", "fgm")(FGSM)
@@ -37,6 +41,9 @@ ATTACKS.register("apgd", "apgd-ce")(APGD)
 ATTACKS.register("apgd-t", "apgdt")(APGDT)
 ATTACKS.register("deepfool")(DeepFool)
 ATTACKS.register("jsma")(JSMA)
+ATTACKS.register("cw", "cw-l2")(CarliniWagnerL2)
+ATTACKS.register("cw-linf")(CarliniWagnerLinf)
+ATTACKS.register("ead")(EAD)
 
 
 def get_attack(name: str, **kwargs: Any) -> Attack:

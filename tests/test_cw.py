@@ -1,0 +1,310 @@
+"""Tests for the Carlini & Wagner attacks: L2 (minimal perturbation) and L-inf (PGD on the C&W margin).
+
+The oracles are closed-form. On ``linear_classifier(w, b)`` (logits ``[0, w.x + b]``) the smallest L2
+perturbation that flips the decision has norm ``|f(x)| / ||w||_2`` and the smallest L-inf one
+``|f(x)| / ||w||_1``, as long as the bounds do not bind.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, List, NamedTuple, Tuple
+
+import numpy as np
+import pytest
+from mxnet import autograd, gluon, nd
+
+from conftest import linear_classifier
+from gluon_robust.attacks.cw import CarliniWagnerL2
+from gluon_robust.attacks.cw_linf import CarliniWagnerLinf
+from gluon_robust.attacks.pgd import PGD
+from gluon_robust.config import config_dir
+from gluon_robust.errors import ConfigError
+from gluon_robust.model import Classifier, load_classifier
+
+REPO = Path(__file__).resolve().parents[1]
+logger = logging.getLogger(__name__)
+Batch = Tuple[np.ndarray, np.ndarray]
+
+#: Bounds wide enough never to bind at the optimum, narrow enough for C&W's tanh-space steps.
+BOUNDS = (-2.0, 2.0)
+#: Cheap settings for the property tests (the closed-form tests use the defaults).
+QUICK = dict(binary_search_steps=3, steps=30)
+
+
+class LinearProblem(NamedTuple):
+    """A linear model, points on both sides of its boundary, their labels, its weights and ``f(x)``."""
+
+    model: Classifier
+    x: np.ndarray
+    y: np.ndarray
+    w: np.ndarray
+    f: np.ndarray
+
+    def minimal_distance(self, dual_ord: float) -> np.ndarray:
+        """``|f(x)| / ||w||_q``: the minimal perturbation in the norm whose dual is ``q``."""
+        return np.abs(self.f) / np.linalg.norm(self.w, ord=dual_ord)
+
+    def margins(self, x_adv: np.ndarray) -> np.ndarray:
+        """The C&W margin of ``x_adv`` (positive when adversarial)."""
+        logits = self.model.predict(x_adv)
+        return np.where(self.y == 1, logits[:, 0] - logits[:, 1], logits[:, 1] - logits[:, 0])
+
+
+def linear_problem(seed: int, n: int, scale: Tuple[float, float], dual_ord: float) -> LinearProblem:
+    """A random 16-feature linear model and ``n`` points with ``|f(x)| / ||w||_dual_ord`` uniform in ``scale``.
+
+    The points are moved along ``w`` to put them where wanted, on both sides of the boundary; the
+    optimum in the norm dual to ``dual_ord`` is checked to stay inside ``BOUNDS``.
+    """
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(4, 4)).astype(np.float32)
+    b = float(rng.normal())
+    w_flat = w.reshape(-1).astype(np.float64)
+    x = rng.uniform(-0.5, 0.5, size=(n, w.size))
+    wanted = rng.uniform(*scale, size=n) * rng.choice([-1.0, 1.0], size=n) * np.linalg.norm(w_flat, ord=dual_ord)
+    x = x + ((wanted - (x @ w_flat + b)) / (w_flat @ w_flat))[:, None] * w_flat[None, :]
+    x = x.reshape(n, 1, 4, 4).astype(np.float32)
+    f = x.reshape(n, -1).astype(np.float64) @ w_flat + b
+    # The closed form holds only if the optimum stays inside the bounds. Its largest coordinate move:
+    # L2 |f| max|w_i| / ||w||_2^2; L-inf |f| / ||w||_1; L1 (one coordinate) |f| / ||w||_inf.
+    w_max, w_one = np.abs(w_flat).max(), np.abs(w_flat).sum()
+    move = {2: w_max / (w_flat @ w_flat), 1: 1 / w_one, np.inf: 1 / w_max}[dual_ord]
+    reach = np.abs(x.reshape(n, -1)).max(axis=1) + np.abs(f) * move
+    assert reach.max() < 0.9 * BOUNDS[1], "test problem too close to the bounds"
+    return LinearProblem(linear_classifier(w, b, bounds=BOUNDS), x, (f > 0).astype(np.int64), w_flat, f)
+
+
+class Recorder(gluon.Block):
+    """Wraps a classifier and keeps every batch it sees, with its logits, to check what an attack returns.
+
+    ``with_gradient`` selects the calls made under ``autograd.record`` (gradient points) or the others
+    (plain forward passes).
+    """
+
+    def __init__(self, model: Classifier, with_gradient: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.with_gradient = with_gradient
+        self.bounds, self.num_classes, self.ctx = model.bounds, model.num_classes, model.ctx
+        self.input_size = model.input_size
+        self.mode_free = model.mode_free  # the base records gradients of mode-free models in train mode
+        self.seen: List[Batch] = []
+
+    def forward(self, x: nd.NDArray) -> nd.NDArray:
+        logits = self.model(x)
+        if autograd.is_recording() == self.with_gradient:
+            self.seen.append((x.asnumpy(), logits.asnumpy()))
+        return logits
+
+    def best(self, x: np.ndarray, y: np.ndarray, distance: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Per sample, the smallest ``distance(x_seen - x)`` among the points seen that were misclassified."""
+        best = np.full(len(x), np.inf)
+        for x_seen, logits in self.seen:  # the base may pad the batch: keep the real rows
+            wrong = logits[: len(x)].argmax(axis=1) != y
+            best = np.where(wrong, np.minimum(best, distance(x_seen[: len(x)] - x)), best)
+        return best
+
+
+def reference_model(monkeypatch: pytest.MonkeyPatch) -> Classifier:
+    """The bundled MNIST reference model; skips the test when its weights are not bundled."""
+    weights = (config_dir() / "mnist_resnet20.params", REPO / "model_configs" / "mnist_resnet20.params")
+    if not any(path.is_file() for path in weights):
+        pytest.skip("model_configs/mnist_resnet20.params is not bundled")
+    monkeypatch.chdir(REPO)
+    return load_classifier("model_configs/mnist_resnet20.yaml")
+
+
+# ------------------------------------------------------------------ C&W L2: closed form
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cw_l2_reaches_the_closed_form_minimum_on_a_linear_model(seed: int) -> None:
+    p = linear_problem(seed, 8, (0.2, 1.0), 2)
+    result = CarliniWagnerL2()(p.model, p.x, p.y)
+    assert result.success.all()
+    gap = result.distance / p.minimal_distance(2) - 1
+    logger.info("C&W L2 gap to the closed-form optimum: max %.4f, min %.2e", gap.max(), gap.min())
+    assert gap.min() >= -1e-4  # below the optimum is impossible
+    assert gap.max() <= 0.05
+    assert (p.margins(result.x_adv) > 0).all()
+    l2 = np.linalg.norm((result.x_adv - p.x).reshape(len(p.x), -1), axis=1)
+    np.testing.assert_allclose(result.distance, l2, rtol=1e-5)
+
+
+def test_cw_l2_returns_the_smallest_adversarial_iterate(tiny_model: Classifier, tiny_batch: Batch) -> None:
+    x, y = tiny_batch
+    spy = Recorder(tiny_model, with_gradient=True)  # C&W evaluates its iterates in the gradient pass
+    result = CarliniWagnerL2(binary_search_steps=4, steps=30)(spy, x, y)
+    best = spy.best(x, y, lambda d: np.linalg.norm(d.reshape(len(d), -1), axis=1))
+    assert result.success.mean() > 0.5
+    np.testing.assert_array_equal(result.success, np.isfinite(best))
+    np.testing.assert_allclose(result.distance[result.success], best[result.success], rtol=1e-5)
+
+
+def test_cw_l2_confidence_moves_the_optimum_by_kappa() -> None:
+    p = linear_problem(3, 6, (0.2, 1.0), 2)
+    kappa = 1.0
+    result = CarliniWagnerL2(confidence=kappa)(p.model, p.x, p.y)
+    assert result.success.all()
+    assert (p.margins(result.x_adv) >= kappa - 1e-4).all()
+    # The smallest L2 perturbation with a margin of kappa: (|f| + kappa) / ||w||_2.
+    gap = result.distance / (p.minimal_distance(2) + kappa / np.linalg.norm(p.w)) - 1
+    assert gap.min() >= -1e-4 and gap.max() <= 0.05, gap
+
+
+def test_cw_l2_returns_the_clean_input_where_it_fails() -> None:
+    p = linear_problem(4, 4, (0.5, 1.0), 2)
+    result = CarliniWagnerL2(binary_search_steps=1, steps=5, initial_const=1e-6)(p.model, p.x, p.y)
+    assert not result.success.any()
+    np.testing.assert_array_equal(result.x_adv, p.x)
+    np.testing.assert_array_equal(result.distance, 0.0)
+
+
+def test_cw_l2_keeps_already_misclassified_points_in_place() -> None:
+    p = linear_problem(5, 4, (0.2, 1.0), 2)
+    result = CarliniWagnerL2(**QUICK)(p.model, p.x, 1 - p.y)
+    assert result.success.all()
+    assert result.distance.max() < 1e-4
+
+
+# ------------------------------------------------------------------ C&W L2: contract
+def test_cw_l2_targeted_hits_the_target(tiny_model: Classifier, tiny_batch: Batch) -> None:
+    x, y = tiny_batch
+    target = np.argsort(tiny_model.predict(x), axis=1)[:, -2]  # the runner-up class
+    # Which targets are reachable at all: a whole-box targeted PGD.
+    reachable = PGD(eps=1.0, steps=100, loss="margin")(tiny_model, x, y, target=target).success
+    assert reachable.sum() >= len(x) // 2
+    result = CarliniWagnerL2(binary_search_steps=5, learning_rate=0.05)(tiny_model, x, y, target=target)
+    assert result.success[reachable].all()
+    np.testing.assert_array_equal(result.predictions[result.success], target[result.success])
+    np.testing.assert_array_equal(result.targets, target)
+
+
+def test_cw_l2_respects_bounds_and_is_deterministic(tiny_model: Classifier, tiny_batch: Batch) -> None:
+    x, y = tiny_batch
+    first = CarliniWagnerL2(**QUICK)(tiny_model, x, y)
+    second = CarliniWagnerL2(**QUICK)(tiny_model, x, y)
+    assert first.success.mean() > 0.5
+    assert first.x_adv.min() >= 0.0 and first.x_adv.max() <= 1.0
+    np.testing.assert_array_equal(first.x_adv, second.x_adv)
+    np.testing.assert_array_equal(first.iterations, second.iterations)
+    assert (first.iterations <= 3 * 30).all() and (first.iterations > 0).all()
+    np.testing.assert_array_equal(first.queries, first.iterations)
+
+
+def test_cw_l2_sample_alone_equals_sample_in_batch(tiny_model: Classifier, tiny_batch: Batch) -> None:
+    x, y = tiny_batch
+    attack = CarliniWagnerL2(**QUICK)
+    batch = attack(tiny_model, x[:6], y[:6])
+    for i in (0, 3, 5):
+        alone = attack(tiny_model, x[i : i + 1], y[i : i + 1])
+        np.testing.assert_allclose(alone.x_adv[0], batch.x_adv[i], atol=1e-5)
+        assert alone.success[0] == batch.success[i]
+        assert alone.iterations[0] == batch.iterations[i]
+
+
+def test_cw_l2_more_search_steps_never_give_a_larger_perturbation(
+    tiny_model: Classifier, tiny_batch: Batch
+) -> None:
+    # The first search steps are the same in both runs, and the best adversarial point is kept across steps.
+    x, y = tiny_batch
+    short = CarliniWagnerL2(binary_search_steps=2, steps=30)(tiny_model, x, y)
+    long = CarliniWagnerL2(binary_search_steps=5, steps=30)(tiny_model, x, y)
+    assert (long.success >= short.success).all()
+    both = short.success
+    assert (long.distance[both] <= short.distance[both] + 1e-6).all()
+    assert (long.distance[both] < short.distance[both] - 1e-3).any()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"binary_search_steps": 0}, r"binary_search_steps must be an integer >= 1, got 0"),
+        ({"steps": 2.5}, r"steps must be an integer >= 1, got 2\.5"),
+        ({"learning_rate": 0.0}, r"learning_rate must be > 0, got 0\.0"),
+        ({"initial_const": -1.0}, r"initial_const must be > 0, got -1\.0"),
+        ({"confidence": -0.5}, r"confidence must be >= 0, got -0\.5"),
+        ({"confidence": float("nan")}, r"confidence must be a finite number, got nan"),
+        ({"abort_early": "yes"}, r"abort_early must be True or False, got 'yes'"),
+        ({"eot_samples": 0}, r"eot_samples must be an integer >= 1, got 0"),
+        ({"seed": -1}, r"seed must be a non-negative integer, got -1"),
+    ],
+)
+def test_cw_l2_rejects_bad_hyperparameters(kwargs: Any, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        CarliniWagnerL2(**kwargs)
+
+
+def test_cw_l2_is_a_minimal_l2_attack() -> None:
+    attack = CarliniWagnerL2()
+    assert attack.eps is None and attack.norm.name == "l2" and attack.supports_targeted
+
+
+# ------------------------------------------------------------------ C&W L-inf
+@pytest.mark.parametrize("ratio, succeeds", [(0.5, False), (0.85, False), (1.2, True), (2.0, True)])
+def test_cw_linf_succeeds_exactly_beyond_the_closed_form_radius(ratio: float, succeeds: bool) -> None:
+    p = linear_problem(6, 6, (0.05, 0.3), 1)
+    radius = p.minimal_distance(1)  # |f| / ||w||_1
+    for i in range(len(p.x)):  # one eps per point: `ratio` times its own minimal L-inf distance
+        eps = float(ratio * radius[i])
+        result = CarliniWagnerLinf(eps=eps, steps=20)(p.model, p.x[i : i + 1], p.y[i : i + 1])
+        assert result.success[0] == succeeds, (i, eps, radius[i])
+        assert result.distance[0] <= eps * (1 + 1e-6)
+
+
+def test_cw_linf_stays_in_the_ball_and_hits_targets(tiny_model: Classifier, tiny_batch: Batch) -> None:
+    x, y = tiny_batch
+    target = np.argsort(tiny_model.predict(x), axis=1)[:, -2]
+    eps = 0.3
+    attack = CarliniWagnerLinf(eps=eps, steps=30)
+    result = attack(tiny_model, x, y, target=target)
+    assert result.success.mean() > 0.5
+    np.testing.assert_array_equal(result.predictions[result.success], target[result.success])
+    assert np.abs(result.x_adv - x).max() <= eps + 1e-6
+    assert result.x_adv.min() >= 0.0 and result.x_adv.max() <= 1.0
+    np.testing.assert_array_equal(result.x_adv, attack(tiny_model, x, y, target=target).x_adv)
+    alone = attack(tiny_model, x[2:3], y[2:3], target=target[2:3])
+    np.testing.assert_allclose(alone.x_adv[0], result.x_adv[2], atol=1e-5)
+
+
+def test_cw_linf_confidence_sets_the_final_margin() -> None:
+    p = linear_problem(7, 6, (0.05, 0.2), 1)
+    kappa, steps = 0.5, 50
+    w_one = np.abs(p.w).sum()
+    eps = float(p.minimal_distance(1).max() + 2 * kappa / w_one)  # room for a margin of 2 kappa everywhere
+    attack = CarliniWagnerLinf(eps=eps, steps=steps, confidence=kappa, random_start=False)
+    result = attack(p.model, p.x, p.y)
+    assert result.success.all()
+    margins = p.margins(result.x_adv)
+    assert (margins >= kappa - 1e-4).all()
+    # The push stops once the margin passes kappa: it overshoots by at most one step, step_size * ||w||_1.
+    assert (margins <= kappa + attack.step_size * w_one + 1e-4).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"eps": None}, r"eps must be a finite number, got None"),
+        ({"eps": -0.1}, r"eps must be >= 0, got -0\.1"),
+        ({"eps": 0.1, "confidence": -1}, r"confidence must be >= 0, got -1"),
+        ({"eps": 0.1, "steps": 0}, r"steps must be an integer >= 1, got 0"),
+        ({"eps": 0.1, "restarts": 0}, r"restarts must be an integer >= 1, got 0"),
+    ],
+)
+def test_cw_linf_rejects_bad_hyperparameters(kwargs: Any, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        CarliniWagnerLinf(**kwargs)
+
+
+# ------------------------------------------------------------------ reference model
+@pytest.mark.slow
+def test_cw_l2_succeeds_on_every_mnist_digit(mnist_test: Batch, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = reference_model(monkeypatch)
+    x, y = mnist_test[0][:100], mnist_test[1][:100]
+    # Most MNIST pixels sit on a bound, where the tanh variable starts at |w| = 7.25: at the default rate
+    # (0.01) 100 Adam steps cannot move them, so the attack needs a larger rate (see the class docstring).
+    result = CarliniWagnerL2(learning_rate=0.1)(model, x, y)
+    median = float(np.median(result.distance))
+    logger.info("C&W L2 on 100 MNIST digits: success %.2f, median L2 %.3f", result.success.mean(), median)
+    assert result.success.all()
+    assert 0.2 < median < 3.0
