@@ -132,7 +132,7 @@ ERROR_CASES: Dict[str, tuple] = {
         lambda t: dict(FOLDER_MODEL, data=image_folder(t, "not_an_image")), r"cannot decode image file .*0001\.jpg",
     ),
     "negative_eps": (lambda t: {"eps": "-0.1"}, r"eps must be .*0, got -0\.1"),
-    "unknown_attack": (lambda t: {"attack": "pgdd"}, r"unknown attack 'pgdd' \(did you mean pgd\?\); valid names: .*pgd"),
+    "unknown_attack": (lambda t: {"attack": "pgdd"}, r"unknown attack 'pgdd' \(did you mean pgd\b.*\); valid names: .*pgd"),
     "zero_limit": (lambda t: {"limit": "0"}, r"limit must be a positive integer"),
     "fractional_input_size": (lambda t: {"input_size": "1,28.5,28"}, r"input_size must be .*positive integers"),
     "pretrained_not_cached": (
