@@ -17,7 +17,7 @@ from .data import DataSource, load_data
 from .evaluation.robustness import evaluate_attacks
 from .io import StreamingNpzWriter, atomic_write_json, atomic_write_text
 from .model import Classifier, load_classifier
-from .reporting import format_table, save_png, staged_output, versions
+from .reporting import save_png, staged_output, versions
 
 __all__ = ["run_attack_job", "run_demo", "DEMO_ATTACKS"]
 
@@ -157,7 +157,7 @@ def run_attack_job(
 
 
 def demo_attacks(eps: float, seed: int = 0) -> List[Tuple[str, Attack]]:
-    """The demo's attack list: the registered ones of :data:`DEMO_ATTACKS`."""
+    """The attacks of the classic attack-by-attack comparison: the registered ones of :data:`DEMO_ATTACKS`."""
     return [(name, get_attack(name, eps=eps, seed=seed, **kwargs)) for name, kwargs in DEMO_ATTACKS if name in ATTACKS]
 
 
@@ -165,37 +165,35 @@ def run_demo(
     out_dir: str | Path,
     *,
     config: str = "mnist_resnet20",
+    recipe: str = "demo",
     eps: Sequence[float] = (0.1,),
-    limit: int = 500,
-    batch_size: int = 250,
+    limit: int = 200,
+    batch_size: int = 100,
     seed: int = 0,
     ctx: Any = None,
+    progress: bool = True,
 ) -> Dict[str, Any]:
-    """Evaluate the bundled reference model on bundled digits and write ``report.json``.
+    """Evaluate the bundled reference model on bundled digits with a recipe and write the report.
 
-    Every attack runs on every correctly classified digit, so each has its own
-    robust accuracy; ``worst_case`` counts a digit robust only if no attack
-    broke it. Returns the report and prints nothing (the CLI prints the table).
+    Runs :func:`gluon_robust.evaluation.evaluate` (the ``demo`` recipe by
+    default: PGD-40, then AutoAttack's ``standard`` stages, L-inf) and writes ``report.json``, ``report.md`` and
+    ``report.html`` into ``out_dir``. Returns the report and prints nothing
+    (the CLI prints the table).
     """
+    from .evaluation import evaluate
+
     model = load_classifier(config, ctx=ctx)
     source = load_data("mnist-sample", split="test", limit=limit, input_size=model.input_size[1:])
-    attacks = [item for e in eps for item in demo_attacks(e, seed)]
-    result = evaluate_attacks(model, source, attacks, batch_size=batch_size, cascade=False)
-    report = result.to_report()
-    report.update({"model": model.describe(), "config": config, "data": source.name, "seed": seed, "versions": versions()})
-    with staged_output(out_dir) as stage:
-        atomic_write_json(stage / "report.json", report)
+    report = evaluate(model, source, recipe=recipe, eps=eps, norm="linf", batch_size=batch_size, seed=seed,
+                      out_dir=out_dir, progress=progress,
+                      args={"config": config, "recipe": recipe, "eps": list(eps), "limit": limit,
+                            "batch_size": batch_size, "seed": seed})
+    report["config"] = config
     return report
 
 
 def demo_table(report: Dict[str, Any]) -> str:
-    """The demo's printed table: one row per attack, then the worst case."""
-    rows = [["clean", "-", "-", f"{100 * report['clean_accuracy']:.1f}%", "-"]]
-    rows += [
-        [a["name"], a["norm"], f"{a['eps']:g}", f"{100 * a['robust_accuracy']:.1f}%", f"{a['seconds']:.1f}"]
-        for a in report["attacks"]
-    ]
-    rows += [
-        ["worst case", w["norm"], f"{w['eps']:g}", f"{100 * w['robust_accuracy']:.1f}%", "-"] for w in report["worst_case"]
-    ]
-    return format_table(rows, ["attack", "norm", "eps", "accuracy", "seconds"])
+    """The demo's printed table: one row per attack stage (its own and the cumulative accuracy), then the worst case."""
+    from .evaluation.report import summary_table
+
+    return summary_table(report)

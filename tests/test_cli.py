@@ -350,9 +350,10 @@ def test_demo_writes_a_report(tmp_path, capsys):
         assert attack["norm"] == "linf" and attack["eps"] == pytest.approx(0.1)
         assert 0.0 <= attack["robust_accuracy"] <= report["clean_accuracy"]
     names = [a["name"] for a in report["attacks"]]
-    assert "pgd" in names
-    assert "clean" in captured.out and "pgd" in captured.out
-    assert sorted(p.name for p in out.iterdir()) == ["report.json"]
+    assert names[:3] == ["pgd-40", "apgd-ce", "apgd-t"]
+    assert "clean" in captured.out and "pgd-40" in captured.out and "apgd-ce" in captured.out
+    assert {"report.json", "report.md", "report.html"} <= {p.name for p in out.iterdir()}
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "staging leftovers"
 
 
 @pytest.mark.parametrize("what, expected", [("attacks", "pgd"), ("configs", "mnist_resnet20"), ("models", "cifar_resnet20_v1")])

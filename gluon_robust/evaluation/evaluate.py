@@ -1,0 +1,323 @@
+"""AutoAttack-style evaluation: a named recipe, an epsilon sweep, sanity checks, a report.
+
+Croce & Hein (2020), "Reliable evaluation of adversarial robustness with an
+ensemble of diverse parameter-free attacks", ICML, https://arxiv.org/abs/2003.01690.
+
+:func:`evaluate` measures clean accuracy, then runs each stage of a recipe
+(:mod:`~gluon_robust.evaluation.recipes`) for each epsilon on the points still
+robust (the cascade of :func:`~gluon_robust.evaluation.robustness.evaluate_attacks`);
+the result is the worst case per sample. With ``out_dir`` it checkpoints after
+every batch (``resume=True`` continues an interrupted run) and writes the
+report (:mod:`~gluon_robust.evaluation.report`). ``shard=(k, n)`` evaluates
+the ``k``-th of ``n`` contiguous slices; :func:`merge_reports` joins the shard
+reports into the report of the whole run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import mxnet as mx
+import numpy as np
+
+from ..data import DataSource
+from ..errors import ConfigError
+from ..reporting import staged_output, versions
+from . import sanity
+from .recipes import build_attacks, custom_recipe, describe, get_recipe
+from .report import EXAMPLE_KEYS, empty_examples, write_report
+from .robustness import RobustnessResult, evaluate_attacks
+from .state import StateFile
+
+__all__ = ["evaluate", "merge_reports", "parse_shard", "shard_slice"]
+
+logger = logging.getLogger(__name__)
+
+
+def parse_shard(text: str) -> Tuple[int, int]:
+    """Parse ``"K/N"`` (0-based shard ``K`` of ``N``)."""
+    k, sep, n = str(text).partition("/")
+    if not sep or not k.strip().isdigit() or not n.strip().isdigit() or not int(k) < int(n):
+        raise ConfigError(f"shard must be K/N with integers 0 <= K < N, got {text!r}")
+    return int(k), int(n)
+
+
+def _check_shard(shard: Any) -> Tuple[int, int]:
+    try:
+        k, n = (int(v) for v in shard)
+    except (TypeError, ValueError):
+        raise ConfigError(f"shard must be (k, n) with 0 <= k < n, got {shard!r}") from None
+    if not 0 <= k < n:
+        raise ConfigError(f"shard must be (k, n) with 0 <= k < n, got {shard!r}")
+    return k, n
+
+
+def shard_slice(size: int, shard: Tuple[int, int]) -> slice:
+    """The contiguous positions of shard ``k`` of ``n`` of a source of ``size`` samples."""
+    k, n = _check_shard(shard)
+    return slice(k * size // n, (k + 1) * size // n)
+
+
+class _Examples:
+    """Keeps the adversarial examples (at the largest epsilon) of the lowest source indices, for the image grid."""
+
+    def __init__(self, attacks: Sequence[Tuple[str, Any]], sample_shape: tuple, limit: int) -> None:
+        bounded = [a.eps for _, a in attacks if a.eps is not None]
+        top = max(bounded) if bounded else None
+        self.wanted = {k for k, (_, a) in enumerate(attacks) if a.eps == top}
+        self.limit = limit
+        self.data = empty_examples(sample_shape)
+
+    def __call__(self, k: int, batch: Any, result: Any, attacked: np.ndarray) -> None:
+        if k not in self.wanted or self.limit <= 0:
+            return
+        sel = np.flatnonzero(attacked)
+        broken = result.predictions != batch.y[sel]
+        if not broken.any():
+            return
+        rows = sel[broken]
+        adv = result.x_adv if isinstance(result.x_adv, np.ndarray) else result.x_adv.asnumpy()
+        new = {
+            "x": batch.x[rows], "x_adv": adv[broken].astype(np.float32), "y": batch.y[rows],
+            "pred": result.predictions[broken].astype(np.int64), "index": batch.index[rows].astype(np.int64),
+            "attack": np.full(len(rows), k, np.int64),
+        }
+        self.set({key: np.concatenate([self.data[key], new[key]]) for key in EXAMPLE_KEYS})
+
+    def get(self) -> Dict[str, np.ndarray]:
+        return dict(self.data)
+
+    def set(self, data: Dict[str, np.ndarray]) -> None:
+        if not data:
+            return
+        order = np.argsort(data["index"], kind="stable")[: self.limit]
+        self.data = {key: data[key][order] for key in EXAMPLE_KEYS}
+
+
+def evaluate(
+    model: Any,
+    source: DataSource,
+    *,
+    recipe: str = "standard",
+    attacks: Optional[Sequence[str]] = None,
+    eps: Sequence[float] = (8 / 255,),
+    norm: str = "linf",
+    batch_size: int = 128,
+    seed: int = 0,
+    out_dir: Optional[str | Path] = None,
+    resume: bool = False,
+    shard: Optional[Tuple[int, int]] = None,
+    probe_size: int = 32,
+    max_examples: int = 8,
+    progress: bool = True,
+    args: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
+    """Evaluate ``model`` on ``source`` with a recipe (or a custom list of attacks) over an epsilon sweep.
+
+    Parameters
+    ----------
+    model : Classifier
+        The model under evaluation (pixel inputs inside ``model.bounds``).
+    source : DataSource
+        The evaluation data; with ``shard`` only its slice is attacked.
+    recipe : str
+        ``"standard"``, ``"plus"``, ``"rand"`` or ``"fast"`` (see :data:`~gluon_robust.evaluation.recipes.RECIPES`).
+    attacks : sequence of str, optional
+        Registered attack names to run instead of the recipe, with default hyperparameters.
+    eps : sequence of float
+        The budgets, in pixel units.
+    norm : str
+        ``"linf"`` or ``"l2"``.
+    batch_size : int
+        Samples per batch (and per checkpoint).
+    seed : int
+        Seed of every attack and of MXNet's and NumPy's global generators.
+    out_dir : path, optional
+        Write the report here (all or nothing) and keep the resumable state
+        file here while running.
+    resume : bool
+        Continue from the state file in ``out_dir`` without redoing finished batches.
+    shard : (int, int), optional
+        ``(k, n)``: evaluate only the ``k``-th of ``n`` contiguous slices.
+    probe_size : int
+        Samples (the first of the *whole* source) for the model sanity checks.
+    max_examples : int
+        Adversarial examples kept for the report's image grid.
+    progress : bool
+        Show progress bars.
+    args : dict, optional
+        The command-line arguments, recorded in the report.
+
+    Returns
+    -------
+    dict
+        The report (see :meth:`RobustnessResult.to_report`) plus ``recipe``,
+        ``stages``, ``norm``, ``eps``, ``seed``, ``versions``, ``sanity``,
+        ``warnings`` and more.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown recipe or attack, a bad epsilon, norm, shard or batch size.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 1:
+        raise ConfigError(f"probe_size must be a positive integer, got {probe_size!r}")
+    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 0:
+        raise ConfigError(f"max_examples must be a non-negative integer, got {max_examples!r}")
+    if resume and out_dir is None:
+        raise ConfigError("resume=True needs out_dir, where the state file is")
+    stages = custom_recipe(attacks) if attacks is not None else get_recipe(recipe)
+    recipe_name = "custom" if attacks is not None else str(recipe).strip().lower()
+    eps = [float(e) for e in eps] if not isinstance(eps, (int, float)) else [float(eps)]
+    built, skipped = build_attacks(stages, eps=eps, norm=norm, seed=seed)
+    if not built:
+        raise ConfigError(f"no attack of recipe {recipe_name!r} is registered")
+    norm = built[0][1].norm.name
+    mx.random.seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+    probe = source.subset(slice(0, min(probe_size, len(source))))
+    px, py = probe.arrays()
+    measurements, probe_warnings = sanity.probe_model(model, px, py, norm=norm, seed=seed)
+
+    full_size = len(source)
+    shard_info = None
+    if shard is not None:
+        k, n_shards = _check_shard(shard)
+        part = shard_slice(full_size, (k, n_shards))
+        source = source.subset(part)
+        shard_info = {"k": k, "n": n_shards, "start": part.start, "stop": part.stop, "size": full_size}
+
+    examples = _Examples(built, source.sample_shape, max_examples)
+    checkpoint = None
+    if out_dir is not None:
+        fingerprint = {
+            "recipe": recipe_name, "stages": describe(stages), "eps": eps, "norm": norm, "seed": seed,
+            "batch_size": batch_size, "data": source.name, "n": len(source), "shard": shard_info,
+            "model": model.describe() if hasattr(model, "describe") else type(model).__name__,
+        }
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        checkpoint = StateFile(out_dir, fingerprint, resume=resume, extra_state=(examples.get, examples.set))
+
+    logger.info("evaluate: recipe %s, %s eps %s, %d samples, stages %s", recipe_name, norm, eps, len(source),
+                [label for label, _ in built])
+    result = evaluate_attacks(model, source, built, batch_size=batch_size, cascade=True, on_batch=examples,
+                              progress=progress, checkpoint=checkpoint)
+    report = _finish(result.to_report(), stages=stages, recipe=recipe_name, norm=norm, eps=eps, seed=seed,
+                     skipped=skipped, measurements=measurements, probe_warnings=probe_warnings,
+                     model=model.describe() if hasattr(model, "describe") else type(model).__name__,
+                     data=source.name, args=args, shard=shard_info,
+                     bounds=getattr(model, "bounds", (0.0, 1.0)), max_examples=max_examples)
+    sanity.emit(report["warnings"])
+    if out_dir is not None:
+        with staged_output(out_dir) as stage:
+            write_report(stage, report, examples.get(), bounds=tuple(report["bounds"]))
+        checkpoint.remove()
+        logger.info("report: %s", Path(out_dir) / "report.html")
+    return report
+
+
+def _finish(
+    report: Dict[str, Any], *, stages: Sequence[Any], recipe: str, norm: str, eps: Sequence[float], seed: int,
+    skipped: List[str], measurements: Dict[str, Any], probe_warnings: List[str], model: str, data: str,
+    args: Optional[Dict[str, Any]], shard: Optional[Dict[str, Any]], bounds: Sequence[float], max_examples: int,
+) -> Dict[str, Any]:
+    """Add the run's description and the sanity checks to a result's report."""
+    report.update({
+        "recipe": recipe,
+        "stages": describe(stages),
+        "skipped": list(skipped),
+        "norm": norm,
+        "eps": list(eps),
+        "seed": seed,
+        "model": model,
+        "data": data,
+        "bounds": [float(b) for b in bounds],
+        "max_examples": int(max_examples),
+        "sanity": {**measurements, "probe_warnings": list(probe_warnings)},
+        "warnings": list(probe_warnings) + sanity.report_warnings(report),
+        "versions": versions(),
+        "args": _jsonable(args or {}),
+        "shard": shard,
+    })
+    return report
+
+
+def _jsonable(args: Dict[str, Any]) -> Dict[str, Any]:
+    return json.loads(json.dumps(args, default=str))
+
+
+def merge_reports(dirs: Sequence[str | Path], out_dir: Optional[str | Path] = None) -> Dict[str, Any]:
+    """Combine shard reports into the report of the whole evaluation.
+
+    The aggregate is recomputed from the per-sample data, so the result equals
+    the unsharded run's report except for :data:`~gluon_robust.evaluation.report.TIMING_KEYS`
+    (timing is summed over shards; ``args`` lists the merged directories).
+
+    Parameters
+    ----------
+    dirs : sequence of path
+        Report directories of the shards ``0/N`` to ``N-1/N``, in any order.
+    out_dir : path, optional
+        Where to write the merged report (all or nothing).
+
+    Raises
+    ------
+    ConfigError
+        If a report is missing, is not a shard, or the shards do not belong together or miss one.
+    """
+    if not dirs:
+        raise ConfigError("merge-reports needs at least one report directory")
+    loaded = []
+    for d in dirs:
+        path = Path(d) / "report.json"
+        if not path.is_file():
+            raise ConfigError(f"no report.json in {d}")
+        report = json.loads(path.read_text(encoding="utf-8"))
+        if not report.get("shard"):
+            raise ConfigError(f"{d} holds the report of an unsharded run, not a shard")
+        with np.load(Path(d) / "examples.npz") as data:
+            ex = {k: data[k] for k in EXAMPLE_KEYS}
+        loaded.append((report, ex, str(d)))
+    loaded.sort(key=lambda item: item[0]["shard"]["k"])
+    first = loaded[0][0]
+    keys = ("recipe", "stages", "norm", "eps", "seed", "model", "data", "skipped", "sanity", "bounds", "max_examples")
+    total = first["shard"]["n"]
+    for report, _, d in loaded:
+        different = [k for k in keys if report.get(k) != first.get(k)]
+        if report["shard"]["n"] != total or report["shard"]["size"] != first["shard"]["size"]:
+            different.append("shard")
+        if different:
+            raise ConfigError(f"{d} is not a shard of the same evaluation as {loaded[0][2]} (differs in "
+                              f"{', '.join(different)})")
+    found = [r["shard"]["k"] for r, _, _ in loaded]
+    if found != list(range(total)):
+        raise ConfigError(f"merge-reports needs each shard 0..{total - 1} of {total} exactly once, got {found}")
+    result = RobustnessResult.concatenate([RobustnessResult.from_report(r) for r, _, _ in loaded])
+    merged = _finish(
+        result.to_report(), stages=[], recipe=first["recipe"], norm=first["norm"], eps=first["eps"], seed=first["seed"],
+        skipped=first["skipped"], measurements={k: v for k, v in first["sanity"].items() if k != "probe_warnings"},
+        probe_warnings=first["sanity"]["probe_warnings"], model=first["model"], data=first["data"],
+        args={"merged_from": [d for _, _, d in loaded]}, shard=None, bounds=first["bounds"],
+        max_examples=first["max_examples"],
+    )
+    merged["stages"] = first["stages"]
+    parts = [ex for _, ex, _ in loaded]
+    examples = {k: np.concatenate([p[k] for p in parts]) for k in EXAMPLE_KEYS}
+    limit = int(first.get("max_examples", 8))
+    order = np.argsort(examples["index"], kind="stable")[:limit]
+    examples = {k: v[order] for k, v in examples.items()}
+    sanity.emit(merged["warnings"])
+    if out_dir is not None:
+        bounds = tuple(first["bounds"])
+        with staged_output(out_dir) as stage:
+            write_report(stage, merged, examples, bounds=bounds)
+    return merged
+

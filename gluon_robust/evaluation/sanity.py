@@ -1,0 +1,195 @@
+"""Sanity checks that flag an evaluation which is probably too optimistic.
+
+Gradient masking makes white-box attacks fail without the model being robust
+(Athalye, Carlini & Wagner 2018, "Obfuscated Gradients Give a False Sense of
+Security", https://arxiv.org/abs/1802.00420); AutoAttack (Croce & Hein 2020,
+https://arxiv.org/abs/2003.01690) checks for its usual causes. Two kinds of
+checks live here:
+
+* :func:`probe_model` looks at the model itself on a small probe batch: is it
+  random, does it output probabilities, are its input gradients zero or NaN,
+  does an unbounded PGD attack reach about 0% accuracy;
+* :func:`report_warnings` looks at the per-sample results of a report: does a
+  black-box attack break points the white-box ones did not, does accuracy fall
+  as epsilon grows, did any attack return a point outside the ball or bounds.
+
+Both return plain messages; :func:`emit` sends them to ``warnings`` and
+``logging``. Everything is recomputed from data in ``report.json`` or from a
+probe that does not depend on sharding, so merged shard reports agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import defaultdict
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+from mxnet import autograd, nd
+
+from ..attacks.base import input_gradient
+from ..attacks.losses import margin
+
+__all__ = ["SanityWarning", "probe_model", "report_warnings", "emit", "ZERO_GRADIENT_FRACTION", "UNBOUNDED_ACCURACY"]
+
+logger = logging.getLogger(__name__)
+
+#: Warn when at least this fraction of probe points has a zero or NaN input gradient.
+ZERO_GRADIENT_FRACTION = 0.1
+#: Warn when an unbounded attack leaves more than this accuracy on the probe.
+UNBOUNDED_ACCURACY = 0.05
+
+
+class SanityWarning(UserWarning):
+    """An evaluation result that may be unreliable (possible gradient masking)."""
+
+
+def emit(messages: Sequence[str]) -> None:
+    """Send each message to :mod:`warnings` (as :class:`SanityWarning`) and to the log."""
+    for message in messages:
+        logger.warning("sanity check: %s", message)
+        warnings.warn(message, SanityWarning, stacklevel=2)
+
+
+def probe_model(
+    model: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    norm: str,
+    seed: int = 0,
+    unbounded_steps: int = 20,
+) -> Tuple[Dict[str, Any], List[str]]:
+    """Check the model on a probe batch.
+
+    Parameters
+    ----------
+    model : Classifier
+        The model under evaluation.
+    x, y : numpy.ndarray
+        A few samples (the same for every shard of an evaluation).
+    norm : str
+        Threat model of the unbounded attack (``"linf"`` or ``"l2"``).
+    seed : int
+        Seed of the unbounded attack.
+    unbounded_steps : int
+        Steps of PGD at an epsilon covering the whole input range.
+
+    Returns
+    -------
+    measurements : dict
+        ``random`` (largest difference of two forward passes), ``probabilities``
+        (outputs look like probabilities), ``zero_gradient_fraction``,
+        ``unbounded_accuracy`` (accuracy on the correctly classified probe
+        points after unbounded PGD; None when none is correct).
+    warnings : list of str
+    """
+    from ..attacks import get_attack
+
+    messages: List[str] = []
+    first, second = model.predict(x), model.predict(x)
+    spread = float(np.max(np.abs(first - second))) if len(x) else 0.0
+    if spread > 1e-5 or not np.isfinite(spread):
+        messages.append(
+            f"the model is random: two forward passes on the same inputs differ by up to {spread:.3g}; "
+            "use the 'rand' recipe (EOT) for randomised defences"
+        )
+    sums = first.sum(axis=1)
+    probabilities = bool(len(x) and np.all(first >= -1e-6) and np.allclose(sums, 1.0, atol=1e-3))
+    if probabilities:
+        messages.append(
+            "the model outputs look like probabilities (non-negative, rows sum to 1); attacks expect logits, "
+            "and a softmax at the end can saturate gradients: remove it"
+        )
+
+    ctx = getattr(model, "ctx", None)
+    xs = nd.array(x, ctx=ctx, dtype="float32")
+    ys = nd.array(y, ctx=ctx, dtype="float32")
+    grad, _, _ = input_gradient(model, xs, ys, None, margin)
+    with autograd.pause():
+        g = grad.reshape((len(x), -1)).asnumpy()
+    flat = ~np.isfinite(g).all(axis=1) | (np.abs(np.nan_to_num(g)).max(axis=1) == 0)
+    zero_fraction = float(flat.mean()) if len(x) else 0.0
+    if zero_fraction >= ZERO_GRADIENT_FRACTION:
+        messages.append(
+            f"{int(flat.sum())} of {len(x)} probe points have a zero or NaN input gradient: "
+            "gradient masking (e.g. a non-differentiable layer); attack it with BPDA or black-box attacks"
+        )
+
+    low, high = model.bounds
+    correct = first.argmax(axis=1) == y
+    unbounded = None
+    if correct.any():
+        size = float(np.prod(x.shape[1:]))
+        big = (high - low) * (1.0 if norm == "linf" else np.sqrt(size))
+        attack = get_attack("pgd", eps=big, norm=norm, steps=unbounded_steps, seed=seed)
+        result = attack(model, x[correct], y[correct])
+        unbounded = float(np.mean(result.predictions == y[correct]))
+        if unbounded > UNBOUNDED_ACCURACY:
+            messages.append(
+                f"unbounded PGD ({norm}, eps={big:.3g}, the whole input range) leaves {100 * unbounded:.1f}% "
+                "accuracy instead of about 0%: a sign of gradient masking"
+            )
+    measurements = {
+        "probe_size": int(len(x)),
+        "random": spread,
+        "probabilities": probabilities,
+        "zero_gradient_fraction": zero_fraction,
+        "unbounded_accuracy": unbounded,
+    }
+    return measurements, messages
+
+
+def report_warnings(report: Dict[str, Any]) -> List[str]:
+    """Checks on the per-sample results of a report (see :meth:`RobustnessResult.to_report`)."""
+    messages: List[str] = []
+    attacks = report["attacks"]
+    samples = report["per_sample"]
+
+    # Black-box attacks that break points no white-box attack of the threat model broke.
+    groups: Dict[Tuple[str, Any], List[int]] = defaultdict(list)
+    for k, a in enumerate(attacks):
+        groups[(a["norm"], a["eps"])].append(k)
+    for (norm, eps), ks in groups.items():
+        black = [k for k in ks if attacks[k].get("black_box")]
+        white = [k for k in ks if not attacks[k].get("black_box")]
+        if not black or not white:
+            continue
+        count = sum(
+            1 for s in samples
+            if any(s["outcomes"][k]["broken"] for k in black) and not any(s["outcomes"][k]["broken"] for k in white)
+        )
+        if count:
+            names = ", ".join(attacks[k]["name"] for k in black)
+            messages.append(
+                f"black-box {names} broke {count} points the white-box attacks did not ({norm}, eps={eps}): "
+                "the white-box attacks are probably weakened by gradient masking"
+            )
+
+    # Accuracy must fall (or stay at 0) as epsilon grows.
+    by_norm: Dict[str, List[Tuple[float, float]]] = defaultdict(list)
+    for w in report["worst_case"]:
+        if w["eps"] is not None:
+            by_norm[w["norm"]].append((w["eps"], w["robust_accuracy"]))
+    for norm, points in by_norm.items():
+        points.sort()
+        rises = [(a, b) for a, b in zip(points, points[1:]) if b[1] > a[1]]
+        for (e0, r0), (e1, r1) in rises:
+            messages.append(
+                f"robust accuracy rises from {100 * r0:.1f}% at eps={e0:g} to {100 * r1:.1f}% at eps={e1:g} ({norm}): "
+                "the attacks are not converging"
+            )
+        if len(points) > 1 and not rises and points[-1][1] > 0 and points[-1][1] >= report["clean_accuracy"]:
+            messages.append(
+                f"robust accuracy does not fall as eps grows ({norm}, up to eps={points[-1][0]:g}): "
+                "the attacks have no effect, a sign of gradient masking"
+            )
+
+    for a in attacks:
+        if a.get("invalid"):
+            messages.append(
+                f"{a['name']} ({a['norm']}, eps={a['eps']}) returned {a['invalid']} points outside the eps-ball "
+                "or the input bounds"
+            )
+    return messages

@@ -1,0 +1,269 @@
+"""The evaluate API and CLI: recipes, cascade, worst case, shards, resume, reports, sanity checks."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import gluon
+
+from gluon_robust.cli import main
+from gluon_robust.data import ArraySource, load_data
+from gluon_robust.errors import ConfigError
+from gluon_robust.evaluation import RECIPES, evaluate, merge_reports
+from gluon_robust.evaluation.recipes import build_attacks, custom_recipe, get_recipe
+from gluon_robust.evaluation.report import comparable
+from gluon_robust.evaluation.sanity import SanityWarning, report_warnings
+from gluon_robust.evaluation.state import STATE_NAME, StateFile
+from gluon_robust.model import load_classifier
+
+
+class _Head(gluon.HybridBlock):
+    """A small MLP with an optional twist in front (quantise, dropout) or behind (softmax)."""
+
+    def __init__(self, twist: str = "none", seed: int = 0) -> None:
+        super().__init__()
+        self.twist = twist
+        mx.random.seed(seed)
+        with self.name_scope():
+            self.body = gluon.nn.HybridSequential()
+            self.body.add(gluon.nn.Dense(32, activation="relu"), gluon.nn.Dense(10))
+        self.body.initialize(mx.init.Xavier(magnitude=2.0))
+
+    def hybrid_forward(self, F, x):  # noqa: N803 (Gluon's signature)
+        if self.twist == "round":
+            x = F.round(x * 4) / 4
+        if self.twist == "random":
+            x = x + F.random.normal_like(x, scale=0.1)
+        out = self.body(x)
+        return F.softmax(out) if self.twist == "softmax" else out
+
+
+def _model(twist: str = "none"):
+    return load_classifier(_Head(twist), input_size=(1, 8, 8), mean=0.5, std=0.25)
+
+
+def _source(model, n: int = 24, seed: int = 3) -> ArraySource:
+    x = np.random.RandomState(seed).rand(n, 1, 8, 8).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        y = _model().predict(x).argmax(axis=1) if model is None else model.predict(x).argmax(axis=1)
+    return ArraySource(x, y.astype(np.int64), name="random8x8")
+
+
+@pytest.fixture
+def plain():
+    return _model()
+
+
+def _quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
+
+
+# ------------------------------------------------------------------- recipes
+def test_recipes_are_fixed_data():
+    assert {"standard", "plus", "rand", "fast"} <= set(RECIPES)
+    with pytest.raises(TypeError):
+        RECIPES["new"] = ()  # type: ignore[index]
+    assert [s.label for s in get_recipe("standard")][:2] == ["apgd-ce", "apgd-t"]
+    assert all(dict(s.options).get("eot_samples") == 20 for s in get_recipe("rand"))
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'"):
+        get_recipe("nope")
+    with pytest.raises(ConfigError, match="eps must be positive numbers, got -0.1"):
+        build_attacks(get_recipe("fast"), eps=[-0.1], norm="linf")
+    with pytest.raises(ConfigError, match="unknown attack 'nope'"):
+        build_attacks(custom_recipe(["nope"]), eps=[0.1], norm="linf")
+
+
+def test_unregistered_stage_is_skipped_with_a_warning():
+    from gluon_robust.evaluation.recipes import Stage
+
+    stages = (Stage("apgd-ce", "apgd", {"steps": 5}), Stage("missing", "no-such-attack", {}))
+    with pytest.warns(RuntimeWarning, match="'no-such-attack' is not registered"):
+        built, skipped = build_attacks(stages, eps=[0.1, 0.2], norm="l2")
+    assert [label for label, _ in built] == ["apgd-ce", "apgd-ce"] and skipped == ["missing"]
+    assert [a.eps for _, a in built] == [0.1, 0.2] and all(a.norm.name == "l2" for _, a in built)
+
+
+def test_bad_arguments_name_the_parameter(plain, tmp_path):
+    source = _source(plain)
+    with pytest.raises(ConfigError, match="batch_size must be a positive integer, got 0"):
+        evaluate(plain, source, attacks=["fgsm"], eps=[0.1], batch_size=0)
+    with pytest.raises(ConfigError, match=r"shard must be \(k, n\) with 0 <= k < n, got \(3, 3\)"):
+        evaluate(plain, source, attacks=["fgsm"], eps=[0.1], shard=(3, 3))
+    with pytest.raises(ConfigError, match="resume=True needs out_dir"):
+        evaluate(plain, source, attacks=["fgsm"], eps=[0.1], resume=True)
+    with pytest.raises(ConfigError, match="attacks must name at least one attack"):
+        evaluate(plain, source, attacks=[], eps=[0.1])
+
+
+# --------------------------------------------------------------- the engine
+def test_worst_case_is_never_above_any_single_attack(plain):
+    report = _quiet(evaluate, plain, _source(plain), attacks=["fgsm", "bim", "pgd"], eps=[0.05, 0.1, 0.2],
+                    batch_size=10, progress=False)
+    assert report["n"] == 24 and report["clean_accuracy"] == 1.0
+    assert {"n", "clean_accuracy", "attacks", "worst_case", "per_sample", "warnings", "seed", "versions"} <= set(report)
+    for w in report["worst_case"]:
+        mine = [a for a in report["attacks"] if (a["norm"], a["eps"]) == (w["norm"], w["eps"])]
+        assert len(mine) == 3
+        assert all(w["robust_accuracy"] <= a["robust_accuracy"] for a in mine)
+        assert w["robust_accuracy"] == mine[-1]["robust_accuracy_after"]
+        key = f"{w['norm']}@{w['eps']:g}"
+        robust = [s["robust"][key] for s in report["per_sample"]]
+        assert np.mean(robust) == pytest.approx(w["robust_accuracy"])
+        for s in report["per_sample"]:
+            assert (s["broken_by"][key] is None) == (s["robust"][key] or s["label"] != s["clean_prediction"])
+    # cascade: a later stage only runs on points every earlier stage of its threat model failed on
+    for s in report["per_sample"]:
+        for k, a in enumerate(report["attacks"]):
+            earlier = [j for j in range(k) if (report["attacks"][j]["norm"], report["attacks"][j]["eps"]) ==
+                       (a["norm"], a["eps"])]
+            if any(s["outcomes"][j]["broken"] for j in earlier):
+                assert not s["outcomes"][k]["attacked"]
+    # every successful perturbation respects its budget
+    for k, a in enumerate(report["attacks"]):
+        dist = [s["outcomes"][k]["distance"] for s in report["per_sample"] if s["outcomes"][k]["attacked"]]
+        assert all(d <= a["eps"] + 1e-6 for d in dist) and a["invalid"] == 0
+
+
+def test_sharded_then_merged_equals_unsharded(plain, tmp_path):
+    source = _source(plain, n=23)
+    kwargs = dict(attacks=["fgsm", "apgd"], eps=[0.05, 0.2], batch_size=4, progress=False, max_examples=5)
+    whole = _quiet(evaluate, plain, source, out_dir=tmp_path / "whole", **kwargs)
+    dirs = []
+    for k in (2, 0, 1):
+        dirs.append(tmp_path / f"shard{k}")
+        part = _quiet(evaluate, plain, source, out_dir=dirs[-1], shard=(k, 3), **kwargs)
+        assert part["shard"]["k"] == k and 7 <= part["n"] <= 8
+    merged = _quiet(merge_reports, dirs, tmp_path / "merged")
+    assert comparable(merged) == comparable(whole)
+    on_disk = json.loads((tmp_path / "merged" / "report.json").read_text())
+    assert comparable(on_disk) == comparable(json.loads((tmp_path / "whole" / "report.json").read_text()))
+    a, b = np.load(tmp_path / "whole" / "examples.npz"), np.load(tmp_path / "merged" / "examples.npz")
+    assert len(a["index"]) == 5 and all(np.array_equal(a[k], b[k]) for k in a.files)
+    with pytest.raises(ConfigError, match=r"each shard 0..2 of 3 exactly once, got \[0, 2\]"):
+        merge_reports([dirs[0], dirs[1]])
+    with pytest.raises(ConfigError, match="unsharded run"):
+        merge_reports([tmp_path / "whole"])
+
+
+def test_resume_after_an_interruption_gives_the_same_report(plain, tmp_path, monkeypatch):
+    source = _source(plain, n=20)
+    kwargs = dict(attacks=["fgsm", "pgd"], eps=[0.1], batch_size=5, progress=False, seed=4)
+    reference = _quiet(evaluate, plain, source, out_dir=tmp_path / "ref", **kwargs)
+
+    original = StateFile.save
+    saves = []
+
+    def failing_save(self, pos, result):
+        original(self, pos, result)
+        saves.append(pos)
+        if len(saves) == 1:
+            raise RuntimeError("injected interruption")
+
+    monkeypatch.setattr(StateFile, "save", failing_save)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="injected"):
+        _quiet(evaluate, plain, source, out_dir=out, **kwargs)
+    assert (out / STATE_NAME).exists() and not (out / "report.json").exists()
+    resumed = _quiet(evaluate, plain, source, out_dir=out, resume=True, **kwargs)
+    assert saves == [5, 10, 15, 20]  # the first batch was not redone
+    assert comparable(resumed) == comparable(reference)
+    assert not (out / STATE_NAME).exists() and (out / "report.html").exists()
+    with pytest.raises(ConfigError, match="belongs to a different evaluation"):
+        monkeypatch.setattr(StateFile, "save", lambda self, pos, result: (original(self, pos, result), 1 / 0))
+        with pytest.raises(ZeroDivisionError):
+            _quiet(evaluate, plain, source, out_dir=out, **kwargs)
+        _quiet(evaluate, plain, source, out_dir=out, resume=True, **dict(kwargs, seed=5))
+
+
+def test_report_files(plain, tmp_path):
+    report = _quiet(evaluate, plain, _source(plain, n=12), attacks=["pgd"], eps=[0.1, 0.3], batch_size=12,
+                    out_dir=tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["examples.npz", "report.html", "report.json", "report.md"]
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "<script" not in html and "src=\"http" not in html
+    assert "worst case" in (tmp_path / "report.md").read_text().lower()
+    assert report["seed"] == 0 and "mxnet" in report["versions"]
+    for a in report["attacks"]:
+        assert {"name", "norm", "eps", "robust_accuracy", "seconds", "queries"} <= set(a)
+
+
+# ------------------------------------------------------------ sanity checks
+@pytest.mark.parametrize("twist, expected", [
+    ("random", "the model is random"),
+    ("softmax", "look like probabilities"),
+    ("round", "zero or NaN input gradient"),
+])
+def test_sanity_checks_fire(twist, expected):
+    model = _model(twist)
+    source = _source(model if twist != "random" else None, n=16)
+    with pytest.warns(SanityWarning, match=expected):
+        report = evaluate(model, source, attacks=["fgsm"], eps=[0.05], batch_size=16, progress=False)
+    assert any(expected in w for w in report["warnings"])
+
+
+def test_unbounded_attack_check_fires_on_masked_gradients():
+    model = _model("round")
+    report = _quiet(evaluate, model, _source(model, n=16), attacks=["fgsm"], eps=[0.05], progress=False)
+    assert any("unbounded PGD" in w for w in report["warnings"])
+    assert report["sanity"]["unbounded_accuracy"] > 0.05
+
+
+def _fake_report(rows, attacks, worst, clean=1.0):
+    return {"attacks": attacks, "per_sample": [{"outcomes": r} for r in rows], "worst_case": worst,
+            "clean_accuracy": clean}
+
+
+def test_report_checks_fire_on_synthetic_reports():
+    white = {"name": "apgd-ce", "norm": "linf", "eps": 0.1, "black_box": False, "invalid": 0}
+    black = {"name": "square", "norm": "linf", "eps": 0.1, "black_box": True, "invalid": 0}
+    rows = [[{"broken": False}, {"broken": True}], [{"broken": True}, {"broken": False}]]
+    worst = [{"norm": "linf", "eps": 0.1, "robust_accuracy": 0.0}]
+    assert any("black-box square broke 1 points" in m for m in report_warnings(_fake_report(rows, [white, black], worst)))
+    assert report_warnings(_fake_report([[{"broken": True}, {"broken": True}]], [white, black], worst)) == []
+    rising = [{"norm": "linf", "eps": 0.1, "robust_accuracy": 0.2}, {"norm": "linf", "eps": 0.2, "robust_accuracy": 0.5}]
+    assert any("rises from 20.0%" in m for m in report_warnings(_fake_report([], [], rising)))
+    flat = [{"norm": "l2", "eps": 0.5, "robust_accuracy": 0.9}, {"norm": "l2", "eps": 2.0, "robust_accuracy": 0.9}]
+    assert any("does not fall" in m for m in report_warnings(_fake_report([], [], flat, clean=0.9)))
+    bad = dict(white, invalid=3)
+    assert any("3 points outside the eps-ball" in m for m in report_warnings(_fake_report([], [bad], worst)))
+
+
+def test_sanity_checks_stay_silent_on_the_reference_model():
+    model = load_classifier("mnist_resnet20")
+    source = load_data("mnist-sample", split="test", limit=12, input_size=model.input_size[1:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SanityWarning)
+        report = evaluate(model, source, recipe="fast", eps=[0.1, 0.2], batch_size=12, progress=False, probe_size=12)
+    assert report["warnings"] == []
+    assert report["worst_case"][0]["robust_accuracy"] >= report["worst_case"][1]["robust_accuracy"]
+
+
+# ---------------------------------------------------------------------- CLI
+def test_cli_evaluate_shards_and_merge(tmp_path, capsys):
+    common = ["--config", "mnist_resnet20", "--data", "mnist-sample", "--limit", "6", "--attacks", "fgsm,pgd",
+              "--eps", "0.05,0.1", "--batch-size", "3", "--no-progress"]
+    assert main(["evaluate", *common, "--out", str(tmp_path / "all")]) == 0
+    out = capsys.readouterr().out
+    assert "worst case" in out and "report:" in out
+    for k in (0, 1):
+        assert main(["evaluate", *common, "--shard", f"{k}/2", "--out", str(tmp_path / f"s{k}")]) == 0
+    assert main(["merge-reports", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")]) == 0
+    whole = json.loads((tmp_path / "all" / "report.json").read_text())
+    merged = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert comparable(merged) == comparable(whole)
+    assert whole["args"]["eps"] == [0.05, 0.1] and whole["recipe"] == "custom"
+
+
+def test_cli_evaluate_errors(tmp_path, capsys):
+    assert main(["evaluate", "--config", "mnist_resnet20", "--data", "mnist-sample", "--shard", "2/2",
+                 "--out", str(tmp_path)]) == 2
+    assert "shard must be K/N" in capsys.readouterr().err
+    assert main(["evaluate", "--config", "mnist_resnet20", "--data", "mnist-sample", "--recipe", "nope",
+                 "--out", str(tmp_path)]) == 2
