@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError, GluonRobustError
 
-__all__ = ["main", "parse_fraction", "parse_floats", "parse_ctx", "setup_logging", "build_parser"]
+__all__ = ["main", "emit", "parse_fraction", "parse_floats", "parse_ctx", "setup_logging", "build_parser"]
 
 logger = logging.getLogger("gluon_robust")
 
@@ -85,6 +85,11 @@ def _close_progress_bars() -> None:
 
     for bar in list(getattr(tqdm, "_instances", ())):
         bar.close()
+
+
+def emit(text: str = "") -> None:
+    """Write a command's result to stdout; commands print through this, logs go to stderr."""
+    print(text)
 
 
 # ------------------------------------------------------------- shared flags

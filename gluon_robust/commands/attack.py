@@ -6,7 +6,10 @@ import argparse
 import json
 from typing import Any, Dict
 
-from ..cli import add_data_args, add_model_args, add_run_args, command, data_from_args, model_from_args, parse_fraction
+from ..cli import (
+    add_data_args, add_model_args, add_run_args, command, data_from_args,
+    emit, model_from_args, parse_fraction,
+)
 from ..errors import ConfigError
 
 
@@ -74,7 +77,7 @@ def run_attack(args: argparse.Namespace) -> int:
         max_images=args.max_images, options=options,
     )
     keys = ("n", "clean_accuracy", "robust_accuracy", "success_rate", "max_perturbation", "seconds")
-    print(json.dumps({k: summary[k] for k in keys}, indent=2))
+    emit(json.dumps({k: summary[k] for k in keys}, indent=2))
     return 0
 
 

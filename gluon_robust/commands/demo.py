@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import command, parse_floats
+from ..cli import command, emit, parse_floats
 
 
 def _configure_demo(parser: argparse.ArgumentParser) -> None:
@@ -23,11 +23,11 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
     report = run_demo(args.out, config=args.config, recipe=args.recipe, eps=args.eps, limit=args.limit,
                       batch_size=args.batch_size, seed=args.seed)
-    print(f"{report['model']}\n{report['data']}: {report['n']} digits, recipe {report['recipe']}\n")
-    print(demo_table(report))
+    emit(f"{report['model']}\n{report['data']}: {report['n']} digits, recipe {report['recipe']}\n")
+    emit(demo_table(report))
     for message in report["warnings"]:
-        print(f"WARNING: {message}")
-    print(f"\nreport: {args.out}/report.html (and report.json, report.md)")
+        emit(f"WARNING: {message}")
+    emit(f"\nreport: {args.out}/report.html (and report.json, report.md)")
     return 0
 
 

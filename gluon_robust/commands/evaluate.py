@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import add_data_args, add_model_args, add_run_args, command, data_from_args, model_from_args, parse_floats
+from ..cli import (
+    add_data_args, add_model_args, add_run_args, command, data_from_args,
+    emit, model_from_args, parse_floats,
+)
 
 
 def _configure_evaluate(parser: argparse.ArgumentParser) -> None:
@@ -29,11 +32,11 @@ def _configure_evaluate(parser: argparse.ArgumentParser) -> None:
 def _print_report(report: dict, out: str) -> None:
     from ..evaluation.report import summary_table
 
-    print(f"{report['model']}\n{report['data']}: {report['n']} samples, recipe {report['recipe']}\n")
-    print(summary_table(report))
+    emit(f"{report['model']}\n{report['data']}: {report['n']} samples, recipe {report['recipe']}\n")
+    emit(summary_table(report))
     for message in report["warnings"]:
-        print(f"WARNING: {message}")
-    print(f"\nreport: {out}/report.html")
+        emit(f"WARNING: {message}")
+    emit(f"\nreport: {out}/report.html")
 
 
 @command("evaluate", "Run an attack recipe over an epsilon sweep and write a robustness report.")(_configure_evaluate)

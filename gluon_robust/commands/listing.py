@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import command
+from ..cli import command, emit
 
 
 def _configure_list(parser: argparse.ArgumentParser) -> None:
@@ -25,5 +25,5 @@ def run_list(args: argparse.Namespace) -> int:
         from ..config import config_dir
 
         names = sorted(p.stem for p in config_dir().glob("*.yaml"))
-    print("\n".join(names))
+    emit("\n".join(names))
     return 0
