@@ -25,7 +25,7 @@ from mxnet import gluon
 from .config import ModelConfig, family_defaults, load_config, parse_input_size, resolve_config_path
 from .errors import ConfigError, ModelError
 from .folding import fold_batchnorm, symbol_block
-from .zoo import build_zoo_net, close_matches, load_params_into, zoo_names
+from .zoo import build_zoo_net, check_zoo_name, load_params_into, zoo_names
 
 __all__ = ["Classifier", "load_classifier", "ModelSource"]
 
@@ -169,16 +169,12 @@ def _resolve(
             return _symbol_source(Path(text), params, ctx), {"arch": Path(text).name.replace("-symbol.json", "")}
         if text.endswith((".yaml", ".yml")) or (text not in zoo_names() and _is_bundled_config(text)):
             config = load_config(text)
-        else:
-            net = build_zoo_net(text, classes, pretrained and not params, ctx)
-            defaults = dict(family_defaults(text), arch=text.lower())
-            if classes is not None:
-                defaults["classes"] = classes
-            if params:
-                load_params_into(net, params, ctx)
-            elif not pretrained:
-                net.initialize(mx.init.Xavier(), ctx=ctx)
-            return net, defaults
+        else:  # a zoo name: the config its family implies
+            defaults = family_defaults(text)
+            config = ModelConfig(
+                model=check_zoo_name(text), classes=classes or defaults["classes"], mean=defaults["mean"],
+                std=defaults["std"], input_size=defaults["input_size"],
+            )
     net = build_zoo_net(config.model, classes or config.classes, pretrained and not (params or config.params), ctx)
     weights = params or config.params
     if weights:
