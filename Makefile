@@ -33,6 +33,8 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_folding.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_attacks.py --out benchmarks/results
+	$(BIN)/python benchmarks/bench_blackbox.py --out benchmarks/results
+	$(BIN)/python benchmarks/bench_training.py --out benchmarks/results
 
 # ART 1.19.1 (its MXNet classifier) lives only in the benchmark's own environment.
 $(ART_VENV)/.installed: setup.py constraints.txt

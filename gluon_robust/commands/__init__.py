@@ -4,4 +4,4 @@ Each module is a thin wrapper: it declares its flags and calls library code
 (:mod:`gluon_robust.jobs` and friends).
 """
 
-from . import attack, demo, evaluate, listing  # noqa: F401  (registration side effects)
+from . import attack, demo, evaluate, listing, train  # noqa: F401  (registration side effects)

@@ -3,27 +3,40 @@
 from __future__ import annotations
 
 import argparse
+from typing import List
 
 from ..cli import command, emit
 
 
-def _configure_list(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=("attacks", "models", "configs"), help="what to list")
-
-
-@command("list", "List the registered attacks, zoo models or bundled configs.")(_configure_list)
-def run_list(args: argparse.Namespace) -> int:
-    if args.what == "attacks":
+def _names(what: str) -> List[str]:
+    if what == "attacks":
         from ..attacks import attack_names
 
-        names = attack_names()
-    elif args.what == "models":
+        return attack_names()
+    if what == "models":
         from ..zoo import zoo_names
 
-        names = zoo_names()
-    else:
-        from ..config import config_dir
+        return zoo_names()
+    if what == "methods":
+        from ..training import method_names
 
-        names = sorted(p.stem for p in config_dir().glob("*.yaml"))
-    emit("\n".join(names))
+        return method_names()
+    if what == "recipes":
+        from ..evaluation.recipes import recipe_names
+
+        return recipe_names()
+    from ..config import config_dir
+
+    return sorted(p.stem for p in config_dir().glob("*.yaml"))
+
+
+def _configure_list(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", choices=("attacks", "models", "configs", "methods", "recipes"), help="what to list")
+
+
+@command("list", "List the registered attacks, zoo models, bundled configs, training methods or evaluation recipes.")(
+    _configure_list
+)
+def run_list(args: argparse.Namespace) -> int:
+    emit("\n".join(_names(args.what)))
     return 0

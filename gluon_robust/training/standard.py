@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import mxnet as mx
 import numpy as np
-from mxnet import autograd, gluon
+from mxnet import autograd, gluon, nd
 from tqdm import tqdm
 
 from ..attacks.base import check_int, check_positive
@@ -25,10 +25,36 @@ from ..errors import ConfigError
 from ..evaluation.accuracy import accuracy
 from ..io import atomic_save
 from ..model import Classifier
+from .adversarial import TrainingMethod, cross_entropy
 
-__all__ = ["TrainResult", "fit_classifier", "save_trained"]
+__all__ = ["Standard", "TrainResult", "fit_classifier", "save_trained", "train_zoo_model"]
 
 logger = logging.getLogger(__name__)
+
+
+class Standard(TrainingMethod):
+    """Natural training as a training method: the cross-entropy of ``softmax(f(x) / T)``.
+
+    With ``temperature > 1`` this trains the teacher of defensive
+    distillation (Papernot et al. 2016, see :class:`~gluon_robust.training.distillation.Distillation`).
+
+    Parameters
+    ----------
+    temperature : float
+        Softmax temperature ``T`` of the loss (default 1, plain training).
+    seed : int
+        Unused (the method is deterministic).
+    """
+
+    name = "standard"
+
+    def __init__(self, *, temperature: float = 1.0, seed: int = 0) -> None:
+        super().__init__(seed=seed)
+        self.temperature = check_positive("temperature", temperature)
+
+    def _loss(self, model: gluon.Block, x: nd.NDArray, y: nd.NDArray) -> nd.NDArray:
+        logits = model(x)
+        return cross_entropy(logits / self.temperature if self.temperature != 1.0 else logits, y)
 
 
 @dataclass

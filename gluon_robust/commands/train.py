@@ -1,0 +1,144 @@
+"""``gluon-robust train``: adversarially fine-tune a model-zoo network on a data source.
+
+Thin: the flags become a :class:`~gluon_robust.training.loop.TrainConfig` and
+:func:`~gluon_robust.training.loop.run_training` does the work.
+``scripts/train_adversarial.py`` uses the same flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Tuple
+
+from ..cli import command, emit, parse_bounds, parse_ctx, parse_floats, parse_fraction
+
+__all__ = ["configure_train", "config_from_args", "run_train"]
+
+
+def _contexts(text: str) -> Tuple[str, ...]:
+    """``cpu``, ``gpu:0,gpu:1`` -> ``("cpu:0",)``, ``("gpu:0", "gpu:1")`` (validated)."""
+    return tuple(f"{c.device_type}:{c.device_id}" for c in parse_ctx(text))
+
+
+def _epochs(text: str) -> Tuple[int, ...]:
+    """``"10,20"`` -> ``(10, 20)``; empty -> ``()``."""
+    try:
+        return tuple(int(part) for part in str(text).split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs such as 10,20, got {text!r}") from None
+
+
+def configure_train(parser: argparse.ArgumentParser) -> None:
+    """Declare the flags of ``train`` (GluonCV-style names)."""
+    from ..training import method_names
+
+    model = parser.add_argument_group("model")
+    source = model.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="gluoncv.model_zoo name to fine-tune (fresh, --pretrained or --params)")
+    source.add_argument("--config", help="model config YAML or bundled config name (e.g. mnist_resnet20) to fine-tune")
+    model.add_argument("--params", help=".params file with the starting weights")
+    model.add_argument("--pretrained", action="store_true", help="start from GluonCV's pretrained weights (offline cache)")
+    model.add_argument("--classes", type=int, help="number of classes (default: from the config or the data)")
+    model.add_argument("--mean", type=parse_floats, help="normalisation mean (default: config, zoo family or data)")
+    model.add_argument("--std", type=parse_floats, help="normalisation std")
+    model.add_argument("--bounds", type=parse_bounds, help="pixel range LO,HI (default 0,1)")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", default="mnist-sample", help="training data; its train split is used (default mnist-sample)")
+    data.add_argument("--limit", type=int, help="use only the first N training samples")
+    data.add_argument("--val-data", help="validation data; its test split is used (default: --data)")
+    data.add_argument("--val-limit", type=int, default=500, help="validation samples (0: no validation; default 500)")
+
+    method = parser.add_argument_group("method")
+    method.add_argument("--method", default="pgd-at", help=f"one of {', '.join(method_names())} (default pgd-at)")
+    method.add_argument("--eps", type=parse_fraction, default=0.3, help="attack radius in pixel units, e.g. 8/255 (default 0.3)")
+    method.add_argument("--norm", default="linf", help="linf or l2")
+    method.add_argument("--steps", type=int, default=10, help="attack steps of pgd-at, trades, mart (default 10)")
+    method.add_argument("--step-size", type=parse_fraction, help="absolute attack step (default: the method's)")
+    method.add_argument("--no-random-start", action="store_true", help="pgd-at, fast-at: start from the clean input")
+    method.add_argument("--beta", type=parse_fraction, help="trades, mart: KL weight (default 6); input-grad: penalty weight")
+    method.add_argument("--mix", type=parse_fraction, help="pgd-at: weight of the clean loss in [0, 1] (default 0)")
+    method.add_argument("--replays", type=int, help="free-at: replays of each batch (default 4)")
+    method.add_argument("--temperature", type=parse_fraction, help="distill, standard: softmax temperature")
+    method.add_argument("--teacher", help="distill: the teacher's model config YAML")
+    method.add_argument("--attack-bn", default="train", choices=("train", "eval"),
+                        help="BatchNorm statistics the training-time attack uses (default train: batch statistics)")
+    method.add_argument("--attack-updates-stats", action="store_true",
+                        help="let the attack's passes update BatchNorm running statistics (default: restored)")
+    method.add_argument("--bn-stats", default="train", choices=("train", "clean"),
+                        help="running statistics: as training left them, or re-estimated on clean data each epoch")
+    method.add_argument("--curriculum", default="none", choices=("none", "linear", "step"),
+                        help="warm eps and steps up over the first epochs")
+    method.add_argument("--warmup-epochs", type=float, help="curriculum length (default a third of --epochs)")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, default=10)
+    optim.add_argument("--batch-size", type=int, default=128, help="samples per step over all devices")
+    optim.add_argument("--optimizer", default="adam", help="any mxnet optimizer name (default adam)")
+    optim.add_argument("--lr", type=float, default=1e-3)
+    optim.add_argument("--wd", type=float, default=1e-4)
+    optim.add_argument("--momentum", type=float, default=0.9, help="sgd and nag only")
+    optim.add_argument("--lr-decay", type=float, default=0.1)
+    optim.add_argument("--lr-decay-epoch", type=_epochs, default=(), help="comma-separated epochs, e.g. 6,8")
+
+    val = parser.add_argument_group("validation and overfitting guard")
+    val.add_argument("--val-eps", type=parse_fraction, help="eps of the per-epoch PGD check (default --eps)")
+    val.add_argument("--val-steps", type=int, default=10, help="steps of the per-epoch PGD check (default 10)")
+    guard = val.add_mutually_exclusive_group()
+    guard.add_argument("--guard", dest="guard", action="store_true", default=None,
+                       help="stop on catastrophic overfitting (default on for fast-at)")
+    guard.add_argument("--no-guard", dest="guard", action="store_false")
+    val.add_argument("--guard-drop", type=float, default=0.2, help="PGD accuracy drop that counts as a collapse")
+    val.add_argument("--on-collapse", default="rollback", choices=("rollback", "stop", "warn"))
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--ctx", type=_contexts, default=("cpu:0",), help="cpu, gpu:0, or a list such as gpu:0,gpu:1")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--save-dir", default="runs/train", help="outputs and checkpoints (default runs/train)")
+    run.add_argument("--name", help="base name of the saved params and config (default MODEL_METHOD)")
+    run.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (default: epochs only)")
+    run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --save-dir")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~gluon_robust.training.loop.TrainConfig` the flags describe."""
+    from ..training.loop import TrainConfig
+
+    return TrainConfig(
+        model=args.model, config=args.config, params=args.params, pretrained=args.pretrained, classes=args.classes,
+        mean=args.mean, std=args.std, bounds=args.bounds, data=args.data, limit=args.limit, val_data=args.val_data,
+        val_limit=args.val_limit, method=args.method, eps=args.eps, norm=args.norm, steps=args.steps,
+        step_size=args.step_size, no_random_start=args.no_random_start, beta=args.beta, mix=args.mix,
+        replays=args.replays, temperature=args.temperature, teacher=args.teacher, attack_bn=args.attack_bn,
+        attack_updates_stats=args.attack_updates_stats, bn_stats=args.bn_stats, curriculum=args.curriculum,
+        warmup_epochs=args.warmup_epochs, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+        lr=args.lr, wd=args.wd, momentum=args.momentum, lr_decay=args.lr_decay, lr_decay_epoch=args.lr_decay_epoch,
+        val_eps=args.val_eps, val_steps=args.val_steps, guard=args.guard, guard_drop=args.guard_drop,
+        on_collapse=args.on_collapse, ctx=args.ctx, seed=args.seed, save_dir=args.save_dir, name=args.name,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, progress=not args.no_progress,
+    )
+
+
+@command("train", "Adversarially fine-tune a model-zoo network on a data source.")(configure_train)
+def run_train(args: argparse.Namespace) -> int:
+    from ..training.loop import progress_logger, run_training
+
+    config = config_from_args(args)
+    # Per-epoch lines (loss, clean and PGD accuracy) reach the terminal even without --verbose.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    progress_logger.addHandler(handler)
+    progress_logger.propagate = False
+    try:
+        metrics = run_training(config)
+    finally:
+        progress_logger.removeHandler(handler)
+        progress_logger.propagate = True
+    summary = {"final": metrics["final"], "train_seconds": metrics["train_seconds"],
+               "stopped_early": metrics["stopped_early"], "outputs": metrics["outputs"]}
+    emit(json.dumps(summary, indent=2))
+    return 0

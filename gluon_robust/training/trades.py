@@ -1,0 +1,82 @@
+"""TRADES: a clean loss plus a KL term between clean and adversarial predictions.
+
+Zhang, Yu, Jiao, Xing, El Ghaoui & Jordan (2019), "Theoretically Principled
+Trade-off between Robustness and Accuracy", ICML, https://arxiv.org/abs/1901.08573.
+Per sample::
+
+    CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x'))
+
+where ``x'`` maximises the KL term inside the eps-ball, starting from
+``x + 0.001 * N(0, 1)``, with the clean prediction held fixed during the
+attack. Gradients flow through both ``f(x)`` and ``f(x')`` in the outer loss.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from mxnet import gluon, nd
+
+from ..attacks.base import check_positive
+from .adversarial import AdversarialMethod, bounds_of, cross_entropy, kl_divergence
+
+__all__ = ["TRADES"]
+
+
+class TRADES(AdversarialMethod):
+    """TRADES (Zhang et al. 2019).
+
+    Parameters
+    ----------
+    eps : float
+        Radius in pixel units.
+    norm : str
+        ``"linf"`` (default) or ``"l2"``.
+    steps : int
+        Steps of the inner maximisation (default 10).
+    step_size : float, optional
+        Absolute step; default ``2.5 * eps / steps``.
+    beta : float
+        Weight of the KL term (default 6, the paper's choice; 1/lambda there).
+    attack_bn, attack_updates_stats, seed
+        See :class:`~gluon_robust.training.adversarial.AdversarialMethod`.
+
+    Examples
+    --------
+    >>> method = TRADES(eps=0.3, steps=10, beta=6.0)
+    """
+
+    name = "trades"
+
+    def __init__(
+        self,
+        *,
+        eps: float,
+        norm: str = "linf",
+        steps: int = 10,
+        step_size: Optional[float] = None,
+        beta: float = 6.0,
+        attack_bn: str = "train",
+        attack_updates_stats: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(eps=eps, norm=norm, steps=steps, step_size=step_size, attack_bn=attack_bn,
+                         attack_updates_stats=attack_updates_stats, seed=seed)
+        self.beta = check_positive("beta", beta, allow_zero=True)
+
+    def perturb(self, model: gluon.Block, x: nd.NDArray, y: nd.NDArray) -> nd.NDArray:
+        """The adversarial batch ``x'`` of the KL term (detached)."""
+        if self.eps == 0:
+            return x.detach()
+        start = self._gaussian_start(x, 0.001)
+        with self._attack_scope(model, x) as target:
+            clean = target(x).detach()
+            return self._ascend(target, x, lambda logits: kl_divergence(clean, logits), start,
+                                steps=self.steps, step_size=self.step_size, bounds=bounds_of(model))
+
+    def _loss(self, model: gluon.Block, x: nd.NDArray, y: nd.NDArray) -> nd.NDArray:
+        x_adv = self.perturb(model, x, y)
+        clean = model(x)
+        if self.beta == 0:
+            return cross_entropy(clean, y)
+        return cross_entropy(clean, y) + self.beta * kl_divergence(clean, model(x_adv))
