@@ -35,6 +35,8 @@ SPECS: Dict[str, Dict[str, object]] = {
     "ead": {"steps": 20, "binary_search_steps": 3},
     "deepfool": {"steps": 10},
     "jsma": {"gamma": 0.2},
+    "fab": {"steps": 10},
+    "fab-t": {"steps": 10, "n_target_classes": 2},
 }
 
 

@@ -21,6 +21,7 @@ from .cw import CarliniWagnerL2
 from .cw_linf import CarliniWagnerLinf
 from .deepfool import DeepFool
 from .ead import EAD
+from .fab import FAB, FABT
 from .fgsm import FGSM
 from .jsma import JSMA
 from .losses import get_loss
@@ -30,7 +31,7 @@ from .pgd import BIM, PGD
 
 __all__ = ["Attack", "AttackResult", "ATTACKS", "get_attack", "make_attack", "attack_names", "input_gradient", "get_loss", "get_norm",
            "FGSM", "PGD", "BIM", "MIFGSM", "APGD", "APGDT", "DeepFool", "JSMA",
-           "CarliniWagnerL2", "CarliniWagnerLinf", "EAD"]
+           "CarliniWagnerL2", "CarliniWagnerLinf", "EAD", "FAB", "FABT"]
 
 ATTACKS: Registry[Attack] = Registry("attack")
 ATTACKS.register("fgsm", "fgm")(FGSM)
@@ -44,6 +45,8 @@ ATTACKS.register("jsma")(JSMA)
 ATTACKS.register("cw", "cw-l2")(CarliniWagnerL2)
 ATTACKS.register("cw-linf")(CarliniWagnerLinf)
 ATTACKS.register("ead")(EAD)
+ATTACKS.register("fab")(FAB)
+ATTACKS.register("fab-t", "fabt")(FABT)
 
 
 def get_attack(name: str, **kwargs: Any) -> Attack:

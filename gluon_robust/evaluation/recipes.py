@@ -55,11 +55,11 @@ def _stage(label: str, attack: str, **options: Any) -> Stage:
 _STANDARD = (
     _stage("apgd-ce", "apgd", loss="ce", steps=100),
     _stage("apgd-t", "apgd-t", loss="dlr", steps=100, n_target_classes=9),
+    _stage("fab-t", "fab-t", steps=100, n_target_classes=9),
     _stage("square", "square", max_queries=5000),
 )
 
-#: The named recipes. ``standard`` is AutoAttack's standard version without FAB-T
-#: (not implemented yet); ``plus`` adds restarts and the untargeted variants;
+#: The named recipes. ``standard`` is AutoAttack's standard version; ``plus`` adds restarts and the untargeted variants;
 #: ``rand`` uses Expectation over Transformation (Athalye et al. 2018) for
 #: randomised models; ``fast`` is for quick checks only; ``demo`` puts the
 #: classic PGD-40 in front of ``standard``, to show what each later stage adds.
@@ -69,8 +69,10 @@ RECIPES: Mapping[str, Tuple[Stage, ...]] = MappingProxyType({
     "plus": (
         _stage("apgd-ce", "apgd", loss="ce", steps=100, restarts=5),
         _stage("apgd-dlr", "apgd", loss="dlr", steps=100, restarts=5),
-        _stage("apgd-t", "apgd-t", loss="dlr", steps=100, n_target_classes=9),
+        _stage("fab", "fab", steps=100, restarts=5),
         _stage("square", "square", max_queries=5000),
+        _stage("apgd-t", "apgd-t", loss="dlr", steps=100, n_target_classes=9),
+        _stage("fab-t", "fab-t", steps=100, n_target_classes=9),
     ),
     "rand": (
         _stage("apgd-ce", "apgd", loss="ce", steps=100, eot_samples=20),
