@@ -128,6 +128,8 @@ def run_attack_job(
             "seconds": round(seconds, 3),
             "max_perturbation": float(np.nanmax(outcome.distance)) if attacked.any() else 0.0,
             "median_perturbation": float(np.nanmedian(outcome.distance[sink.success])) if sink.success.any() else None,
+            "mean_queries": float(outcome.queries[attacked].mean()) if attacked.any() else 0.0,
+            "max_queries": int(outcome.queries.max()) if attacked.any() else 0,
             "norm": outcome.norm,
             "eps": outcome.eps,
             "attack": {"name": attack_name, "class": type(attack).__name__, "options": options or {}},

@@ -37,6 +37,15 @@ SPECS: Dict[str, Dict[str, object]] = {
     "jsma": {"gamma": 0.2},
     "fab": {"steps": 10},
     "fab-t": {"steps": 10, "n_target_classes": 2},
+    "square": {"max_queries": 100},
+    "simba": {"max_queries": 100},
+    "simba-dct": {"max_queries": 100},
+    "nes": {"max_queries": 100, "samples": 5},
+    "bandits": {"max_queries": 100},
+    "zoo": {"max_queries": 100, "coordinates": 8},
+    "hopskipjump": {"max_queries": 200, "initial_evals": 10},
+    "boundary": {"max_queries": 200},
+    "transfer": {"steps": 5},
 }
 
 
@@ -52,6 +61,8 @@ def _cases() -> List[Tuple[str, str, bool]]:
 
 def _build(name: str, norm: str, seed: int = 0):
     kwargs = dict(SPECS[name], seed=seed)
+    if name == "transfer":  # a separate surrogate with the same architecture, other weights
+        kwargs["surrogate"] = load_classifier(tiny_bn_net(seed=7), input_size=(1, 8, 8), mean=0.5, std=0.25)
     params = inspect.signature(ATTACKS.factory(name)).parameters
     if "norm" in params:
         kwargs["norm"] = norm

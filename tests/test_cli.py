@@ -360,3 +360,17 @@ def test_demo_writes_a_report(tmp_path, capsys):
 def test_list(what, expected, capsys):
     assert main(["list", what]) == 0
     assert expected in capsys.readouterr().out.split()
+
+
+def test_black_box_attack_through_the_cli_respects_the_query_budget(tmp_path, capsys):
+    out = tmp_path / "square"
+    code = main(["attack", "--config", "mnist_resnet20", "--data", "mnist-sample", "--limit", "8", "--attack", "square",
+                 "--eps", "0.3", "--max-queries", "50", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["max_perturbation"] <= 0.3 + 1e-6
+    assert 1 <= summary["max_queries"] <= 50
+    rows = (out / "per_sample.csv").read_text().splitlines()[1:]
+    assert len(rows) == 8
+    data = np.load(out / "adversarial.npz")
+    assert data["x_adv"].min() >= 0.0 and data["x_adv"].max() <= 1.0

@@ -15,6 +15,8 @@ from ..errors import ConfigError
 
 from ..registry import Registry
 from .apgd import APGD
+from .bandits import Bandits
+from .boundary import BoundaryAttack
 from .apgdt import APGDT
 from .base import Attack, AttackResult, input_gradient
 from .cw import CarliniWagnerL2
@@ -23,15 +25,23 @@ from .deepfool import DeepFool
 from .ead import EAD
 from .fab import FAB, FABT
 from .fgsm import FGSM
+from .hopskipjump import HopSkipJump
 from .jsma import JSMA
 from .losses import get_loss
 from .mifgsm import MIFGSM
+from .nes import NES
 from .norms import get_norm
 from .pgd import BIM, PGD
+from .simba import SimBA, SimBADCT
+from .square import SquareAttack
+from .transfer import TransferAttack
+from .zoo_attack import ZOO
 
 __all__ = ["Attack", "AttackResult", "ATTACKS", "get_attack", "make_attack", "attack_names", "input_gradient", "get_loss", "get_norm",
            "FGSM", "PGD", "BIM", "MIFGSM", "APGD", "APGDT", "DeepFool", "JSMA",
-           "CarliniWagnerL2", "CarliniWagnerLinf", "EAD", "FAB", "FABT"]
+           "CarliniWagnerL2", "CarliniWagnerLinf", "EAD", "FAB", "FABT",
+           "SquareAttack", "SimBA", "SimBADCT", "NES", "Bandits", "ZOO", "HopSkipJump", "BoundaryAttack",
+           "TransferAttack"]
 
 ATTACKS: Registry[Attack] = Registry("attack")
 ATTACKS.register("fgsm", "fgm")(FGSM)
@@ -47,6 +57,16 @@ ATTACKS.register("cw-linf")(CarliniWagnerLinf)
 ATTACKS.register("ead")(EAD)
 ATTACKS.register("fab")(FAB)
 ATTACKS.register("fab-t", "fabt")(FABT)
+# Black-box: forward passes only, queries counted per sample.
+ATTACKS.register("square", "square-attack")(SquareAttack)
+ATTACKS.register("simba")(SimBA)
+ATTACKS.register("simba-dct")(SimBADCT)
+ATTACKS.register("nes")(NES)
+ATTACKS.register("bandits", "bandits-td")(Bandits)
+ATTACKS.register("zoo")(ZOO)
+ATTACKS.register("hopskipjump", "hsja")(HopSkipJump)
+ATTACKS.register("boundary", "boundary-attack")(BoundaryAttack)
+ATTACKS.register("transfer", "mi-di-fgsm")(TransferAttack)
 
 
 def get_attack(name: str, **kwargs: Any) -> Attack:
