@@ -5,32 +5,24 @@ The CLI only parses flags and calls these; scripts do the same.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .attacks import ATTACKS, Attack, get_attack
+from .attacks import Attack
 from .data import DataSource, load_data
 from .evaluation.robustness import evaluate_attacks
 from .io import StreamingNpzWriter, atomic_write_json, atomic_write_text
 from .model import Classifier, load_classifier
 from .reporting import save_png, staged_output, versions
 
-__all__ = ["run_attack_job", "run_demo", "DEMO_ATTACKS"]
+__all__ = ["run_attack_job", "run_demo", "demo_table"]
 
 logger = logging.getLogger(__name__)
-
-#: The demo runs the strongest of these that are registered, in this order.
-DEMO_ATTACKS: Tuple[Tuple[str, Dict[str, Any]], ...] = (
-    ("fgsm", {}),
-    ("pgd", {"steps": 40}),
-    ("apgd", {"steps": 100, "loss": "ce"}),
-    ("apgd-t", {"steps": 100}),
-)
-
 
 class _AdversarialSink:
     """Collects per-sample attack outputs batch by batch and streams ``x_adv`` to disk."""
@@ -93,12 +85,11 @@ def run_attack_job(
         ``success_rate`` (over attacked points), ``seconds``,
         ``max_perturbation`` and more.
     """
-    targets = None
-    if target_mode is not None:
-        from .attacks.targets import choose_targets
+    from .attacks.targets import choose_targets
 
-        def targets(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-            return choose_targets(model, x, y, target_mode, seed=seed)
+    targets: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = (
+        None if target_mode is None else functools.partial(choose_targets, model, mode=target_mode, seed=seed)
+    )
 
     start = time.perf_counter()
     with staged_output(out_dir) as stage:
@@ -156,11 +147,6 @@ def run_attack_job(
         summary["attacked"], seconds, out_dir,
     )
     return summary
-
-
-def demo_attacks(eps: float, seed: int = 0) -> List[Tuple[str, Attack]]:
-    """The attacks of the classic attack-by-attack comparison: the registered ones of :data:`DEMO_ATTACKS`."""
-    return [(name, get_attack(name, eps=eps, seed=seed, **kwargs)) for name, kwargs in DEMO_ATTACKS if name in ATTACKS]
 
 
 def run_demo(

@@ -21,7 +21,7 @@ binary search over ``c`` and the per-sample early-abort test.
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import mxnet as mx
 import numpy as np
@@ -116,6 +116,21 @@ class ConstantSearch:
         self.lower = nd.where(succeeded, self.lower, nd.maximum(self.lower, self.const))
         bounded = self.upper < _NO_UPPER
         self.const = nd.where(bounded, (self.lower + self.upper) / 2, self.const * 10)
+
+    def run(
+        self, attack: str, steps: int, descend: Callable[[nd.NDArray], Tuple[nd.NDArray, nd.NDArray]]
+    ) -> np.ndarray:
+        """Run ``steps`` search steps; ``descend(const)`` returns (succeeded, steps taken) per sample.
+
+        Returns the steps taken per sample over the whole search.
+        """
+        iterations = nd.zeros_like(self.const)
+        for step in range(steps):
+            succeeded, taken = descend(self.const)
+            self.update(succeeded)
+            self.log(attack, step, succeeded)
+            iterations = iterations + taken
+        return iterations.asnumpy().astype(np.int64)
 
     def log(self, attack: str, step: int, succeeded: nd.NDArray) -> None:
         """Report a finished search step at DEBUG level (it synchronises, so only when DEBUG is on)."""
@@ -266,18 +281,13 @@ class CarliniWagnerL2(Attack):
         center, half = (low + high) / 2, (high - low) / 2
         n, ctx = x.shape[0], x.context
         w_clean = nd.arctanh(nd.clip((x - center) / half, -_TANH_LIMIT, _TANH_LIMIT))
-        search = ConstantSearch(n, self.initial_const, ctx)
         best_l2 = nd.full((n,), np.inf, ctx=ctx)
         best_x = x.copy()
-        iterations = nd.zeros((n,), ctx=ctx)
-        for search_step in range(self.binary_search_steps):
-            succeeded, steps_taken = self._descend(
-                model, x, y, target, w_clean, search.const, center, half, best_l2, best_x
-            )
-            search.update(succeeded)
-            search.log(self.name, search_step, succeeded)
-            iterations = iterations + steps_taken
-        return best_x, iterations.asnumpy().astype(np.int64)
+        iterations = ConstantSearch(n, self.initial_const, ctx).run(
+            self.name, self.binary_search_steps,
+            lambda const: self._descend(model, x, y, target, w_clean, const, center, half, best_l2, best_x),
+        )
+        return best_x, iterations
 
     def _descend(
         self,

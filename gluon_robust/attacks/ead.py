@@ -157,16 +157,13 @@ class EAD(Attack):
         rngs: Sequence[np.random.Generator],
     ) -> Tuple[nd.NDArray, np.ndarray]:
         n, ctx = x.shape[0], x.context
-        search = ConstantSearch(n, self.initial_const, ctx)
         best_dist = nd.full((n,), np.inf, ctx=ctx)
         best_x = x.copy()
-        iterations = nd.zeros((n,), ctx=ctx)
-        for search_step in range(self.binary_search_steps):
-            succeeded, steps_taken = self._descend(model, x, y, target, search.const, best_dist, best_x)
-            search.update(succeeded)
-            search.log(self.name, search_step, succeeded)
-            iterations = iterations + steps_taken
-        return best_x, iterations.asnumpy().astype(np.int64)
+        iterations = ConstantSearch(n, self.initial_const, ctx).run(
+            self.name, self.binary_search_steps,
+            lambda const: self._descend(model, x, y, target, const, best_dist, best_x),
+        )
+        return best_x, iterations
 
     def _descend(
         self,
