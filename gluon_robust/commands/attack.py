@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from ..cli import (
     add_data_args, add_model_args, add_run_args, command, data_from_args,
@@ -25,10 +25,43 @@ def _option_value(text: str) -> Any:
     return int(number) if number.is_integer() and "." not in text and "e" not in lowered and "/" not in text else number
 
 
+def add_defense_args(parser: argparse.ArgumentParser) -> None:
+    """``--defense SPEC --gradient MODE --eot-samples N``: preprocessing defences in front of the model."""
+    group = parser.add_argument_group("defence")
+    group.add_argument("--defense", metavar="SPEC",
+                       help="preprocessing defences in front of the model, e.g. jpeg:quality=75 or "
+                            "bitdepth:bits=4+median:size=3 (see gluon-robust list defenses)")
+    group.add_argument("--gradient", default="auto", type=str.lower, choices=("auto", "naive", "bpda", "eot"),
+                       help="gradient through the defences: auto (each defence's declared path), naive "
+                            "(what a non-adaptive attack sees), bpda or eot (default auto)")
+    group.add_argument("--eot-samples", type=int, help="gradients averaged per step when EOT is used (default 10)")
+
+
+def defense_chain(args: argparse.Namespace) -> Optional[list]:
+    """The defences of ``--defense`` (validated before any model is loaded), or None."""
+    from ..defenses import parse_defense_spec
+
+    if args.defense is None:
+        if args.gradient != "auto" or args.eot_samples is not None:
+            raise ConfigError("--gradient and --eot-samples need --defense")
+        return None
+    return parse_defense_spec(args.defense)
+
+
+def defended_model(model: Any, chain: Optional[list], args: argparse.Namespace) -> Any:
+    """``model`` behind the ``--defense`` chain with the ``--gradient`` mode, or ``model`` itself."""
+    from ..defenses import DefendedClassifier
+
+    if chain is None:
+        return model
+    return DefendedClassifier(model, chain, gradient=args.gradient, eot_samples=args.eot_samples)
+
+
 def _configure_attack(parser: argparse.ArgumentParser) -> None:
     add_model_args(parser)
     add_data_args(parser)
     add_run_args(parser)
+    add_defense_args(parser)
     group = parser.add_argument_group("attack")
     group.add_argument("--attack", required=True, help="attack name (see gluon-robust attacks)")
     group.add_argument("--eps", type=parse_fraction, help="perturbation budget in pixel units, e.g. 8/255")
@@ -60,6 +93,15 @@ def attack_options(args: argparse.Namespace) -> Dict[str, Any]:
     return options
 
 
+def _takes(attack: str, parameter: str) -> bool:
+    """Whether the registered attack has a ``parameter`` hyperparameter."""
+    import inspect
+
+    from ..attacks import ATTACKS
+
+    return parameter in inspect.signature(ATTACKS.factory(attack)).parameters
+
+
 @command("attack", "Attack a model on a data source and save the adversarial examples.")(_configure_attack)
 def run_attack(args: argparse.Namespace) -> int:
     from ..attacks import make_attack
@@ -68,8 +110,15 @@ def run_attack(args: argparse.Namespace) -> int:
     if args.target is not None and not args.targeted:
         raise ConfigError("--target needs --targeted")
     options = attack_options(args)
+    chain = defense_chain(args)
+    if chain is not None:
+        from ..defenses import DefendedClassifier
+
+        eot = DefendedClassifier.eot_samples_for(chain, args.gradient, args.eot_samples)
+        if eot > 1 and "eot_samples" not in options and _takes(args.attack, "eot_samples"):
+            options["eot_samples"] = eot
     attack = make_attack(args.attack, options)  # validate hyperparameters before loading anything
-    model = model_from_args(args)
+    model = defended_model(model_from_args(args), chain, args)
     source = data_from_args(args, model)
     summary = run_attack_job(
         model, source, attack, attack_name=args.attack.lower(), out_dir=args.out, batch_size=args.batch_size,
@@ -77,7 +126,11 @@ def run_attack(args: argparse.Namespace) -> int:
         max_images=args.max_images, options=options,
     )
     keys = ("n", "clean_accuracy", "robust_accuracy", "success_rate", "max_perturbation", "seconds")
-    emit(json.dumps({k: summary[k] for k in keys}, indent=2))
+    printed = {k: summary[k] for k in keys}
+    if "defense" in summary:
+        printed["defense"] = summary["defense"]["spec"]
+        printed["gradient"] = summary["defense"]["summary"]
+    emit(json.dumps(printed, indent=2))
     return 0
 
 

@@ -8,6 +8,7 @@ from ..cli import (
     add_data_args, add_model_args, add_run_args, command, data_from_args,
     emit, model_from_args, parse_floats,
 )
+from .attack import add_defense_args, defended_model, defense_chain
 
 
 def _configure_evaluate(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +17,7 @@ def _configure_evaluate(parser: argparse.ArgumentParser) -> None:
     add_model_args(parser)
     add_data_args(parser)
     add_run_args(parser)
+    add_defense_args(parser)
     group = parser.add_argument_group("evaluation")
     group.add_argument("--recipe", default="standard", choices=recipe_names(),
                        help="named attack recipe (default: standard)")
@@ -33,6 +35,8 @@ def _print_report(report: dict, out: str) -> None:
     from ..evaluation.report import summary_table
 
     emit(f"{report['model']}\n{report['data']}: {report['n']} samples, recipe {report['recipe']}\n")
+    if report.get("defense"):
+        emit(f"defence {report['defense']['spec']}, gradient {report['defense']['summary']}\n")
     emit(summary_table(report))
     for message in report["warnings"]:
         emit(f"WARNING: {message}")
@@ -45,7 +49,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks is not None else None
     shard = parse_shard(args.shard) if args.shard else None
-    model = model_from_args(args)
+    chain = defense_chain(args)
+    model = defended_model(model_from_args(args), chain, args)
     source = data_from_args(args, model)
     report = evaluate(
         model, source, recipe=args.recipe, attacks=attacks, eps=args.eps, norm=args.norm, batch_size=args.batch_size,

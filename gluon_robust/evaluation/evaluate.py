@@ -174,6 +174,7 @@ def evaluate(
         raise ConfigError("resume=True needs out_dir, where the state file is")
     stages = custom_recipe(attacks) if attacks is not None else get_recipe(recipe)
     recipe_name = "custom" if attacks is not None else str(recipe).strip().lower()
+    stages = _with_eot(stages, int(getattr(model, "eot_samples", 1)))
     eps = [float(e) for e in eps] if not isinstance(eps, (int, float)) else [float(eps)]
     built, skipped = build_attacks(stages, eps=eps, norm=norm, seed=seed)
     if not built:
@@ -214,7 +215,8 @@ def evaluate(
                      skipped=skipped, measurements=measurements, probe_warnings=probe_warnings,
                      model=model.describe() if hasattr(model, "describe") else type(model).__name__,
                      data=source.name, args=args, shard=shard_info,
-                     bounds=getattr(model, "bounds", (0.0, 1.0)), max_examples=max_examples)
+                     bounds=getattr(model, "bounds", (0.0, 1.0)), max_examples=max_examples,
+                     defense=_defense(model, built))
     sanity.emit(report["warnings"])
     if out_dir is not None:
         with staged_output(out_dir) as stage:
@@ -228,9 +230,11 @@ def _finish(
     report: Dict[str, Any], *, stages: Sequence[Any], recipe: str, norm: str, eps: Sequence[float], seed: int,
     skipped: List[str], measurements: Dict[str, Any], probe_warnings: List[str], model: str, data: str,
     args: Optional[Dict[str, Any]], shard: Optional[Dict[str, Any]], bounds: Sequence[float], max_examples: int,
+    defense: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Add the run's description and the sanity checks to a result's report."""
     report.update({
+        "defense": defense,
         "recipe": recipe,
         "stages": describe(stages),
         "skipped": list(skipped),
@@ -247,6 +251,38 @@ def _finish(
         "args": _jsonable(args or {}),
         "shard": shard,
     })
+    return report
+
+
+def _with_eot(stages: Sequence[Any], eot_samples: int) -> Tuple[Any, ...]:
+    """``stages`` with ``eot_samples`` added to every attack that takes it and does not set it.
+
+    A defended model whose gradient mode uses Expectation over Transformation
+    (see :mod:`gluon_robust.defenses`) asks for ``eot_samples > 1``; black-box
+    attacks have no such parameter and query the randomised model as it is.
+    """
+    import inspect
+    from types import MappingProxyType
+
+    from ..attacks import ATTACKS
+
+    if eot_samples <= 1:
+        return tuple(stages)
+    out = []
+    for stage in stages:
+        takes = stage.attack in ATTACKS and "eot_samples" in inspect.signature(ATTACKS.factory(stage.attack)).parameters
+        if takes and "eot_samples" not in stage.options:
+            stage = stage._replace(options=MappingProxyType(dict(stage.options, eot_samples=eot_samples)))
+        out.append(stage)
+    return tuple(out)
+
+
+def _defense(model: Any, attacks: Sequence[Tuple[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The defence chain and gradient path of a defended model, with the EOT samples each stage used; else None."""
+    if not hasattr(model, "defense_report"):
+        return None
+    report = dict(model.defense_report())
+    report["stage_eot_samples"] = {label: getattr(a, "eot_samples", None) for label, a in attacks}
     return report
 
 
@@ -288,7 +324,8 @@ def merge_reports(dirs: Sequence[str | Path], out_dir: Optional[str | Path] = No
         loaded.append((report, ex, str(d)))
     loaded.sort(key=lambda item: item[0]["shard"]["k"])
     first = loaded[0][0]
-    keys = ("recipe", "stages", "norm", "eps", "seed", "model", "data", "skipped", "sanity", "bounds", "max_examples")
+    keys = ("recipe", "stages", "norm", "eps", "seed", "model", "data", "skipped", "sanity", "bounds", "max_examples",
+            "defense")
     total = first["shard"]["n"]
     for report, _, d in loaded:
         different = [k for k in keys if report.get(k) != first.get(k)]
@@ -306,7 +343,7 @@ def merge_reports(dirs: Sequence[str | Path], out_dir: Optional[str | Path] = No
         skipped=first["skipped"], measurements={k: v for k, v in first["sanity"].items() if k != "probe_warnings"},
         probe_warnings=first["sanity"]["probe_warnings"], model=first["model"], data=first["data"],
         args={"merged_from": [d for _, _, d in loaded]}, shard=None, bounds=first["bounds"],
-        max_examples=first["max_examples"],
+        max_examples=first["max_examples"], defense=first.get("defense"),
     )
     merged["stages"] = first["stages"]
     parts = [ex for _, ex, _ in loaded]

@@ -148,6 +148,17 @@ def _grid_plot(examples: Dict[str, np.ndarray], names: List[str], bounds: tuple)
 
 
 # ------------------------------------------------------------------ text
+def _defense_facts(report: Dict[str, Any]) -> List[tuple]:
+    """The defence chain and the gradient path of each defence, for a defended model's report."""
+    defense = report.get("defense")
+    if not defense:
+        return []
+    paths = ", ".join(f"{d['name']}: {d['backward']} (declared {d['declared']})" for d in defense["defenses"])
+    eot = defense.get("eot_samples", 1)
+    return [("defence", defense["spec"]),
+            ("gradient path", f"{defense['gradient']}: {paths}" + (f"; EOT over {eot} samples" if eot > 1 else ""))]
+
+
 def _markdown(report: Dict[str, Any]) -> str:
     lines = [
         "# Robustness report",
@@ -157,6 +168,9 @@ def _markdown(report: Dict[str, Any]) -> str:
         f"- recipe: {report.get('recipe', '?')}, norm {report.get('norm', '?')}, eps {report.get('eps', '?')}",
         f"- seed: {report.get('seed')}; mode: {report.get('mode')}",
         f"- clean accuracy: {100 * report['clean_accuracy']:.2f}%",
+    ]
+    lines += [f"- {k}: {v}" for k, v in _defense_facts(report)]
+    lines += [
         "",
         "| attack | norm | eps | robust accuracy | after stage | attacked | broken | mean queries | seconds |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -190,7 +204,7 @@ def _html(report: Dict[str, Any], plots: Dict[str, Optional[str]]) -> str:
         ("recipe", f"{report.get('recipe', '?')}, norm {report.get('norm', '?')}, eps {report.get('eps', '?')}"),
         ("seed", report.get("seed")), ("mode", report.get("mode")),
         ("clean accuracy", f"{100 * report['clean_accuracy']:.2f}%"),
-    ]
+    ] + _defense_facts(report)
     parts = ["<h1>Robustness report</h1><ul>"]
     parts += [f"<li><b>{esc(k)}</b>: {esc(str(v))}</li>" for k, v in facts]
     parts.append("</ul><h2>Attacks</h2>")

@@ -91,10 +91,10 @@ def probe_model(
     first, second = model.predict(x), model.predict(x)
     spread = float(np.max(np.abs(first - second))) if len(x) else 0.0
     if spread > 1e-5 or not np.isfinite(spread):
-        messages.append(
-            f"the model is random: two forward passes on the same inputs differ by up to {spread:.3g}; "
-            "use the 'rand' recipe (EOT) for randomised defences"
-        )
+        eot = int(getattr(model, "eot_samples", 1) or 1)
+        hint = (f"EOT is applied ({eot} samples per gradient)" if eot > 1
+                else "use the 'rand' recipe (EOT) for randomised defences")
+        messages.append(f"the model is random: two forward passes on the same inputs differ by up to {spread:.3g}; {hint}")
     sums = first.sum(axis=1)
     probabilities = bool(len(x) and np.all(first >= -1e-6) and np.allclose(sums, 1.0, atol=1e-3))
     if probabilities:

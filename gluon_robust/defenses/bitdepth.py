@@ -1,0 +1,43 @@
+"""Bit-depth reduction (colour-depth squeezing) as a defence.
+
+Xu, Evans & Qi (2018), "Feature Squeezing: Detecting Adversarial Examples in
+Deep Neural Networks", NDSS, https://arxiv.org/abs/1704.01155. Broken by BPDA
+with the identity (Athalye, Carlini & Wagner 2018, https://arxiv.org/abs/1802.00420).
+
+Every pixel is rounded to one of ``2**bits`` evenly spaced levels of the
+model's range. Computed with NDArray operations on the model's ctx, but its
+derivative is zero almost everywhere, so the declared gradient path is BPDA.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+from mxnet import nd
+
+from .base import Preprocessor, check_bounded_int
+
+__all__ = ["BitDepthReduction"]
+
+
+class BitDepthReduction(Preprocessor):
+    """Quantise pixels to ``2**bits`` levels between the bounds.
+
+    Parameters
+    ----------
+    bits : int
+        Bits per pixel, 1 to 16 (1 = binarise at the middle of the range).
+    """
+
+    name = "bitdepth"
+    gradient = "bpda"
+    differentiable = False
+
+    def __init__(self, *, bits: int = 4) -> None:
+        self.bits = check_bounded_int("bits", bits, 1, 16)
+
+    def transform(self, x: nd.NDArray, bounds: Tuple[float, float]) -> nd.NDArray:
+        low, high = bounds
+        steps = float(2**self.bits - 1)
+        unit = nd.clip((x - low) / (high - low), 0.0, 1.0)
+        return low + nd.round(unit * steps) * ((high - low) / steps)
