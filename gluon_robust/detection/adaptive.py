@@ -1,0 +1,555 @@
+"""Adaptive attacks on a classifier protected by a detector: misclassify *and* stay unflagged.
+
+Carlini & Wagner (2017), "Adversarial Examples Are Not Easily Detected:
+Bypassing Ten Detection Methods", AISec, https://arxiv.org/abs/1705.07263;
+Tramer, Carlini, Brendel & Madry (2020), "On Adaptive Attacks to Adversarial
+Example Defenses", NeurIPS, https://arxiv.org/abs/2002.08347; Bryniarski,
+Hingun, Pachuca, Wang & Carlini (2021), "Evading Adversarial Example
+Detection Defenses with Orthogonal Projected Gradient Descent",
+https://arxiv.org/abs/2106.15023 (the selective objective).
+
+:class:`AdaptiveAttack` attacks ``z = model(x)`` (``K`` logits) and a
+calibrated detector score ``s(x)`` (threshold ``tau``, clean spread
+``sigma``) together. It is the per-sample worst case over several candidates:
+
+1. *naive* examples (a classifier-only PGD, and any examples the caller
+   passes in), so it never reports less evasion than the naive attack;
+2. *selective* PGD: per sample and step, ascend the classification margin
+   while the input is still classified correctly (with margin ``confidence``),
+   and descend the detector score once it is misclassified;
+3. *weighted* PGD for each weight ``c``: minimise
+   ``max(z_y - max_{j != y} z_j, -confidence) + c * relu((s - tau) / sigma + score_margin)``
+   (C&W 2017, section 3.1, with the detector as a penalty);
+
+the first restart of 2 and 3 starts, where there is one, from a naive
+example that is misclassified but flagged (the two-stage scheme: first
+misclassify, then move off the detector while staying misclassified). Every
+PGD run keeps, per sample, its best iterate over all steps (misclassified and
+unflagged with the largest slack), not the last one, and each stage only
+attacks the points no earlier candidate got through. Success is recomputed
+at the end from real forward passes of the classifier and the detector.
+
+:class:`DetectorAwareClassifier` is the same pair as one network with ``K + 1``
+logits (C&W 2017, section 3.1)::
+
+    G(x)_k = z_k                                    for k < K
+    G(x)_K = max_k z_k + kappa * (s(x) - tau) / sigma   ("detected")
+
+``G`` predicts ``K`` exactly when the detector flags ``x``, so any gradient
+attack run on it with :func:`detector_aware_loss` attacks both; its
+``max(z_y, z_detected)`` objective is weak where the path to a
+misclassification crosses flagged inputs (low confidence near the decision
+boundary, for instance), which is why :class:`AdaptiveAttack` does not use it.
+
+Gradients through the detector are exact where its score is differentiable
+and BPDA (identity through the squeezer) for feature squeezing, see
+:meth:`gluon_robust.detection.base.Detector.score_nd`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from mxnet import autograd, gluon, nd
+
+from ..attacks.base import _padded, _pad_rows, check_int, check_positive, gradient_recording, sample_generators
+from ..attacks.losses import LossFn
+from ..attacks.norms import Norm, get_norm
+from ..attacks.pgd import PGD
+from ..errors import ConfigError, DataError
+from .base import Detector, check_positive_param
+
+__all__ = [
+    "DetectorAwareClassifier", "detector_aware_loss", "AdaptiveAttack", "AdaptiveResult", "evasion_objective",
+]
+
+logger = logging.getLogger(__name__)
+
+_NEG = -1e30
+
+
+class DetectorAwareClassifier(gluon.Block):
+    """A classifier and a calibrated detector as one network with a ``detected`` logit (index ``K``).
+
+    It looks like a :class:`~gluon_robust.model.Classifier` to attacks: it has
+    ``bounds``, ``ctx``, ``input_size``, ``num_classes`` (``K + 1``) and
+    ``mode_free``.
+
+    Parameters
+    ----------
+    model : Classifier
+        The protected classifier.
+    detector : Detector
+        A fitted and calibrated detector.
+    kappa : float
+        Weight of the detector in the extra logit (logit units per clean score spread).
+    """
+
+    def __init__(self, model: Any, detector: Detector, *, kappa: float = 1.0) -> None:
+        super().__init__()
+        if detector.threshold is None:
+            raise ConfigError(f"detector {detector.name} is not calibrated: call calibrate(clean_scores, fpr) first")
+        self.kappa = check_positive_param("kappa", kappa)
+        self.model = model
+        self.detector = detector
+        self.bounds = model.bounds
+        self.ctx = model.ctx
+        self.input_size = getattr(model, "input_size", None)
+        self.num_classes = int(model.num_classes) + 1
+        self.detected_class = int(model.num_classes)
+        # The detectors' own networks have no BatchNorm or Dropout, so the combined
+        # graph is mode free exactly when the classifier is.
+        self.mode_free = bool(getattr(model, "mode_free", False))
+        self.scale = float(detector.clean_scale or 1.0)
+
+    def detection_logit(self, logits: nd.NDArray, score: nd.NDArray) -> nd.NDArray:
+        """``max_k z_k + kappa * (score - threshold) / scale``, shape ``(N,)``."""
+        return nd.max(logits, axis=1) + self.kappa * (score - self.detector.threshold) / self.scale
+
+    def forward(self, x: nd.NDArray) -> nd.NDArray:  # noqa: D102 (Gluon's signature)
+        logits = self.model(x)
+        score = self.detector.score_nd(self.model, x, logits=logits)
+        return nd.concat(logits, self.detection_logit(logits, score).reshape((-1, 1)), dim=1)
+
+
+def _bad_mask(logits: nd.NDArray, labels: nd.NDArray) -> nd.NDArray:
+    """One-hot of the true class plus the ``detected`` class (the last)."""
+    k = logits.shape[1]
+    detected = nd.one_hot(nd.full(labels.shape, k - 1, ctx=labels.context), k)
+    return nd.clip(nd.one_hot(labels, k) + detected, 0, 1)
+
+
+def _detector_aware_ce(logits: nd.NDArray, labels: nd.NDArray, target: Optional[nd.NDArray] = None) -> nd.NDArray:
+    """``-log(p_y + p_detected)`` (untargeted), ``log p_target`` (targeted), on ``K + 1`` logits."""
+    if target is not None:
+        return nd.pick(nd.log_softmax(logits, axis=1), target, axis=1)
+    bad = _bad_mask(logits, labels)
+    masked = nd.where(bad, logits, nd.full(logits.shape, _NEG, ctx=logits.context))
+    return _logsumexp(logits) - _logsumexp(masked)
+
+
+def _detector_aware_margin(logits: nd.NDArray, labels: nd.NDArray, target: Optional[nd.NDArray] = None
+                           ) -> nd.NDArray:
+    """C&W margin on ``K + 1`` logits: best allowed class minus ``max(z_y, z_detected)`` (or the target's margin)."""
+    neg = nd.full(logits.shape, _NEG, ctx=logits.context)
+    if target is not None:
+        others = nd.where(nd.one_hot(target, logits.shape[1]), neg, logits)
+        return nd.pick(logits, target, axis=1) - nd.max(others, axis=1)
+    bad = _bad_mask(logits, labels)
+    return nd.max(nd.where(bad, neg, logits), axis=1) - nd.max(nd.where(bad, logits, neg), axis=1)
+
+
+def _logsumexp(z: nd.NDArray) -> nd.NDArray:
+    top = nd.max(z, axis=1, keepdims=True)
+    top = nd.stop_gradient(top)
+    return nd.log(nd.sum(nd.exp(nd.broadcast_sub(z, top)), axis=1)) + top.reshape((-1,))
+
+
+def detector_aware_loss(name: str) -> LossFn:
+    """The objective to ascend on :class:`DetectorAwareClassifier` logits: ``"ce"`` or ``"margin"``.
+
+    Both treat the true class and ``detected`` (the last logit) as the classes
+    to leave; the margin is positive exactly when the input is misclassified
+    and not flagged.
+    """
+    losses: dict = {"ce": _detector_aware_ce, "margin": _detector_aware_margin, "cw": _detector_aware_margin}
+    key = str(name).strip().lower()
+    if key not in losses:
+        raise ConfigError(f"loss must be one of ce, margin; got {name!r}")
+    return losses[key]
+
+
+# ------------------------------------------------------------------ the evasion objective
+_OBJECTIVES = ("selective", "weighted")
+_SUCCESS_BONUS = 1e6  # puts every misclassified-and-unflagged iterate above every other one
+
+
+def _class_margin(logits: nd.NDArray, labels: nd.NDArray) -> nd.NDArray:
+    """``z_y - max_{j != y} z_j``: negative exactly when the input is misclassified."""
+    neg = nd.full(logits.shape, _NEG, ctx=logits.context)
+    others = nd.where(nd.one_hot(labels, logits.shape[1]), neg, logits)
+    return nd.pick(logits, labels, axis=1) - nd.max(others, axis=1)
+
+
+def evasion_objective(
+    logits: nd.NDArray,
+    scores: nd.NDArray,
+    labels: nd.NDArray,
+    *,
+    threshold: float,
+    scale: float,
+    objective: str = "selective",
+    c: float = 1.0,
+    confidence: float = 0.0,
+    score_margin: float = 0.0,
+) -> Tuple[nd.NDArray, nd.NDArray]:
+    """The per-sample value an adaptive attack ascends, and the key by which it ranks iterates.
+
+    With the classification margin ``m = z_y - max_{j != y} z_j`` and the
+    normalised detector score ``d = (s - threshold) / scale`` (the input is
+    flagged when ``d > 0``):
+
+    * ``"weighted"`` (C&W 2017): ascend ``-(max(m, -confidence) + c * relu(d + score_margin))``;
+    * ``"selective"`` (Bryniarski et al. 2021): ascend ``-m`` while
+      ``m > -confidence`` (not yet misclassified with that margin), else ``-d``.
+      Scale free: each sample follows one term's gradient at a time.
+
+    Parameters
+    ----------
+    logits : NDArray
+        Classifier logits ``(N, K)``.
+    scores : NDArray
+        Detector scores ``(N,)``.
+    labels : NDArray
+        True labels ``(N,)`` (float32).
+    threshold, scale : float
+        The detector's threshold and clean score spread.
+    objective : str
+        ``"selective"`` or ``"weighted"``.
+    c : float
+        Weight of the detector term (``"weighted"`` only).
+    confidence : float
+        Logit margin by which to misclassify.
+    score_margin : float
+        How far below the threshold, in units of ``scale``, the weighted term pushes the score.
+
+    Returns
+    -------
+    value, key : NDArray
+        ``value`` ``(N,)`` to ascend; ``key`` ``(N,)`` ranks iterates: above
+        ``1e5`` exactly when misclassified and unflagged (then larger means
+        more slack on both), otherwise ``-(relu(m) + relu(d))``.
+    """
+    margin = _class_margin(logits, labels)
+    d = (scores - threshold) / scale
+    if objective == "weighted":
+        value = -(nd.maximum(margin, -confidence) + c * nd.relu(d + score_margin))
+    elif objective == "selective":
+        value = nd.where(margin > -confidence, -margin, -d)
+    else:
+        raise ConfigError(f"objective must be one of {', '.join(_OBJECTIVES)}; got {objective!r}")
+    success = (margin < 0) * (d <= 0)
+    key = nd.where(success, _SUCCESS_BONUS + nd.minimum(-margin, -d), -(nd.relu(margin) + nd.relu(d)))
+    return value, key
+
+
+def _evasion_pgd(
+    model: Any,
+    detector: Detector,
+    x: nd.NDArray,
+    y: nd.NDArray,
+    delta: nd.NDArray,
+    *,
+    norm: Norm,
+    eps: float,
+    steps: int,
+    step_size: float,
+    objective: Dict[str, Any],
+) -> nd.NDArray:
+    """PGD on :func:`evasion_objective` from ``x + delta``; per sample the best iterate over all steps.
+
+    The detector's threshold and scale come from ``detector``; ``objective``
+    holds the other keywords of :func:`evasion_objective`. Gradients are taken
+    with respect to the input only, under :func:`gradient_recording`.
+    """
+    low, high = model.bounds
+    threshold, scale = float(detector.threshold), float(detector.clean_scale or 1.0)
+    delta = nd.clip(x + norm.project(delta, eps), low, high) - x
+    best_x = x + delta
+    best_key = nd.full((x.shape[0],), -np.inf, ctx=x.context)
+    for step in range(steps + 1):
+        xv = x + delta
+        if step < steps:
+            xv.attach_grad()
+            with gradient_recording(model):
+                logits = model(xv)
+                scores = detector.score_nd(model, xv, logits=logits)
+                value, _ = evasion_objective(logits, scores, y, threshold=threshold, scale=scale, **objective)
+            (grad,) = autograd.grad(value, [xv], retain_graph=False)
+            logits, scores = logits.detach(), scores.detach()
+        else:  # the last iterate is ranked too
+            with autograd.pause(train_mode=False):
+                logits = model(xv)
+                scores = detector.score_nd(model, xv, logits=logits)
+        with autograd.pause():
+            _, key = evasion_objective(logits, scores, y, threshold=threshold, scale=scale, **objective)
+            better = (key > best_key).reshape((-1,) + (1,) * (x.ndim - 1)).broadcast_like(x)
+            best_x = nd.where(better, xv.detach(), best_x)
+            best_key = nd.maximum(key, best_key)
+            if step < steps:
+                delta = norm.project(delta + step_size * norm.direction(grad), eps)
+                delta = nd.clip(x + delta, low, high) - x
+    return best_x
+
+
+# ------------------------------------------------------------------ the attack
+@dataclass
+class AdaptiveResult:
+    """What :class:`AdaptiveAttack` returns; every field is recomputed by real forward passes.
+
+    Attributes
+    ----------
+    x_adv : numpy.ndarray
+        The adversarial batch (per sample, the winning candidate).
+    misclassified : numpy.ndarray of bool
+        The classifier's prediction differs from the label.
+    flagged : numpy.ndarray of bool
+        The detector flags the input.
+    success : numpy.ndarray of bool
+        Misclassified and not flagged.
+    scores : numpy.ndarray of float
+        The detector's scores.
+    distance : numpy.ndarray of float
+        Perturbation size in the attack's norm.
+    source : numpy.ndarray of str
+        Which candidate each sample's ``x_adv`` came from: a name passed in
+        ``candidates``, ``"naive"`` (classifier-only PGD), ``"selective"`` or
+        ``"weighted c=..."`` (with ``" r<k>"`` for restart ``k > 0``), or
+        ``"none"`` where no candidate misclassified it.
+    """
+
+    x_adv: np.ndarray
+    misclassified: np.ndarray
+    flagged: np.ndarray
+    success: np.ndarray
+    scores: np.ndarray
+    distance: np.ndarray
+    source: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+
+    @property
+    def success_rate(self) -> float:
+        """Fraction misclassified and not flagged."""
+        return float(self.success.mean()) if len(self.success) else 0.0
+
+    def wins(self) -> Dict[str, int]:
+        """How many successful samples each candidate won, ``{source: count}``."""
+        names, counts = np.unique(self.source[self.success].astype(str), return_counts=True)
+        return {str(k): int(v) for k, v in zip(names, counts)}
+
+
+class AdaptiveAttack:
+    """Worst case over naive and detector-aware PGD; success = misclassified and not flagged.
+
+    Carlini & Wagner (2017), https://arxiv.org/abs/1705.07263; Tramer et al.
+    (2020), https://arxiv.org/abs/2002.08347; the selective objective of
+    Bryniarski et al. (2021), https://arxiv.org/abs/2106.15023. See the
+    module docstring for the candidates and :func:`evasion_objective` for the
+    objectives.
+
+    Parameters
+    ----------
+    eps : float
+        Radius of the threat model, pixel units.
+    norm : str
+        ``"linf"`` (default), ``"l2"`` or ``"l1"``.
+    steps : int
+        PGD steps per run (default 40).
+    step_size : float, optional
+        Default ``2.5 * eps / steps``.
+    restarts : int
+        Runs per objective; restart 0 starts from a misclassified-but-flagged
+        naive example where there is one (``warm_start``), every other run
+        from a uniform random point of the ball (seed ``seed + restart``).
+    c : sequence of float
+        Weights of the detector term, one weighted run each (default ``(1, 10)``).
+    selective : bool
+        Run the selective objective first (default True).
+    confidence : float
+        Logit margin by which to misclassify (default 0).
+    score_margin : float
+        Target of the weighted term below the threshold, in clean score spreads (default 0.1).
+    naive : bool
+        Also run a classifier-only PGD (cross-entropy, same budget) as a candidate (default True).
+    warm_start : bool
+        Start restart 0 from a misclassified but flagged candidate (default True).
+    seed : int
+        Seed of the random starts.
+
+    Examples
+    --------
+    >>> detector.calibrate(detector.score(model, x_heldout), fpr=0.05)
+    >>> naive = PGD(eps=0.3)(model, x, y)
+    >>> result = AdaptiveAttack(eps=0.3)(model, detector, x, y, candidates={"pgd": naive.x_adv})
+    >>> result.success.mean(), result.wins()   # misclassified and not detected; which candidate won
+    """
+
+    def __init__(
+        self,
+        *,
+        eps: float = 0.3,
+        norm: str = "linf",
+        steps: int = 40,
+        step_size: Optional[float] = None,
+        restarts: int = 1,
+        c: Sequence[float] = (1.0, 10.0),
+        selective: bool = True,
+        confidence: float = 0.0,
+        score_margin: float = 0.1,
+        naive: bool = True,
+        warm_start: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.eps = check_positive("eps", eps)
+        self.norm: Norm = get_norm(norm)
+        if self.norm.name not in ("linf", "l2", "l1"):
+            raise ConfigError(f"norm must be one of linf, l2, l1; got {norm!r}")
+        self.steps = check_int("steps", steps)
+        self.step_size = 2.5 * self.eps / self.steps if step_size is None else check_positive("step_size", step_size)
+        self.restarts = check_int("restarts", restarts)
+        weights = [c] if isinstance(c, (int, float)) else list(c)
+        self.c = tuple(check_positive("c", w) for w in weights)
+        self.selective = bool(selective)
+        if not self.selective and not self.c:
+            raise ConfigError("c must list at least one weight when selective=False, got an empty sequence")
+        self.confidence = check_positive("confidence", confidence, allow_zero=True)
+        self.score_margin = check_positive("score_margin", score_margin, allow_zero=True)
+        self.naive = bool(naive)
+        self.warm_start = bool(warm_start)
+        self.seed = check_int("seed", seed, minimum=0)
+
+    def __repr__(self) -> str:
+        return (f"AdaptiveAttack(eps={self.eps}, norm={self.norm.name!r}, steps={self.steps}, "
+                f"restarts={self.restarts}, c={self.c}, selective={self.selective}, confidence={self.confidence}, "
+                f"naive={self.naive})")
+
+    def stages(self) -> List[Tuple[str, Dict[str, Any], int]]:
+        """The detector-aware runs in order: ``(name, evasion_objective keywords, restart)``."""
+        objectives: List[Tuple[str, Dict[str, Any]]] = []
+        if self.selective:
+            objectives.append(("selective", {"objective": "selective", "confidence": self.confidence}))
+        for w in self.c:
+            objectives.append((f"weighted c={w:g}", {"objective": "weighted", "c": w, "confidence": self.confidence,
+                                                     "score_margin": self.score_margin}))
+        return [(name if r == 0 else f"{name} r{r}", kw, r) for r in range(self.restarts) for name, kw in objectives]
+
+    def __call__(
+        self,
+        model: Any,
+        detector: Detector,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        candidates: Optional[Mapping[str, np.ndarray]] = None,
+        batch_size: int = 128,
+    ) -> AdaptiveResult:
+        """Attack ``x`` (true labels ``y``) against ``model`` guarded by the calibrated ``detector``.
+
+        Parameters
+        ----------
+        candidates : mapping of str to numpy.ndarray, optional
+            Adversarial examples found elsewhere (a naive attack's), by name;
+            each is projected into the eps-ball around ``x`` and clipped to
+            bounds, then counts like any other candidate.
+        batch_size : int
+            Samples per PGD batch.
+        """
+        if detector.threshold is None:
+            raise ConfigError(f"detector {detector.name} is not calibrated: call calibrate(clean_scores, fpr) first")
+        x = np.asarray(x, dtype=np.float32)
+        y = np.asarray(y).astype(np.int64)
+        if x.ndim != 4 or len(x) == 0 or y.shape != (len(x),):
+            raise DataError(f"x must be a non-empty (N, C, H, W) batch with labels y of shape (N,); got {x.shape} "
+                            f"and {y.shape}")
+        batch_size = check_int("batch_size", batch_size)
+        state = _Best(model, detector, x, y, self.norm, self.eps)
+        for name, cand in (candidates or {}).items():
+            state.offer(str(name), np.asarray(cand, dtype=np.float32))
+        if self.naive and not state.success.all():
+            naive = PGD(eps=self.eps, norm=self.norm.name, steps=self.steps, step_size=self.step_size, seed=self.seed)
+            state.offer("naive", naive(model, x, y).x_adv)
+        for name, objective, restart in self.stages():
+            todo = np.flatnonzero(~state.success)
+            if todo.size == 0:
+                break
+            out = np.empty((todo.size,) + x.shape[1:], np.float32)
+            for start in range(0, todo.size, batch_size):
+                idx = todo[start : start + batch_size]
+                warm = state.warm[idx] if restart == 0 and self.warm_start else None
+                out[start : start + idx.size] = self._run(model, detector, x[idx], y[idx], objective, warm, restart)
+            state.offer(name, out, todo)
+            logger.info("adaptive %s: %d of %d evade", name, int(state.success.sum()), len(x))
+        return state.result()
+
+    def _run(self, model: Any, detector: Detector, x: np.ndarray, y: np.ndarray, objective: Dict[str, Any],
+             warm: Optional[np.ndarray], restart: int) -> np.ndarray:
+        """One PGD run on a batch (padded to a bucketed size), from ``warm`` where given, else a random start."""
+        n = len(x)
+        pad = _padded(n)
+        x_pad = _pad_rows(x, pad)
+        start = self.norm.random_start(sample_generators(x_pad, self.seed + restart), x.shape[1:], self.eps)
+        if warm is not None:
+            warm_pad = _pad_rows(warm, pad)
+            has = ~np.isnan(warm_pad).reshape(pad, -1).any(axis=1)
+            start[has] = warm_pad[has] - x_pad[has]
+        ctx = model.ctx
+        x_nd = nd.array(x_pad, ctx=ctx, dtype="float32")
+        y_nd = nd.array(_pad_rows(y, pad), ctx=ctx, dtype="float32")
+        best = _evasion_pgd(model, detector, x_nd, y_nd, nd.array(start, ctx=ctx, dtype="float32"), norm=self.norm,
+                            eps=self.eps, steps=self.steps, step_size=self.step_size, objective=objective)
+        return best.asnumpy()[:n]
+
+
+class _Best:
+    """Per sample, the best candidate so far, judged by real forward passes of the classifier and the detector.
+
+    A candidate replaces the current one where it ranks higher: misclassified
+    and unflagged (2) over misclassified (1) over neither (0); ties keep the
+    earlier one. :attr:`warm` holds, per sample, the misclassified but flagged
+    candidate with the lowest score (NaN where there is none), the start of
+    the two-stage runs.
+    """
+
+    def __init__(self, model: Any, detector: Detector, x: np.ndarray, y: np.ndarray, norm: Norm, eps: float) -> None:
+        self.model, self.detector, self.x, self.y, self.norm, self.eps = model, detector, x, y, norm, eps
+        n = len(x)
+        self.x_adv = x.copy()
+        self.rank = np.zeros(n, np.int64)
+        self.misclassified = np.zeros(n, bool)
+        self.flagged = np.zeros(n, bool)
+        self.scores = np.full(n, np.nan)
+        self.source = np.full(n, "none", dtype=object)
+        self.warm = np.full_like(x, np.nan)
+        self.warm_score = np.full(n, np.inf)
+        self.offered = False
+
+    @property
+    def success(self) -> np.ndarray:
+        return self.rank == 2
+
+    def _enforce(self, x: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        low, high = self.model.bounds
+        delta = self.norm.project(nd.array(cand - x, dtype="float32"), self.eps).asnumpy()
+        return np.clip(x + delta, low, high).astype(np.float32)
+
+    def offer(self, name: str, cand: np.ndarray, idx: Optional[np.ndarray] = None) -> None:
+        """Compare candidate ``cand`` for the samples ``idx`` (default all) with the best so far."""
+        idx = np.arange(len(self.x)) if idx is None else idx
+        if cand.shape != (idx.size,) + self.x.shape[1:]:
+            raise DataError(f"candidate {name!r} has shape {cand.shape}, expected {(idx.size,) + self.x.shape[1:]}")
+        cand = self._enforce(self.x[idx], cand)
+        misclassified = self.model.predict(cand).argmax(axis=1) != self.y[idx]
+        scores = self.detector.score(self.model, cand)
+        flagged = self.detector.is_flagged(scores)
+        rank = np.where(misclassified & ~flagged, 2, np.where(misclassified, 1, 0))
+        take = (rank > self.rank[idx]) | (not self.offered)
+        sel = idx[take]
+        self.x_adv[sel] = cand[take]
+        self.rank[sel] = rank[take]
+        self.misclassified[sel] = misclassified[take]
+        self.flagged[sel] = flagged[take]
+        self.scores[sel] = scores[take]
+        self.source[sel] = np.where(rank[take] > 0, name, "none")
+        warm = misclassified & flagged & (scores < self.warm_score[idx])
+        self.warm[idx[warm]] = cand[warm]
+        self.warm_score[idx[warm]] = scores[warm]
+        self.offered = True
+
+    def result(self) -> AdaptiveResult:
+        distance = self.norm.distance(nd.array(self.x_adv - self.x, dtype="float32")).asnumpy().astype(np.float64)
+        return AdaptiveResult(
+            x_adv=self.x_adv, misclassified=self.misclassified.copy(), flagged=self.flagged.copy(),
+            success=self.success.copy(), scores=self.scores.copy(), distance=distance, source=self.source.copy(),
+        )
