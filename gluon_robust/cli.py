@@ -223,7 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         _close_progress_bars()
         print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+        return int(getattr(err, "exit_code", 2))  # 2, or the status the error carries (a launched job's)
     except KeyboardInterrupt:
         _close_progress_bars()
         print(f"{PROG}: interrupted", file=sys.stderr)
