@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import mxnet as mx
 import numpy as np
@@ -27,7 +27,7 @@ from .errors import ConfigError, ModelError
 from .folding import fold_batchnorm, symbol_block
 from .zoo import build_zoo_net, check_zoo_name, load_params_into, zoo_names
 
-__all__ = ["Classifier", "load_classifier", "ModelSource"]
+__all__ = ["Classifier", "load_classifier", "ModelSource", "predict_in_chunks"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,11 +111,7 @@ class Classifier(gluon.HybridBlock):
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Logits for a NumPy batch, computed in eval mode in chunks of ``batch_size``."""
-        out = []
-        for start in range(0, len(x), batch_size):
-            chunk = mx.nd.array(x[start : start + batch_size], ctx=self.ctx, dtype="float32")
-            out.append(self(chunk).asnumpy())
-        return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+        return predict_in_chunks(self, x, self.ctx, self.num_classes, batch_size)
 
     def describe(self) -> str:
         """One line saying what this classifier is."""
@@ -312,3 +308,16 @@ def load_classifier(
         model.hybridize(static_alloc=True)
     logger.info("model: %s", model.describe())
     return model
+
+
+def predict_in_chunks(
+    block: Callable[[mx.nd.NDArray], mx.nd.NDArray], x: np.ndarray, ctx: mx.Context, num_classes: int,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """``block``'s outputs for a NumPy batch as one array, in eval mode, not recorded, ``batch_size`` at a time."""
+    out = []
+    with mx.autograd.pause(train_mode=False):
+        for start in range(0, len(x), batch_size):
+            chunk = mx.nd.array(x[start : start + batch_size], ctx=ctx, dtype="float32")
+            out.append(block(chunk).asnumpy())
+    return np.concatenate(out) if out else np.zeros((0, num_classes), np.float32)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Dict, Generic, List, TypeVar
+from fractions import Fraction
+from typing import Any, Callable, Dict, Generic, List, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "parse_value"]
 
 T = TypeVar("T")
 
@@ -65,3 +66,26 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         key = str(name).strip().lower()
         return self._aliases.get(key, key) in self._factories
+
+
+def parse_value(text: str) -> Any:
+    """A ``key=value`` option value of a spec string.
+
+    ``true``/``false`` become bools, ``none``/``null`` None, then an int, a
+    float or a fraction such as ``8/255`` is tried; anything else stays the
+    (stripped) string.
+    """
+    stripped = text.strip()
+    lowered = stripped.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return int(stripped)
+    except ValueError:
+        pass
+    try:
+        return float(Fraction(stripped)) if "/" in stripped else float(stripped)
+    except (ValueError, ZeroDivisionError):
+        return stripped

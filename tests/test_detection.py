@@ -122,11 +122,12 @@ def test_median_filter_matches_scipy(size: int) -> None:
 def test_feature_squeezing_score_is_zero_on_squeezed_inputs(tiny_model) -> None:
     rng = np.random.default_rng(0)
     binary = (rng.random((6, 1, 8, 8)) > 0.5).astype(np.float32)
-    np.testing.assert_allclose(FeatureSqueezingDetector(squeezers="bits:1").score(tiny_model, binary), 0.0, atol=1e-7)
+    np.testing.assert_allclose(FeatureSqueezingDetector(squeezers="bits:1").score(tiny_model, binary), 0.0, atol=1e-6)
     constant = np.full((3, 1, 8, 8), 0.0, np.float32)
     constant[1] = 1.0
     both = FeatureSqueezingDetector(squeezers=["bits:1", "median:2"])
-    np.testing.assert_allclose(both.score(tiny_model, constant), 0.0, atol=1e-7)
+    # float32 softmax of the same image in batches of other shapes differs in the last bits (~1e-7).
+    np.testing.assert_allclose(both.score(tiny_model, constant), 0.0, atol=1e-6)
     noisy = rng.random((6, 1, 8, 8)).astype(np.float32)
     assert np.all(both.score(tiny_model, noisy) > 0)
 

@@ -19,11 +19,10 @@ Examples
 from __future__ import annotations
 
 import inspect
-from fractions import Fraction
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from ..errors import ConfigError
-from ..registry import Registry
+from ..registry import Registry, parse_value
 from .base import (
     DEFAULT_EOT_SAMPLES, GRADIENT_MODES, GRADIENT_PATHS, BPDAFunction, DefendedClassifier, DefenseChain,
     Preprocessor, bpda,
@@ -84,24 +83,6 @@ def get_defense(name: str, **kwargs: Any) -> Preprocessor:
         raise ConfigError(f"defense {key}: {err}") from None
 
 
-def _value(text: str) -> Any:
-    """A spec value as a bool, int, float (fractions such as 8/255 allowed) or string."""
-    stripped = text.strip()
-    lowered = stripped.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    try:
-        return int(stripped)
-    except ValueError:
-        pass
-    try:
-        return float(Fraction(stripped)) if "/" in stripped else float(stripped)
-    except (ValueError, ZeroDivisionError):
-        return stripped
-
-
 def parse_defense_spec(spec: str) -> List[Preprocessor]:
     """Build the defences of a spec string: ``name:key=value,key=value+name2:...``.
 
@@ -141,7 +122,7 @@ def parse_defense_spec(spec: str) -> List[Preprocessor]:
                 raise ConfigError(f"defense {name.strip()}: parameters must be key=value, got {item.strip()!r}")
             if key in kwargs:
                 raise ConfigError(f"defense {name.strip()}: parameter {key} given twice")
-            kwargs[key] = _value(value)
+            kwargs[key] = parse_value(value)
         defenses.append(get_defense(name.strip(), **kwargs))
     return defenses
 

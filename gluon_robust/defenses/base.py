@@ -46,6 +46,7 @@ import numpy as np
 from mxnet import autograd, gluon, nd
 
 from ..errors import ConfigError, DataError
+from ..model import predict_in_chunks
 
 __all__ = [
     "Preprocessor", "DefenseChain", "DefendedClassifier", "BPDAFunction", "bpda", "GRADIENT_PATHS", "GRADIENT_MODES",
@@ -364,12 +365,7 @@ class DefendedClassifier(gluon.Block):
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Logits for a NumPy batch, defended, in eval mode, in chunks of ``batch_size``."""
-        out = []
-        with autograd.pause(train_mode=False):
-            for start in range(0, len(x), batch_size):
-                chunk = nd.array(x[start : start + batch_size], ctx=self.ctx, dtype="float32")
-                out.append(self(chunk).asnumpy())
-        return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+        return predict_in_chunks(self, x, self.ctx, self.num_classes, batch_size)
 
     def gradient_summary(self) -> str:
         """The mode and the backward of every defence, e.g. ``"auto (jpeg: bpda; noise: exact; EOT x10)"``."""

@@ -33,6 +33,7 @@ import numpy as np
 from mxnet import autograd, gluon, nd
 
 from ..errors import ConfigError
+from ..model import predict_in_chunks
 
 __all__ = ["Ensemble", "ENSEMBLE_MODES"]
 
@@ -147,11 +148,7 @@ class Ensemble(gluon.Block):
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Scores for a NumPy batch (mean logits, log mean probabilities or votes), in eval mode."""
-        out = []
-        with autograd.pause(train_mode=False):
-            for start in range(0, len(x), batch_size):
-                out.append(self(nd.array(x[start: start + batch_size], ctx=self.ctx, dtype="float32")).asnumpy())
-        return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+        return predict_in_chunks(self, x, self.ctx, self.num_classes, batch_size)
 
     def describe(self) -> str:
         """One line saying what this ensemble is."""

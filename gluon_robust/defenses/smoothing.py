@@ -51,6 +51,7 @@ from tqdm import tqdm
 
 from ..attacks.base import check_int, check_positive
 from ..errors import ConfigError, DataError
+from ..model import predict_in_chunks
 
 __all__ = [
     "ABSTAIN", "SmoothedClassifier", "Certification", "SoftSmoothed", "clopper_pearson_lower", "certified_accuracy",
@@ -402,11 +403,7 @@ class SoftSmoothed(gluon.Block):
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Log-probabilities for a NumPy batch (one random draw), in chunks of ``batch_size``."""
-        out = []
-        with autograd.pause(train_mode=False):
-            for start in range(0, len(x), batch_size):
-                out.append(self(nd.array(x[start: start + batch_size], ctx=self.ctx, dtype="float32")).asnumpy())
-        return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+        return predict_in_chunks(self, x, self.ctx, self.num_classes, batch_size)
 
     def describe(self) -> str:
         """One line saying what this view is."""

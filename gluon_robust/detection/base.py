@@ -35,10 +35,11 @@ from mxnet import autograd, gluon, nd
 from ..data.sources import DataSource
 from ..errors import ConfigError, DataError
 from ..io import atomic_save_npz
+from ..registry import parse_value
 
 __all__ = [
     "Detector", "CleanData", "roc_auc", "threshold_at_fpr", "evaluate_scores", "clean_arrays", "check_fpr",
-    "check_int_param", "check_positive_param", "read_detector_file", "parse_spec", "parse_value", "move_to",
+    "check_int_param", "check_positive_param", "read_detector_file", "parse_spec", "move_to",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,27 +74,6 @@ def check_fpr(fpr: Any) -> float:
     if isinstance(fpr, bool) or not isinstance(fpr, (int, float, np.integer, np.floating)) or not 0.0 < fpr < 1.0:
         raise ConfigError(f"fpr must be a number strictly between 0 and 1, got {fpr!r}")
     return float(fpr)
-
-
-def parse_value(text: str) -> Any:
-    """A ``key=value`` option value: ``true``/``false``, an int, a float or fraction (``8/255``), else the string."""
-    stripped = text.strip()
-    lowered = stripped.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    try:
-        return int(stripped)
-    except ValueError:
-        pass
-    try:
-        if "/" in stripped:
-            num, _, den = stripped.partition("/")
-            return float(num) / float(den)
-        return float(stripped)
-    except (ValueError, ZeroDivisionError):
-        return stripped
 
 
 def parse_spec(spec: str, what: str = "detector") -> Tuple[str, Dict[str, Any]]:

@@ -25,7 +25,18 @@ def _logits(model: Any, x: nd.NDArray, logits: Optional[nd.NDArray]) -> nd.NDArr
     return model(x) if logits is None else logits
 
 
-class MaxSoftmaxDetector(Detector):
+class _SoftmaxDetector(Detector):
+    """A detector that scores the tempered softmax of the logits; ``temperature`` is its one option."""
+
+    def __init__(self, *, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.temperature = check_positive_param("temperature", temperature)
+
+    def config(self) -> dict:
+        return {"temperature": self.temperature}
+
+
+class MaxSoftmaxDetector(_SoftmaxDetector):
     """Score ``1 - max_k softmax(z / T)_k``: the less confident, the more suspicious.
 
     Parameters
@@ -43,19 +54,12 @@ class MaxSoftmaxDetector(Detector):
 
     name = "confidence"
 
-    def __init__(self, *, temperature: float = 1.0) -> None:
-        super().__init__()
-        self.temperature = check_positive_param("temperature", temperature)
-
-    def config(self) -> dict:
-        return {"temperature": self.temperature}
-
     def score_nd(self, model: Any, x: nd.NDArray, logits: Optional[nd.NDArray] = None) -> nd.NDArray:
         probs = nd.softmax(_logits(model, x, logits) / self.temperature, axis=1)
         return 1.0 - nd.max(probs, axis=1)
 
 
-class EntropyDetector(Detector):
+class EntropyDetector(_SoftmaxDetector):
     """Score ``H(p) = -sum_k p_k log p_k`` of the softmax ``p = softmax(z / T)``, in nats.
 
     Parameters
@@ -65,13 +69,6 @@ class EntropyDetector(Detector):
     """
 
     name = "entropy"
-
-    def __init__(self, *, temperature: float = 1.0) -> None:
-        super().__init__()
-        self.temperature = check_positive_param("temperature", temperature)
-
-    def config(self) -> dict:
-        return {"temperature": self.temperature}
 
     def score_nd(self, model: Any, x: nd.NDArray, logits: Optional[nd.NDArray] = None) -> nd.NDArray:
         z = _logits(model, x, logits) / self.temperature
