@@ -20,14 +20,14 @@ def test_attack_with_bpda_writes_the_gradient_path(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(attack_args(out, "--defense", "jpeg:quality=75", "--gradient", "bpda")) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["defense"] == "jpeg:quality=75" and printed["gradient"] == "bpda (jpeg: bpda)"
+    assert printed["defense"] == "jpeg:quality=75,bpda=smooth" and printed["gradient"] == "bpda (jpeg: bpda)"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["defense"]["gradient"] == "bpda"
     assert summary["defense"]["defenses"] == [{
-        "name": "jpeg", "spec": "jpeg:quality=75", "declared": "bpda", "backward": "bpda", "randomized": False,
+        "name": "jpeg", "spec": "jpeg:quality=75,bpda=smooth", "declared": "bpda", "backward": "bpda", "randomized": False,
         "differentiable": False}]
     assert summary["defense"]["attack_eot_samples"] == 1
-    assert "defence jpeg:quality=75" in summary["model"]
+    assert "defence jpeg:quality=75,bpda=smooth" in summary["model"]
 
 
 def test_attack_on_a_randomised_chain_uses_eot_unless_told_otherwise(tmp_path, capsys):

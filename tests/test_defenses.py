@@ -15,6 +15,7 @@ from gluon_robust.defenses import (
     DEFENSES, BitDepthReduction, DefendedClassifier, DefenseChain, GaussianNoise, JPEGCompression, MedianFilter,
     Preprocessor, RandomResizePad, SpatialSmoothing, TVMinimization, WrapDefense, defend, parse_defense_spec,
 )
+from gluon_robust.defenses.jpeg import differentiable_jpeg, quantization_tables
 from gluon_robust.defenses.tv import total_variation
 from gluon_robust.errors import ConfigError
 
@@ -56,7 +57,7 @@ def test_every_defense_has_a_spec_here():
 
 
 # ------------------------------------------------------------------ gradient paths
-@pytest.mark.parametrize("spec", ["jpeg:quality=60", "bitdepth:bits=2", "median:size=3"])
+@pytest.mark.parametrize("spec", ["jpeg:quality=60,bpda=identity", "bitdepth:bits=2", "median:size=3"])
 def test_bpda_gradient_is_the_undefended_gradient_at_the_defended_point(spec, tiny_model, tiny_batch):
     x, y = tiny_batch
     defended = defend(tiny_model, spec, gradient="bpda")
@@ -94,6 +95,42 @@ def test_bpda_uses_the_declared_substitute(tiny_model, tiny_batch):
     x_def = np.round(x * 10) / 10
     np.testing.assert_allclose(defended.predict(x), tiny_model.predict(x_def), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grad_of(defended, x, y), 0.5 * grad_of(tiny_model, x_def, y), rtol=1e-5, atol=1e-7)
+
+
+def test_jpeg_bpda_pulls_the_gradient_back_through_the_differentiable_jpeg(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    defended = defend(tiny_model, "jpeg:quality=60", gradient="bpda")
+    x_def = apply(defended.chain.defenses[0], x)
+    np.testing.assert_allclose(defended.predict(x), tiny_model.predict(x_def), rtol=1e-5, atol=1e-6)
+    g_model = nd.array(grad_of(tiny_model, x_def, y))
+    xs = nd.array(x)
+    xs.attach_grad()
+    with mx.autograd.record():
+        out = differentiable_jpeg(xs, (0.0, 1.0), 60)
+    out.backward(g_model)
+    expected = xs.grad.asnumpy()
+    np.testing.assert_allclose(grad_of(defended, x, y), expected, rtol=1e-4, atol=1e-6)
+    assert np.abs(expected - g_model.asnumpy()).max() > 1e-3  # not the identity backward
+
+
+@pytest.mark.parametrize("quality", [50, 75, 95])
+def test_differentiable_jpeg_tracks_the_codec_on_digits(quality, mnist_test):
+    x = mnist_test[0][:16]
+    real = apply(JPEGCompression(quality=quality), x)
+    approx = differentiable_jpeg(nd.array(x), (0.0, 1.0), quality).asnumpy()
+    assert np.abs(approx - x).max() <= 1.0 + 1e-6 and approx.min() >= 0.0
+    # within a fraction of what the codec itself changes (the codec rounds pixels to 8 bits; the substitute does not)
+    assert np.abs(approx - real).mean() < 0.4 * np.abs(real - x).mean()
+    assert np.abs(approx - real).mean() < 1.0 / 255
+
+
+def test_jpeg_tables_follow_libjpeg_scaling():
+    luma50, chroma50 = quantization_tables(50)
+    assert luma50[0, 0] == 16 and chroma50[0, 0] == 17 and luma50[7, 7] == 99  # quality 50: the standard tables
+    luma100, _ = quantization_tables(100)
+    assert np.all(luma100 == 1)
+    luma10, _ = quantization_tables(10)
+    assert luma10[0, 0] == 80 and luma10.max() == 255
 
 
 def _directional_check(model, x: np.ndarray, y: np.ndarray, seed: Optional[int] = None) -> None:
@@ -342,14 +379,15 @@ def test_parse_chain_and_round_trip():
                                         SpatialSmoothing]
     assert chain[0].quality == 75 and chain[1].bits == 4 and chain[3].sigma == pytest.approx(8 / 255)
     spec = DefenseChain(chain).spec
-    assert spec.startswith("jpeg:quality=75+bitdepth:bits=4+median:size=3+noise:sigma=0.0313")
+    assert spec.startswith("jpeg:quality=75,bpda=smooth+bitdepth:bits=4+median:size=3+noise:sigma=0.0313")
     assert DefenseChain(parse_defense_spec(spec)).spec == spec
     assert isinstance(parse_defense_spec("xie:max-ratio=1.1")[0], RandomResizePad)
 
 
 @pytest.mark.parametrize("spec,pattern", [
     ("jpg", r"unknown defense 'jpg' \(did you mean jpeg\?\); valid names: bitdepth, jpeg, median"),
-    ("jpeg:qualty=75", "defense jpeg does not take qualty; it accepts quality"),
+    ("jpeg:qualty=75", "defense jpeg does not take qualty; it accepts quality, bpda"),
+    ("jpeg:bpda=cubic", "jpeg bpda must be 'smooth' or 'identity', got 'cubic'"),
     ("jpeg:quality=0", r"defense jpeg: quality must be an integer in 1..100, got 0"),
     ("bitdepth:bits=abc", "defense bitdepth: bits must be an integer in 1..16, got 'abc'"),
     ("median:size=4", "defense median: size must be odd, got 4"),
