@@ -16,11 +16,12 @@ import numpy as np
 from .attacks import Attack
 from .data import DataSource, load_data
 from .evaluation.robustness import evaluate_attacks
+from .errors import ConfigError
 from .io import StreamingNpzWriter, atomic_write_json, atomic_write_text
 from .model import Classifier, load_classifier
 from .reporting import save_png, staged_output, versions
 
-__all__ = ["run_attack_job", "run_demo", "demo_table"]
+__all__ = ["run_attack_job", "run_demo", "demo_table", "contrast_reports", "contrast_table", "DEMO_CONFIGS"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,9 @@ def run_attack_job(
     dict
         The summary: ``n``, ``clean_accuracy``, ``robust_accuracy``,
         ``success_rate`` (over attacked points), ``seconds``,
-        ``max_perturbation`` and more.
+        ``max_perturbation`` and more; for a defended model (see
+        :mod:`gluon_robust.defenses`) also ``defense``: the chain, the gradient
+        path of each defence and the EOT samples the attack used.
     """
     from .attacks.targets import choose_targets
 
@@ -131,6 +134,8 @@ def run_attack_job(
             "seed": seed,
             "versions": versions(),
         }
+        if hasattr(model, "defense_report"):  # a DefendedClassifier: say which gradient path the attack used
+            summary["defense"] = dict(model.defense_report(), attack_eot_samples=getattr(attack, "eot_samples", None))
         atomic_write_json(stage / "summary.json", summary)
         lines = ["index,label,clean_prediction,attacked,adversarial_prediction,success,distance,target"]
         for i in range(result.n):
@@ -149,35 +154,84 @@ def run_attack_job(
     return summary
 
 
+#: The models ``make demo`` contrasts: the bundled standard and PGD-AT reference models.
+DEMO_CONFIGS = ("mnist_resnet20", "mnist_resnet20_pgdat")
+
+
 def run_demo(
     out_dir: str | Path,
     *,
-    config: str = "mnist_resnet20",
+    configs: Sequence[str] = DEMO_CONFIGS,
     recipe: str = "demo",
-    eps: Sequence[float] = (0.1,),
-    limit: int = 200,
+    eps: Sequence[float] = (0.1, 0.3),
+    limit: int = 100,
     batch_size: int = 100,
     seed: int = 0,
     ctx: Any = None,
     progress: bool = True,
 ) -> Dict[str, Any]:
-    """Evaluate the bundled reference model on bundled digits with a recipe and write the report.
+    """Evaluate bundled models on the same bundled digits with one recipe, and contrast them.
 
     Runs :func:`gluon_robust.evaluation.evaluate` (the ``demo`` recipe by
-    default: PGD-40, then AutoAttack's ``standard`` stages, L-inf) and writes ``report.json``, ``report.md`` and
-    ``report.html`` into ``out_dir``. Returns the report and prints nothing
-    (the CLI prints the table).
+    default: PGD-40, then a lighter version of AutoAttack's ``standard`` stages, L-inf) on each
+    model and writes its ``report.json``, ``report.md`` and ``report.html``
+    into ``out_dir/CONFIG/``, then ``contrast.json`` and ``contrast.md`` (one
+    row per model: clean accuracy, PGD-40 and worst-case accuracy per eps)
+    into ``out_dir``. Returns ``{"reports": [...], "contrast": {...}}`` and
+    prints nothing (the CLI prints the tables).
     """
     from .evaluation import evaluate
 
-    model = load_classifier(config, ctx=ctx)
-    source = load_data("mnist-sample", split="test", limit=limit, input_size=model.input_size[1:])
-    report = evaluate(model, source, recipe=recipe, eps=eps, norm="linf", batch_size=batch_size, seed=seed,
-                      out_dir=out_dir, progress=progress,
-                      args={"config": config, "recipe": recipe, "eps": list(eps), "limit": limit,
-                            "batch_size": batch_size, "seed": seed})
-    report["config"] = config
-    return report
+    if not configs:
+        raise ConfigError("the demo needs at least one model config")
+    out = Path(out_dir)
+    reports = []
+    for config in configs:
+        model = load_classifier(config, ctx=ctx)
+        source = load_data("mnist-sample", split="test", limit=limit, input_size=model.input_size[1:])
+        report = evaluate(model, source, recipe=recipe, eps=eps, norm="linf", batch_size=batch_size, seed=seed,
+                          out_dir=out / config if len(configs) > 1 else out, progress=progress,
+                          args={"config": config, "recipe": recipe, "eps": list(eps), "limit": limit,
+                                "batch_size": batch_size, "seed": seed})
+        report["config"] = config
+        reports.append(report)
+    contrast = contrast_reports(reports)
+    if len(configs) > 1:
+        atomic_write_json(out / "contrast.json", contrast)
+        atomic_write_text(out / "contrast.md", "```\n" + contrast_table(contrast) + "\n```\n")
+    return {"reports": reports, "contrast": contrast}
+
+
+def contrast_reports(reports: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """One row per report: clean accuracy, the first stage's and the worst-case accuracy at each eps."""
+    rows = []
+    for report in reports:
+        row: Dict[str, Any] = {"config": report.get("config"), "model": report["model"], "n": report["n"],
+                               "clean_accuracy": report["clean_accuracy"], "first_stage": {}, "worst_case": {}}
+        first = report["attacks"][0]["name"] if report["attacks"] else None
+        for a in report["attacks"]:
+            if a["name"] == first and a["eps"] is not None:
+                row["first_stage"][f"{a['eps']:g}"] = a["robust_accuracy_after"]
+        for w in report["worst_case"]:
+            if w["eps"] is not None:
+                row["worst_case"][f"{w['eps']:g}"] = w["robust_accuracy"]
+        row["first_stage_name"] = first
+        rows.append(row)
+    return {"recipe": reports[0]["recipe"] if reports else None, "rows": rows}
+
+
+def contrast_table(contrast: Dict[str, Any]) -> str:
+    """The contrast as plain text: model, clean, first stage and worst case per eps."""
+    from .reporting import format_table
+
+    rows = contrast["rows"]
+    eps_keys = sorted({k for r in rows for k in r["worst_case"]}, key=float)
+    first = rows[0]["first_stage_name"] if rows else "first stage"
+    header = ["model", "clean"] + [f"{first} @{e}" for e in eps_keys] + [f"worst case @{e}" for e in eps_keys]
+    body = [[r["config"] or r["model"], f"{100 * r['clean_accuracy']:.1f}%"]
+            + [f"{100 * r['first_stage'][e]:.1f}%" if e in r["first_stage"] else "-" for e in eps_keys]
+            + [f"{100 * r['worst_case'][e]:.1f}%" if e in r["worst_case"] else "-" for e in eps_keys] for r in rows]
+    return format_table(body, header)
 
 
 def demo_table(report: Dict[str, Any]) -> str:

@@ -338,7 +338,7 @@ def test_parse_fraction_rejects(text):
 
 def test_demo_writes_a_report(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = main(["demo", "--limit", "20", "--out", str(out)])
+    code = main(["demo", "--config", "mnist_resnet20", "--eps", "0.1", "--limit", "20", "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads((out / "report.json").read_text())
@@ -356,7 +356,28 @@ def test_demo_writes_a_report(tmp_path, capsys):
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "staging leftovers"
 
 
-@pytest.mark.parametrize("what, expected", [("attacks", "pgd"), ("configs", "mnist_resnet20"), ("models", "cifar_resnet20_v1")])
+def test_demo_contrasts_the_standard_and_the_pgd_at_models(tmp_path, capsys):
+    """The default demo evaluates both bundled models on the same digits; adversarial training shows at eps 0.3."""
+    out = tmp_path / "demo"
+    code = main(["demo", "--recipe", "fast", "--eps", "0.3", "--limit", "20", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    contrast = json.loads((out / "contrast.json").read_text())
+    rows = {r["config"]: r for r in contrast["rows"]}
+    assert set(rows) == {"mnist_resnet20", "mnist_resnet20_pgdat"}
+    for config, row in rows.items():
+        report = json.loads((out / config / "report.json").read_text())
+        assert report["n"] == row["n"] == 20
+        assert row["worst_case"]["0.3"] == pytest.approx(report["worst_case"][0]["robust_accuracy"])
+        assert row["worst_case"]["0.3"] <= row["first_stage"]["0.3"] <= row["clean_accuracy"]
+    assert rows["mnist_resnet20"]["worst_case"]["0.3"] <= 0.1
+    assert rows["mnist_resnet20_pgdat"]["worst_case"]["0.3"] >= 0.6
+    assert "contrast" in captured.out and "mnist_resnet20_pgdat" in (out / "contrast.md").read_text()
+
+
+@pytest.mark.parametrize("what, expected", [("attacks", "pgd"), ("configs", "mnist_resnet20"), ("models", "cifar_resnet20_v1"),
+                                            ("methods", "gaussian"), ("detectors", "magnet"),
+                                            ("recipes", "standard")])
 def test_list(what, expected, capsys):
     assert main(["list", what]) == 0
     assert expected in capsys.readouterr().out.split()

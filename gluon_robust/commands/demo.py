@@ -1,4 +1,4 @@
-"""``gluon-robust demo``: evaluate the bundled reference model and write a report."""
+"""``gluon-robust demo``: evaluate the bundled standard and PGD-AT reference models side by side."""
 
 from __future__ import annotations
 
@@ -8,26 +8,35 @@ from ..cli import command, emit, parse_floats
 
 
 def _configure_demo(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="mnist_resnet20", help="model config (default: the bundled reference)")
-    parser.add_argument("--recipe", default="demo", help="evaluation recipe: demo (PGD-40 then standard), standard, plus, rand or fast")
-    parser.add_argument("--eps", type=parse_floats, default=(0.1,), help="comma-separated budgets (L-inf)")
-    parser.add_argument("--limit", type=int, default=200, help="test digits to evaluate")
+    parser.add_argument("--config", action="append", dest="configs", metavar="CONFIG",
+                        help="model config to evaluate; repeat to contrast several "
+                             "(default: mnist_resnet20 and mnist_resnet20_pgdat)")
+    parser.add_argument("--recipe", default="demo",
+                        help="evaluation recipe: demo (PGD-40, then a lighter AutoAttack), standard, plus, rand or fast")
+    parser.add_argument("--eps", type=parse_floats, default=(0.1, 0.3), help="comma-separated budgets (L-inf)")
+    parser.add_argument("--limit", type=int, default=100, help="test digits to evaluate")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/demo", help="report directory")
 
 
-@command("demo", "Evaluate the bundled reference model on bundled MNIST digits (PGD-40, then the standard recipe) and write a report.")(_configure_demo)
+@command("demo", "Evaluate the bundled standard and PGD-AT reference models on bundled MNIST digits "
+                 "(PGD-40, then a lighter AutoAttack) and contrast them.")(_configure_demo)
 def run_demo_command(args: argparse.Namespace) -> int:
-    from ..jobs import demo_table, run_demo
+    from ..jobs import DEMO_CONFIGS, contrast_table, demo_table, run_demo
 
-    report = run_demo(args.out, config=args.config, recipe=args.recipe, eps=args.eps, limit=args.limit,
+    configs = tuple(args.configs or DEMO_CONFIGS)
+    result = run_demo(args.out, configs=configs, recipe=args.recipe, eps=args.eps, limit=args.limit,
                       batch_size=args.batch_size, seed=args.seed)
-    emit(f"{report['model']}\n{report['data']}: {report['n']} digits, recipe {report['recipe']}\n")
-    emit(demo_table(report))
-    for message in report["warnings"]:
-        emit(f"WARNING: {message}")
-    emit(f"\nreport: {args.out}/report.html (and report.json, report.md)")
+    for config, report in zip(configs, result["reports"]):
+        emit(f"\n== {config}: {report['model']}\n{report['data']}: {report['n']} digits, recipe {report['recipe']}\n")
+        emit(demo_table(report))
+        for message in report["warnings"]:
+            emit(f"WARNING: {message}")
+    if len(configs) > 1:
+        emit("\n== contrast (robust accuracy: a digit counts only if no attack broke it)\n")
+        emit(contrast_table(result["contrast"]))
+        emit(f"\nreports: {args.out}/CONFIG/report.html for each model; contrast in {args.out}/contrast.md")
+    else:
+        emit(f"\nreport: {args.out}/report.html (and report.json, report.md)")
     return 0
-
-

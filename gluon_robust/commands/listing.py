@@ -1,4 +1,4 @@
-"""``gluon-robust list``: registered attacks, zoo models, bundled configs."""
+"""``gluon-robust list``: registered attacks, zoo models, bundled configs, recipes, defences, detectors."""
 
 from __future__ import annotations
 
@@ -21,6 +21,14 @@ def _names(what: str) -> List[str]:
         from ..training import method_names
 
         return method_names()
+    if what == "defenses":
+        from ..defenses import DEFENSES
+
+        return [f"{name}: gradient {DEFENSES.factory(name).gradient}" for name in DEFENSES.names()]
+    if what == "detectors":
+        from ..detection import detector_names
+
+        return detector_names()
     if what == "recipes":
         from ..evaluation.recipes import recipe_names
 
@@ -31,10 +39,10 @@ def _names(what: str) -> List[str]:
 
 
 def _configure_list(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=("attacks", "models", "configs", "methods", "recipes"), help="what to list")
+    parser.add_argument("what", choices=("attacks", "models", "configs", "methods", "recipes", "defenses", "detectors"), help="what to list")
 
 
-@command("list", "List the registered attacks, zoo models, bundled configs, training methods or evaluation recipes.")(
+@command("list", "List the registered attacks, zoo models, bundled configs, training methods, evaluation recipes, defences or detectors.")(
     _configure_list
 )
 def run_list(args: argparse.Namespace) -> int:

@@ -62,10 +62,16 @@ _STANDARD = (
 #: The named recipes. ``standard`` is AutoAttack's standard version; ``plus`` adds restarts and the untargeted variants;
 #: ``rand`` uses Expectation over Transformation (Athalye et al. 2018) for
 #: randomised models; ``fast`` is for quick checks only; ``demo`` puts the
-#: classic PGD-40 in front of ``standard``, to show what each later stage adds.
+#: classic PGD-40 in front of a lighter ``standard`` (APGD-T on 3 target classes, no
+#: FAB-T, Square with 1,000 queries), to show in a few minutes what each later stage adds.
 RECIPES: Mapping[str, Tuple[Stage, ...]] = MappingProxyType({
     "standard": _STANDARD,
-    "demo": (_stage("pgd-40", "pgd", steps=40),) + _STANDARD,
+    "demo": (
+        _stage("pgd-40", "pgd", steps=40),
+        _stage("apgd-ce", "apgd", loss="ce", steps=100),
+        _stage("apgd-t", "apgd-t", loss="dlr", steps=100, n_target_classes=3),
+        _stage("square", "square", max_queries=1000),
+    ),
     "plus": (
         _stage("apgd-ce", "apgd", loss="ce", steps=100, restarts=5),
         _stage("apgd-dlr", "apgd", loss="dlr", steps=100, restarts=5),
