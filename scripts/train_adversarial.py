@@ -12,6 +12,11 @@ and a fresh network on two devices::
     python scripts/train_adversarial.py --model cifar_resnet20_v1 --data cifar10 --method trades \
         --eps 8/255 --epochs 100 --lr 0.1 --optimizer sgd --lr-decay-epoch 75,90 --ctx gpu:0,gpu:1
 
+As one worker of a parameter-server job (2 workers, 1 server; see docs/distributed.md)::
+
+    gluon-robust launch -n 2 -s 1 -- python scripts/train_adversarial.py --config mnist_resnet20 \
+        --method pgd-at --eps 0.3 --steps 7 --epochs 6 --kvstore dist_sync --save-dir runs/pgd_at_dist
+
 The loop itself is :func:`gluon_robust.training.loop.train_adversarial`.
 """
 

@@ -78,8 +78,11 @@ def test_context_list_equals_one_context():
     train_adversarial(single, TRADES(eps=0.1, steps=2, seed=3), TRAIN, **options)
     train_adversarial(double, TRADES(eps=0.1, steps=2, seed=3), TRAIN, ctx=ctx, **options)
     expected = _weights(single)
+    # Summing the two shards' gradients reorders float32 additions, and the attack's sign steps can flip
+    # where a pixel's gradient is near zero: ~5e-5 apart after 2 epochs. A wrongly scaled or dropped shard
+    # moves the weights by ~lr * grad, about 1e-2.
     for key, value in _weights(double).items():
-        np.testing.assert_allclose(value, expected[key], rtol=1e-4, atol=1e-5, err_msg=key)
+        np.testing.assert_allclose(value, expected[key], rtol=1e-4, atol=2e-4, err_msg=key)
         np.testing.assert_array_equal(structural_params(double.net)[key].data(mx.cpu(1)).asnumpy(), value)
 
 
@@ -196,3 +199,17 @@ def test_guard_catches_real_catastrophic_overfitting(tmp_path):
     pgd = [e["pgd_accuracy"] for e in metrics["epochs"]]
     assert metrics["stopped_early"], pgd
     assert max(pgd) - pgd[-1] > 0.2
+
+
+def test_train_command_passes_sigma_to_gaussian_augmentation(tmp_path, capsys):
+    """--sigma reaches the gaussian method (recorded in the metrics); methods without sigma refuse it."""
+    out = tmp_path / "noise"
+    code = main(["train", "--config", "mnist_resnet20", "--method", "gaussian", "--sigma", "0.5", "--epochs", "1",
+                 "--limit", "16", "--val-limit", "0", "--batch-size", "16", "--save-dir", str(out), "--no-progress"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["sigma"] == 0.5 and metrics["config"]["method"] == "gaussian"
+    capsys.readouterr()
+    assert main(["train", "--config", "mnist_resnet20", "--method", "pgd-at", "--sigma", "0.5", "--limit", "8",
+                 "--save-dir", str(tmp_path / "x")]) == 2
+    assert "method pgd-at does not take sigma" in capsys.readouterr().err

@@ -62,6 +62,8 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--beta", type=parse_fraction, help="trades, mart: KL weight (default 6); input-grad: penalty weight")
     method.add_argument("--mix", type=parse_fraction, help="pgd-at: weight of the clean loss in [0, 1] (default 0)")
     method.add_argument("--replays", type=int, help="free-at: replays of each batch (default 4)")
+    method.add_argument("--sigma", type=parse_fraction,
+                        help="gaussian: noise standard deviation in pixel units (default 0.25)")
     method.add_argument("--temperature", type=parse_fraction, help="distill, standard: softmax temperature")
     method.add_argument("--teacher", help="distill: the teacher's model config YAML")
     method.add_argument("--attack-bn", default="train", choices=("train", "eval"),
@@ -96,6 +98,10 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
 
     run = parser.add_argument_group("run")
     run.add_argument("--ctx", type=_contexts, default=("cpu:0",), help="cpu, gpu:0, or a list such as gpu:0,gpu:1")
+    run.add_argument("--kvstore", default="device",
+                     help="device (default) or local: one process; dist_sync or dist_async: one worker of a "
+                          "parameter-server job started by `gluon-robust launch` (--batch-size is then the "
+                          "global batch over all workers; see docs/distributed.md)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--save-dir", default="runs/train", help="outputs and checkpoints (default runs/train)")
     run.add_argument("--name", help="base name of the saved params and config (default MODEL_METHOD)")
@@ -113,12 +119,12 @@ def config_from_args(args: argparse.Namespace):
         mean=args.mean, std=args.std, bounds=args.bounds, data=args.data, limit=args.limit, val_data=args.val_data,
         val_limit=args.val_limit, method=args.method, eps=args.eps, norm=args.norm, steps=args.steps,
         step_size=args.step_size, no_random_start=args.no_random_start, beta=args.beta, mix=args.mix,
-        replays=args.replays, temperature=args.temperature, teacher=args.teacher, attack_bn=args.attack_bn,
+        replays=args.replays, temperature=args.temperature, sigma=args.sigma, teacher=args.teacher, attack_bn=args.attack_bn,
         attack_updates_stats=args.attack_updates_stats, bn_stats=args.bn_stats, curriculum=args.curriculum,
         warmup_epochs=args.warmup_epochs, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
         lr=args.lr, wd=args.wd, momentum=args.momentum, lr_decay=args.lr_decay, lr_decay_epoch=args.lr_decay_epoch,
         val_eps=args.val_eps, val_steps=args.val_steps, guard=args.guard, guard_drop=args.guard_drop,
-        on_collapse=args.on_collapse, ctx=args.ctx, seed=args.seed, save_dir=args.save_dir, name=args.name,
+        on_collapse=args.on_collapse, ctx=args.ctx, kvstore=args.kvstore, seed=args.seed, save_dir=args.save_dir, name=args.name,
         checkpoint_every=args.checkpoint_every, resume=args.resume, progress=not args.no_progress,
     )
 
@@ -139,6 +145,7 @@ def run_train(args: argparse.Namespace) -> int:
         progress_logger.removeHandler(handler)
         progress_logger.propagate = True
     summary = {"final": metrics["final"], "train_seconds": metrics["train_seconds"],
-               "stopped_early": metrics["stopped_early"], "outputs": metrics["outputs"]}
+               "stopped_early": metrics["stopped_early"], "outputs": metrics["outputs"],
+               "kvstore": metrics["kvstore"], "num_workers": metrics["num_workers"]}
     emit(json.dumps(summary, indent=2))
     return 0

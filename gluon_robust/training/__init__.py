@@ -22,6 +22,7 @@ from .curriculum import Curriculum
 from .distillation import Distillation
 from .fast_at import FastAT
 from .free_at import FreeAT
+from .gaussian_augmentation import GaussianAugmentation
 from .guard import OverfittingGuard
 from .input_gradient_reg import InputGradientRegularization
 from .mart import MART
@@ -46,6 +47,7 @@ TRAINING_METHODS.register("mart")(MART)
 TRAINING_METHODS.register("input-grad", "igr", "input-gradient")(InputGradientRegularization)
 TRAINING_METHODS.register("distill", "distillation")(Distillation)
 TRAINING_METHODS.register("standard", "natural", "clean")(Standard)
+TRAINING_METHODS.register("gaussian", "noise")(GaussianAugmentation)
 
 
 def get_method(name: str, **kwargs: Any) -> TrainingMethod:

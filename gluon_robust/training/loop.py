@@ -21,6 +21,18 @@ position. The data order of epoch ``e`` is a permutation drawn from
 random starts from per-sample generators keyed by their call count, so a run
 resumed with the same seed ends with the same weights as one never
 interrupted.
+
+Distributed training (``kvstore='dist_sync'`` or ``'dist_async'``, one process
+per worker started by ``gluon-robust launch``; see :mod:`gluon_robust.distributed`
+and docs/distributed.md): ``batch_size`` stays the *global* batch. Every worker
+draws the same epoch permutation, takes its slice of each global batch
+(``numpy.array_split`` by rank) and calls ``trainer.step(global batch)``;
+with ``dist_sync`` the servers sum the gradients of all workers, so a step is
+the step a single process would take on the whole global batch (same learning
+rate), and the optimizer runs on every worker (``update_on_kvstore=False``) so
+checkpoints keep its state. Training loss and validation counts are summed
+over the workers, BatchNorm running statistics are averaged across them after
+every epoch and before every checkpoint, and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from ..attacks.base import check_int, check_positive
 from ..attacks.pgd import PGD
 from ..config import ModelConfig, family_defaults, load_config
 from ..data import DataSource, load_data
+from ..distributed import Reducer, WorkerInfo, check_kvstore, create_kvstore
 from ..errors import ConfigError, ModelError
 from ..evaluation.robustness import evaluate_attacks
 from ..io import atomic_write_json
@@ -65,7 +78,7 @@ progress_logger = logging.getLogger("gluon_robust.training.progress")
 BN_STATS_MODES = ("train", "clean")
 _RECALIBRATION_BATCHES = 16
 # Options a resumed run may change without changing the training itself.
-_RESUMABLE = frozenset({"resume", "progress", "epochs", "checkpoint_every"})
+_RESUMABLE = frozenset({"resume", "progress", "epochs", "checkpoint_every", "kvstore"})
 
 
 def step_seed(seed: int, epoch: int, step: int, replay: int = 0) -> int:
@@ -94,6 +107,8 @@ class TrainingRun:
         Why training stopped before the last epoch (the guard), if it did.
     resumed_from : int or None
         The global step a resumed run started from.
+    kvstore, num_workers, rank : str, int, int
+        The store type and this process's place in the job (rank 0 of 1 unless distributed).
     """
 
     epochs: List[Dict[str, Any]] = field(default_factory=list)
@@ -102,16 +117,67 @@ class TrainingRun:
     stopped_early: Optional[str] = None
     resumed_from: Optional[int] = None
     global_step: int = 0
+    kvstore: str = "device"
+    num_workers: int = 1
+    rank: int = 0
 
 
-def _make_trainer(net: gluon.Block, optimizer: str, lr: float, wd: float, momentum: float) -> gluon.Trainer:
+def _make_trainer(net: gluon.Block, optimizer: str, lr: float, wd: float, momentum: float,
+                  store: Any = "device", info: Optional[WorkerInfo] = None) -> gluon.Trainer:
+    """The Trainer; with ``dist_sync`` the optimizer runs on the workers (``update_on_kvstore=False``),
+    so its state stays local and checkpointable; ``dist_async`` needs it on the servers."""
     options: Dict[str, Any] = {"learning_rate": lr, "wd": wd}
     if optimizer.lower() in ("sgd", "nag"):
         options["momentum"] = momentum
+    kind = info.kvstore if info is not None else "device"
+    update_on_kvstore = {"dist_sync": False, "dist_async": True}.get(kind)
     try:
-        return gluon.Trainer(net.collect_params(), optimizer, options)
+        return gluon.Trainer(net.collect_params(), optimizer, options, kvstore=store,
+                             update_on_kvstore=update_on_kvstore)
     except (ValueError, KeyError, mx.base.MXNetError) as err:
         raise ConfigError(f"cannot build optimizer {optimizer!r}: {str(err).splitlines()[0]}") from None
+
+
+def _settle_dist_trainer(trainer: gluon.Trainer) -> None:
+    """Initialise a ``dist_sync`` Trainer's keys now and wait for the pulled weights.
+
+    The Trainer broadcasts rank 0's weights lazily in its first ``step``;
+    MXNet 1.9 does not order that pull before the same step's gradient push,
+    so rank 0 could read the summed gradient instead of the weights. Doing
+    the broadcast up front and waiting for it removes the race.
+    """
+    if not trainer._kv_initialized:  # noqa: SLF001 -- no public way to initialise a Trainer's store
+        trainer._init_kvstore()  # noqa: SLF001
+    if trainer._params_to_init:  # noqa: SLF001
+        trainer._init_params()  # noqa: SLF001
+    mx.nd.waitall()
+
+
+def _running_stats(net: gluon.Block) -> List[gluon.Parameter]:
+    return [p for name, p in sorted(structural_params(net).items())
+            if p.grad_req == "null" and name.endswith(("running_mean", "running_var"))]
+
+
+def _average_running_stats(net: gluon.Block, ctx: Sequence[mx.Context], reducer: Reducer) -> None:
+    """Average every context's BatchNorm running statistics over the workers (no-op without workers)."""
+    params = _running_stats(net)
+    if not reducer.active or not params:
+        return
+    for c in ctx:
+        mean = reducer.mean(np.concatenate([p.data(c).asnumpy().ravel() for p in params]))
+        offset = 0
+        for p in params:
+            size = int(np.prod(p.shape))
+            p.data(c)[:] = nd.array(mean[offset: offset + size].reshape(p.shape), ctx=c)
+            offset += size
+
+
+def _worker_shard(val: DataSource, info: WorkerInfo) -> Optional[DataSource]:
+    """This worker's share of the validation data (every ``num_workers``-th sample); None if it is empty."""
+    if info.num_workers == 1:
+        return val
+    indices = np.arange(info.rank, len(val), info.num_workers)
+    return val.subset(indices) if indices.size else None
 
 
 def _lr_at(epoch: int, lr: float, decay_epochs: Sequence[int], decay: float) -> float:
@@ -133,6 +199,20 @@ def _validate(
     result = evaluate_attacks(copy, val, [("pgd", attack)], batch_size=batch_size, cascade=False, progress=False)
     return {"clean_accuracy": result.clean_accuracy,
             "pgd_accuracy": result.outcomes[0].robust_accuracy(result.correct)}
+
+
+def _validate_workers(
+    model: Classifier, val: DataSource, ctx: mx.Context, info: WorkerInfo, reducer: Reducer, **options: Any,
+) -> Dict[str, float]:
+    """:func:`_validate` on this worker's share of ``val``, the accuracies summed over the workers."""
+    if not reducer.active:
+        return _validate(model, val, ctx, **options)
+    shard = _worker_shard(val, info)
+    local = _validate(model, shard, ctx, **options) if shard is not None else {}
+    size = len(shard) if shard is not None else 0
+    names = ["clean_accuracy"] + (["pgd_accuracy"] if options.get("eps") else [])
+    totals = reducer.sum([size] + [round(local.get(k, 0.0) * size) for k in names])
+    return {k: float(totals[i + 1] / max(totals[0], 1)) for i, k in enumerate(names)}
 
 
 def train_adversarial(
@@ -163,6 +243,7 @@ def train_adversarial(
     progress: bool = True,
     on_step: Optional[Callable[[int, int, int], None]] = None,
     on_epoch: Optional[Callable[[TrainingRun], None]] = None,
+    kvstore: str = "device",
 ) -> TrainingRun:
     """Train ``model`` with a training method in an ordinary Gluon loop.
 
@@ -217,7 +298,20 @@ def train_adversarial(
     on_step : callable, optional
         ``on_step(epoch, step, global_step)`` after every step (tests inject failures here).
     on_epoch : callable, optional
-        ``on_epoch(run)`` after every epoch's checkpoint (the CLI writes metrics).
+        ``on_epoch(run)`` after every epoch's checkpoint (the CLI writes metrics),
+        on every worker (``run.rank`` says which).
+    kvstore : str
+        ``device`` (default) or ``local``: MXNet's single-process stores.
+        ``dist_sync``: this process is one worker of a synchronous
+        parameter-server job (``gluon-robust launch``); ``batch_size`` is the
+        global batch, each worker trains on its slice, gradients are summed
+        by the servers, and the run equals a single-process run over the
+        same global batch (up to float summation order and, with BatchNorm,
+        per-worker batch statistics). Metrics are summed over the workers;
+        only rank 0 writes checkpoints. ``dist_async``: workers update the
+        servers' weights without waiting for each other; the optimizer runs
+        on the servers, so there are no checkpoints, no learning-rate decay
+        and no guard, and metrics are rank 0's (its shard, full validation).
 
     Returns
     -------
@@ -230,27 +324,44 @@ def train_adversarial(
     checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=0)
     val_steps = check_int("val_steps", val_steps)
     bn_stats = check_choice("bn_stats", bn_stats, BN_STATS_MODES)
+    kvstore = check_kvstore(kvstore)
     if getattr(model, "folded", False):
         raise ConfigError("cannot train a folded model; build the Classifier around the unfolded network")
+    if kvstore == "dist_async":
+        refused = [name for name, given in (("lr_decay_epochs", bool(lr_decay_epochs)), ("guard", guard is not None),
+                                            ("checkpoint_every", bool(checkpoint_every)), ("resume", resume)) if given]
+        if refused:
+            raise ConfigError(f"kvstore dist_async runs the optimizer on the servers and cannot take "
+                              f"{', '.join(refused)}; use dist_sync")
     if guard is not None and (val is None or not val_eps):
         raise ConfigError("the overfitting guard needs validation data and val_eps (a PGD check)")
     ctx = list(ctx) if ctx else [model.ctx]
-    if batch_size < len(ctx):
-        raise ConfigError(f"batch_size must be at least the number of devices ({len(ctx)}), got {batch_size}")
     if resume and checkpoint_dir is None:
         raise ConfigError("resume needs a checkpoint directory")
+    store, info = create_kvstore(kvstore)
+    shards = info.num_workers * len(ctx)  # devices over all workers: each gets at least one sample per step
+    if batch_size < shards:
+        raise ConfigError(f"batch_size (the global batch) must be at least the number of devices over all "
+                          f"workers ({shards}), got {batch_size}")
+    reducer = Reducer(store, info)
     net = model.net
     net.collect_params().setattr("grad_req", "write")  # non-differentiable BatchNorm statistics stay 'null'
-    trainer = _make_trainer(net, optimizer, lr, wd, momentum)
+    trainer = _make_trainer(net, optimizer, lr, wd, momentum, store, info)
     norm = method.norm.name if isinstance(method, AdversarialMethod) else "linf"
     n = len(train)
     steps_per_epoch = -(-n // batch_size)
-    if n % batch_size and n % batch_size < len(ctx):
+    # A trailing batch too small to give every device a sample is dropped; with dist_async every partial
+    # one is (the servers' optimizer keeps the 1/batch_size it was sent).
+    if n % batch_size and (n % batch_size < shards or kvstore == "dist_async"):
         steps_per_epoch -= 1
     if steps_per_epoch < 1:
-        raise ConfigError(f"the training data has {n} samples, too few for {len(ctx)} devices")
+        raise ConfigError(f"the training data has {n} samples, too few for {shards} devices (batch_size {batch_size})")
 
-    run = TrainingRun()
+    run = TrainingRun(kvstore=kvstore, num_workers=info.num_workers, rank=info.rank)
+    if kvstore == "dist_async" and checkpoint_dir is not None:
+        logger.warning("kvstore dist_async: no checkpoints (the optimizer state lives on the servers)")
+        checkpoint_dir = None
+    progress = progress and info.is_root
     manager = CheckpointManager(checkpoint_dir) if checkpoint_dir is not None else None
     start_epoch, start_step, loss_sum, seen, elapsed = 0, 0, 0.0, 0, 0.0
     checkpoint = manager.load() if (manager is not None and resume) else None
@@ -278,13 +389,28 @@ def train_adversarial(
         run.global_step = run.resumed_from = int(state["global_step"])
         logger.info("resumed from checkpoint %d: epoch %d, step %d (global step %d)",
                     checkpoint.generation, start_epoch + 1, start_step, run.global_step)
+        if not info.is_root:  # the partial loss sums of the epoch were folded into rank 0's before saving
+            loss_sum, seen = 0.0, 0
     elif resume:
         logger.info("no checkpoint in %s: starting from scratch", checkpoint_dir)
-    elif manager is not None and manager.latest_generation() is not None:
+    elif manager is not None and info.is_root and manager.latest_generation() is not None:
         logger.warning("ignoring the existing checkpoint in %s (pass resume to continue it)", checkpoint_dir)
+    if kvstore == "dist_sync":
+        _settle_dist_trainer(trainer)
+    if info.distributed:
+        logger.info("worker %d of %d (%s): %d of every %d samples per step", info.rank, info.num_workers, kvstore,
+                    len(np.array_split(np.arange(batch_size), info.num_workers)[info.rank]), batch_size)
 
     def save(epoch: int, step: int) -> None:
+        """Checkpoint (rank 0 writes; every worker must call it, as it synchronises them)."""
+        nonlocal loss_sum, seen
         if manager is None:
+            return
+        if reducer.active:
+            _average_running_stats(net, ctx, reducer)
+            total_loss, total_seen = reducer.sum([loss_sum, seen])
+            loss_sum, seen = (float(total_loss), int(total_seen)) if info.is_root else (0.0, 0)
+        if not info.is_root:
             return
         arrays: Dict[str, np.ndarray] = running_stats_arrays(net, ctx)
         method_state = split_arrays(method.state_dict(), "method", arrays)
@@ -316,7 +442,12 @@ def train_adversarial(
             if curriculum is not None:
                 eps, k = curriculum.at(epoch + step / steps_per_epoch)
                 method.set_budget(eps=eps, steps=k)
-            x_np, y_np = train.subset(order[step * batch_size: (step + 1) * batch_size]).arrays()
+            batch = order[step * batch_size: (step + 1) * batch_size]
+            if info.num_workers > 1:
+                batch_count, batch = len(batch), np.array_split(batch, info.num_workers)[info.rank]
+            else:
+                batch_count = len(batch)
+            x_np, y_np = train.subset(batch).arrays()
             xs = gluon.utils.split_and_load(nd.array(x_np, dtype="float32"), ctx, even_split=False)
             ys = gluon.utils.split_and_load(nd.array(y_np, dtype="float32"), ctx, even_split=False)
             for replay in range(method.replays):
@@ -324,7 +455,7 @@ def train_adversarial(
                 with autograd.record(train_mode=True):
                     losses = [method(model, xi, yi) for xi, yi in zip(xs, ys)]
                 autograd.backward(losses)
-                trainer.step(len(y_np))
+                trainer.step(batch_count)  # the global batch: dist_sync sums the gradients of all workers
             loss_sum += sum(float(l.sum().asscalar()) for l in losses)
             seen += len(y_np)
             run.global_step += 1
@@ -337,8 +468,10 @@ def train_adversarial(
                 on_step(epoch, step, run.global_step)
         bar.close()
         elapsed += time.perf_counter() - tic
+        epoch_loss, epoch_seen = (reducer.sum([loss_sum, seen]) if reducer.active else (loss_sum, seen))
+        _average_running_stats(net, ctx, reducer)
         metrics: Dict[str, Any] = {
-            "epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "lr": trainer.learning_rate,
+            "epoch": epoch + 1, "train_loss": float(epoch_loss) / max(epoch_seen, 1), "lr": trainer.learning_rate,
             "eps": float(getattr(method, "eps", 0.0)), "steps": int(getattr(method, "steps", 0)),
             "seconds": round(elapsed, 3),
         }
@@ -346,9 +479,10 @@ def train_adversarial(
             clean = [train.subset(order[i * batch_size: (i + 1) * batch_size]).arrays()[0]
                      for i in range(min(_RECALIBRATION_BATCHES, steps_per_epoch))]
             recalibrate_batchnorm(model, clean, ctx)
-        if val is not None:
+        if val is not None and (reducer.active or info.is_root):
             tic = time.perf_counter()
-            metrics.update(_validate(model, val, ctx[0], eps=val_eps, steps=val_steps, norm=norm, batch_size=batch_size))
+            metrics.update(_validate_workers(model, val, ctx[0], info, reducer, eps=val_eps, steps=val_steps,
+                                             norm=norm, batch_size=batch_size))
             run.validation_seconds += time.perf_counter() - tic
             if guard is not None:
                 verdict = guard.update(epoch, metrics["pgd_accuracy"], params=structural_params(net))
@@ -359,7 +493,7 @@ def train_adversarial(
                         metrics["rolled_back_to_epoch"] = guard.best_epoch + 1
                     run.stopped_early = (f"catastrophic overfitting after epoch {epoch + 1} "
                                          f"({guard.on_collapse}, best epoch {guard.best_epoch + 1})")
-        progress_logger.info("epoch %d/%d: %s", epoch + 1, epochs, ", ".join(
+        (progress_logger.info if info.is_root else logger.debug)("epoch %d/%d: %s", epoch + 1, epochs, ", ".join(
             f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if k != "epoch"))
         run.epochs.append(metrics)
         loss_sum, seen = 0.0, 0
@@ -403,6 +537,7 @@ class TrainConfig:
     mix: Optional[float] = None
     replays: Optional[int] = None
     temperature: Optional[float] = None
+    sigma: Optional[float] = None
     teacher: Optional[str] = None
     attack_bn: str = "train"
     attack_updates_stats: bool = False
@@ -423,6 +558,7 @@ class TrainConfig:
     guard_drop: float = 0.2
     on_collapse: str = "rollback"
     ctx: Tuple[str, ...] = ("cpu:0",)
+    kvstore: str = "device"
     seed: int = 0
     save_dir: str = "runs/train"
     name: Optional[str] = None
@@ -437,6 +573,7 @@ class TrainConfig:
         check_choice("attack_bn", self.attack_bn, ATTACK_BN_MODES)
         check_choice("bn_stats", self.bn_stats, BN_STATS_MODES)
         check_choice("on_collapse", self.on_collapse, GUARD_ACTIONS)
+        self.kvstore = check_kvstore(self.kvstore)
         check_positive("eps", self.eps, allow_zero=True)
         check_int("val_limit", self.val_limit, minimum=0)
         if self.limit is not None:
@@ -480,6 +617,7 @@ def _method_options(cfg: TrainConfig, teacher: Optional[Classifier]) -> Tuple[st
               "attack_bn": cfg.attack_bn, "attack_updates_stats": cfg.attack_updates_stats}
     options = {k: v for k, v in common.items() if k in accepted}
     given = {"step_size": cfg.step_size, "mix": cfg.mix, "replays": cfg.replays, "temperature": cfg.temperature,
+             "sigma": cfg.sigma,
              "teacher": teacher, "random_start": False if cfg.no_random_start else None,
              ("weight" if name == "input-grad" else "beta"): cfg.beta}
     flags = {"weight": "beta", "random_start": "no_random_start"}
@@ -612,10 +750,13 @@ def run_training(cfg: TrainConfig, *, on_step: Optional[Callable[[int, int, int]
             "validation_seconds": round(run.validation_seconds, 3), "stopped_early": run.stopped_early,
             "finished": final, "started": started, "versions": versions(),
             "final": run.epochs[-1] if run.epochs else None,
+            "kvstore": run.kvstore, "num_workers": run.num_workers,
+            "metrics_over": "all workers" if run.kvstore == "dist_sync" or run.num_workers == 1 else "rank 0",
         }
 
     def write_metrics(run: TrainingRun) -> None:
-        atomic_write_json(save_dir / "metrics.json", metrics_of(run, final=False))
+        if run.rank == 0:
+            atomic_write_json(save_dir / "metrics.json", metrics_of(run, final=False))
 
     run = train_adversarial(
         model, method, train, val=val, ctx=ctx, epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
@@ -623,11 +764,13 @@ def run_training(cfg: TrainConfig, *, on_step: Optional[Callable[[int, int, int]
         curriculum=curriculum, guard=guard, val_eps=val_eps, val_steps=cfg.val_steps, bn_stats=cfg.bn_stats,
         seed=cfg.seed, checkpoint_dir=save_dir / "checkpoint", checkpoint_every=cfg.checkpoint_every,
         resume=cfg.resume, fingerprint=cfg.fingerprint(), progress=cfg.progress, on_step=on_step,
-        on_epoch=write_metrics,
+        on_epoch=write_metrics, kvstore=cfg.kvstore,
     )
-    config_path = save_trained(model, config, save_dir, cfg.run_name)
+    config_path = save_dir / f"{cfg.run_name}.yaml"
     metrics = metrics_of(run, final=True)
     metrics["outputs"] = {"config": str(config_path), "params": str(config_path.with_suffix(".params"))}
-    atomic_write_json(save_dir / "metrics.json", metrics)
-    logger.info("saved %s and %s", config_path, save_dir / "metrics.json")
+    if run.rank == 0:  # the only writer of a distributed job
+        config_path = save_trained(model, config, save_dir, cfg.run_name)
+        atomic_write_json(save_dir / "metrics.json", metrics)
+        logger.info("saved %s and %s", config_path, save_dir / "metrics.json")
     return metrics
