@@ -35,6 +35,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_attacks.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_blackbox.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_training.py --out benchmarks/results
+	$(BIN)/python benchmarks/bench_defenses.py --eps 0.3 --out benchmarks/results
+	$(BIN)/python benchmarks/bench_defenses.py --eps 0.1 --out benchmarks/results
+	$(BIN)/python benchmarks/bench_smoothing.py --out benchmarks/results
+	$(BIN)/python benchmarks/bench_detection.py --out benchmarks/results
+	$(BIN)/python benchmarks/bench_distributed.py --out benchmarks/results
 
 # ART 1.19.1 (its MXNet classifier) lives only in the benchmark's own environment.
 $(ART_VENV)/.installed: setup.py constraints.txt
