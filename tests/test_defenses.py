@@ -16,6 +16,7 @@ from gluon_robust.defenses import (
     Preprocessor, RandomResizePad, SpatialSmoothing, TVMinimization, WrapDefense, defend, parse_defense_spec,
 )
 from gluon_robust.defenses.jpeg import differentiable_jpeg, quantization_tables
+from gluon_robust.defenses.smoothing_filters import differentiable_median
 from gluon_robust.defenses.tv import total_variation
 from gluon_robust.errors import ConfigError
 
@@ -57,7 +58,7 @@ def test_every_defense_has_a_spec_here():
 
 
 # ------------------------------------------------------------------ gradient paths
-@pytest.mark.parametrize("spec", ["jpeg:quality=60,bpda=identity", "bitdepth:bits=2", "median:size=3"])
+@pytest.mark.parametrize("spec", ["jpeg:quality=60,bpda=identity", "bitdepth:bits=2", "median:size=3,bpda=identity"])
 def test_bpda_gradient_is_the_undefended_gradient_at_the_defended_point(spec, tiny_model, tiny_batch):
     x, y = tiny_batch
     defended = defend(tiny_model, spec, gradient="bpda")
@@ -281,6 +282,47 @@ def test_median_filter_keeps_constant_images_and_removes_salt():
     np.testing.assert_allclose(apply(MedianFilter(size=5), salted), const, atol=1e-7)
 
 
+@pytest.mark.parametrize("size, shape", [(3, (28, 28)), (5, (9, 7)), (15, (5, 6))])
+def test_differentiable_median_equals_scipy_with_its_reflected_border(size, shape):
+    x = np.random.default_rng(size).random((2, 3) + shape).astype(np.float32)
+    np.testing.assert_array_equal(differentiable_median(nd.array(x), size).asnumpy(), apply(MedianFilter(size=size), x))
+
+
+def test_differentiable_median_gradient_matches_finite_differences():
+    """Distinct pixel values: the median is locally linear, so central differences are exact up to rounding."""
+    rng = np.random.default_rng(0)
+    x = rng.permutation(36).reshape(1, 1, 6, 6).astype(np.float64) / 36
+    w = rng.normal(size=(1, 1, 6, 6))
+    xs = nd.array(x, dtype="float64")
+    xs.attach_grad()
+    with mx.autograd.record():
+        loss = (differentiable_median(xs, 3) * nd.array(w, dtype="float64")).sum()
+    loss.backward()
+    h, numeric = 1e-3 / 36, np.zeros_like(x)
+    for k in range(x.size):
+        e = np.zeros(x.size)
+        e[k] = h
+        plus = differentiable_median(nd.array(x + e.reshape(x.shape), dtype="float64"), 3).asnumpy()
+        minus = differentiable_median(nd.array(x - e.reshape(x.shape), dtype="float64"), 3).asnumpy()
+        numeric.flat[k] = ((plus - minus) * w).sum() / (2 * h)
+    np.testing.assert_allclose(xs.grad.asnumpy(), numeric, rtol=1e-6, atol=1e-8)
+    assert np.count_nonzero(numeric) > 0
+
+
+def test_median_bpda_pulls_the_gradient_back_through_the_selected_pixels(tiny_model, tiny_batch):
+    x, y = tiny_batch
+    defended = defend(tiny_model, "median:size=3", gradient="bpda")
+    x_def = apply(defended.chain.defenses[0], x)
+    g_model = nd.array(grad_of(tiny_model, x_def, y))
+    xs = nd.array(x)
+    xs.attach_grad()
+    with mx.autograd.record():
+        out = differentiable_median(xs, 3)
+    out.backward(g_model)
+    np.testing.assert_allclose(grad_of(defended, x, y), xs.grad.asnumpy(), rtol=1e-5, atol=1e-7)
+    assert np.abs(xs.grad.asnumpy() - g_model.asnumpy()).max() > 1e-4  # not the identity backward
+
+
 def test_spatial_smoothing_is_a_normalised_filter():
     const = np.full((1, 2, 7, 7), 0.7, np.float32)
     np.testing.assert_allclose(apply(SpatialSmoothing(size=5, sigma=2.0), const), const, atol=1e-6)
@@ -379,7 +421,7 @@ def test_parse_chain_and_round_trip():
                                         SpatialSmoothing]
     assert chain[0].quality == 75 and chain[1].bits == 4 and chain[3].sigma == pytest.approx(8 / 255)
     spec = DefenseChain(chain).spec
-    assert spec.startswith("jpeg:quality=75,bpda=smooth+bitdepth:bits=4+median:size=3+noise:sigma=0.0313")
+    assert spec.startswith("jpeg:quality=75,bpda=smooth+bitdepth:bits=4+median:size=3,bpda=select+noise:sigma=0.0313")
     assert DefenseChain(parse_defense_spec(spec)).spec == spec
     assert isinstance(parse_defense_spec("xie:max-ratio=1.1")[0], RandomResizePad)
 

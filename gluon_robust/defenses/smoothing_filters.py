@@ -3,8 +3,13 @@
 Median filter: Xu, Evans & Qi (2018), "Feature Squeezing: Detecting
 Adversarial Examples in Deep Neural Networks", NDSS,
 https://arxiv.org/abs/1704.01155 (local median smoothing). Computed with
-SciPy, so not differentiable: the declared gradient path is BPDA with the
-identity (Athalye, Carlini & Wagner 2018, https://arxiv.org/abs/1802.00420).
+SciPy, so it is outside autograd: the declared gradient path is BPDA (Athalye,
+Carlini & Wagner 2018, https://arxiv.org/abs/1802.00420). A median is
+piecewise linear in its window, so its derivative exists almost everywhere: it
+routes each output's gradient to the pixel that is the median.
+:func:`differentiable_median` computes the same filter in MXNet with ``sort``,
+whose backward does exactly that, and is the default BPDA substitute
+(``bpda="select"``); ``bpda="identity"`` gives the classic identity.
 
 Spatial smoothing: a mean (box) or Gaussian filter, the linear counterpart
 (Li & Li 2017, "Adversarial Examples Detection in Deep Networks with
@@ -25,7 +30,7 @@ from mxnet import nd
 from ..errors import ConfigError
 from .base import Preprocessor, check_bounded_int, check_real
 
-__all__ = ["MedianFilter", "SpatialSmoothing"]
+__all__ = ["MedianFilter", "SpatialSmoothing", "differentiable_median"]
 
 
 def _odd_size(size: int) -> int:
@@ -35,6 +40,28 @@ def _odd_size(size: int) -> int:
     return size
 
 
+def _reflected_indices(length: int, radius: int) -> np.ndarray:
+    """Source index of every padded position under SciPy's ``mode="reflect"`` (``d c b a | a b c d``)."""
+    return np.pad(np.arange(length), radius, mode="symmetric")
+
+
+def differentiable_median(x: nd.NDArray, size: int) -> nd.NDArray:
+    """The ``size x size`` median filter of an NCHW batch in MXNet, with SciPy's reflected border.
+
+    Its value equals :func:`scipy.ndimage.median_filter` (``mode="reflect"``);
+    under autograd its gradient is that of the selected median pixel of every
+    window (``sort``'s backward), the filter's derivative almost everywhere.
+    """
+    radius = size // 2
+    height, width = x.shape[2], x.shape[3]
+    rows = nd.array(_reflected_indices(height, radius), ctx=x.context, dtype="int32")
+    cols = nd.array(_reflected_indices(width, radius), ctx=x.context, dtype="int32")
+    padded = nd.take(nd.take(x, rows, axis=2), cols, axis=3)
+    windows = nd.stack(*[padded[:, :, i : i + height, j : j + width] for i in range(size) for j in range(size)],
+                       axis=-1)
+    return nd.sort(windows, axis=-1)[:, :, :, :, size * size // 2]
+
+
 class MedianFilter(Preprocessor):
     """Replace every pixel by the median of its ``size x size`` window, per channel.
 
@@ -42,14 +69,24 @@ class MedianFilter(Preprocessor):
     ----------
     size : int
         Odd window size, 3 to 15.
+    bpda : {"select", "identity"}
+        The BPDA substitute: :func:`differentiable_median` (default; the
+        filter's own derivative almost everywhere) or the identity.
     """
 
     name = "median"
     gradient = "bpda"
     differentiable = False
 
-    def __init__(self, *, size: int = 3) -> None:
+    def __init__(self, *, size: int = 3, bpda: str = "select") -> None:
         self.size = _odd_size(size)
+        if bpda not in ("select", "identity"):
+            raise ConfigError(f"median bpda must be 'select' or 'identity', got {bpda!r}")
+        self.bpda = bpda
+
+    def substitute(self, x: nd.NDArray, bounds: Tuple[float, float]) -> Optional[nd.NDArray]:
+        """:func:`differentiable_median` for ``bpda="select"``, None (the identity) otherwise."""
+        return None if self.bpda == "identity" else differentiable_median(x, self.size)
 
     def transform(self, x: nd.NDArray, bounds: Tuple[float, float]) -> nd.NDArray:
         from scipy.ndimage import median_filter
