@@ -19,7 +19,7 @@ from .evaluation.robustness import evaluate_attacks
 from .errors import ConfigError
 from .io import StreamingNpzWriter, atomic_write_json, atomic_write_text
 from .model import Classifier, load_classifier
-from .reporting import save_png, staged_output, versions
+from .reporting import format_table, save_png, staged_output, versions
 
 __all__ = ["run_attack_job", "run_demo", "demo_table", "contrast_reports", "contrast_table", "DEMO_CONFIGS"]
 
@@ -206,24 +206,22 @@ def contrast_reports(reports: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """One row per report: clean accuracy, the first stage's and the worst-case accuracy at each eps."""
     rows = []
     for report in reports:
-        row: Dict[str, Any] = {"config": report.get("config"), "model": report["model"], "n": report["n"],
-                               "clean_accuracy": report["clean_accuracy"], "first_stage": {}, "worst_case": {}}
         first = report["attacks"][0]["name"] if report["attacks"] else None
+        row: Dict[str, Any] = {"config": report.get("config"), "model": report["model"], "n": report["n"],
+                               "clean_accuracy": report["clean_accuracy"], "first_stage_name": first,
+                               "first_stage": {}, "worst_case": {}}
         for a in report["attacks"]:
             if a["name"] == first and a["eps"] is not None:
                 row["first_stage"][f"{a['eps']:g}"] = a["robust_accuracy_after"]
         for w in report["worst_case"]:
             if w["eps"] is not None:
                 row["worst_case"][f"{w['eps']:g}"] = w["robust_accuracy"]
-        row["first_stage_name"] = first
         rows.append(row)
     return {"recipe": reports[0]["recipe"] if reports else None, "rows": rows}
 
 
 def contrast_table(contrast: Dict[str, Any]) -> str:
     """The contrast as plain text: model, clean, first stage and worst case per eps."""
-    from .reporting import format_table
-
     rows = contrast["rows"]
     eps_keys = sorted({k for r in rows for k in r["worst_case"]}, key=float)
     first = rows[0]["first_stage_name"] if rows else "first stage"
