@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 import yaml
 
 from .errors import ConfigError
+from .integrity import refuse_pickle
 
 __all__ = [
     "ModelConfig",
@@ -174,8 +175,9 @@ def load_config(path_or_name: str | os.PathLike) -> ModelConfig:
         an absolute path resolved against the YAML file's directory.
     """
     path = resolve_config_path(path_or_name)
+    refuse_pickle(path, "config", fix="write the model config as YAML")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text())  # safe_load: no python/* tags, so reading a config runs no code
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise ConfigError(f"cannot read config {path}: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):

@@ -25,6 +25,7 @@ from mxnet import gluon
 from .config import ModelConfig, family_defaults, load_config, parse_input_size, resolve_config_path
 from .errors import ConfigError, ModelError
 from .folding import fold_batchnorm, symbol_block
+from .integrity import refuse_pickle
 from .zoo import build_zoo_net, check_zoo_name, load_params_into, zoo_names
 
 __all__ = ["Classifier", "load_classifier", "ModelSource", "predict_in_chunks"]
@@ -133,6 +134,8 @@ def _symbol_source(path: Path, params: Optional[str], ctx: mx.Context) -> gluon.
         if guess == path or not guess.is_file():
             raise ModelError(f"no params for {path}: pass --params FILE (expected {guess.name} beside it)")
         params = str(guess)
+    refuse_pickle(path, "symbol file", ModelError, fix="pass the -symbol.json written by export")
+    refuse_pickle(params, "params file", ModelError, fix="pass the .params file written by export")
     try:
         symbol = mx.sym.load(str(path))
     except mx.base.MXNetError:

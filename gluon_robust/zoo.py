@@ -19,6 +19,7 @@ import mxnet as mx
 from mxnet import gluon
 
 from .errors import ModelError
+from .integrity import refuse_pickle
 
 __all__ = ["zoo_names", "check_zoo_name", "pretrained_weights_path", "build_zoo_net", "load_params_into"]
 
@@ -139,6 +140,7 @@ def load_params_into(net: gluon.Block, path: str | os.PathLike, ctx: mx.Context)
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"params file not found: {path}")
+    refuse_pickle(path, "params file", ModelError, fix="pass a .params file written by save_parameters or export")
     try:
         loaded = mx.nd.load(str(path))
     except mx.base.MXNetError:

@@ -94,7 +94,8 @@ def test_checkpoints_are_single_complete_generations(tmp_path):
     _fit(model, PGDAT(eps=0.1, steps=1), tmp_path, epochs=1, checkpoint_every=2, val=None, val_eps=None)
     files = sorted(p.name for p in tmp_path.iterdir())
     generation = manager.latest_generation()
-    assert files == [f"ckpt-{generation:06d}.npz", f"ckpt-{generation:06d}.params", f"ckpt-{generation:06d}.states",
+    stem = f"ckpt-{generation:06d}"
+    assert files == [f"{stem}.json", f"{stem}.manifest.json", f"{stem}.npz", f"{stem}.optimizer", f"{stem}.params",
                      "latest.json"]  # the orphan of the "killed run" is gone, no temporary file is left
     state = manager.load().state
     assert (state["epoch"], state["step"], state["global_step"]) == (1, 0, 5)

@@ -17,6 +17,7 @@ import numpy as np
 
 from gluon_robust.data._utils import is_int, one_line
 from gluon_robust.errors import DataError
+from gluon_robust.integrity import is_pickle
 
 __all__ = ["Batch", "DataSource", "ArraySource"]
 
@@ -276,6 +277,9 @@ def _read_npz(path: str, x_key: str, y_key: str, name: str) -> tuple[np.ndarray,
         raise DataError(f"{name}: file not found")
     if not os.path.isfile(path):
         raise DataError(f"{name}: is not a file")
+    if is_pickle(path):
+        raise DataError(f"{name}: is a Python pickle, which gluon-robust never loads because unpickling can run "
+                        f"arbitrary code; save the data with np.savez(path, {x_key}=images, {y_key}=labels)")
     with open(path, "rb") as handle:
         head = handle.read(6)
     if head.startswith(_NPY_MAGIC):
@@ -294,6 +298,11 @@ def _read_npz(path: str, x_key: str, y_key: str, name: str) -> tuple[np.ndarray,
                             f"the file has {sorted(archive.files)}")
         try:
             return archive[x_key], archive[y_key]
+        except ValueError as err:
+            if "allow_pickle" not in str(err):
+                raise DataError(f"{name}: cannot read arrays {x_key!r} and {y_key!r} ({one_line(err)})") from err
+            raise DataError(f"{name}: array {x_key!r} or {y_key!r} is an object array, which only pickle can read "
+                            f"(and unpickling can run code); save numeric arrays only") from None
         except _NPZ_READ_ERRORS as err:
             raise DataError(f"{name}: cannot read arrays {x_key!r} and {y_key!r} "
                             f"({one_line(err)})") from err

@@ -34,6 +34,7 @@ from mxnet import autograd, gluon, nd
 
 from ..data.sources import DataSource
 from ..errors import ConfigError, DataError
+from ..integrity import load_npz
 from ..io import atomic_save_npz
 from ..registry import parse_value
 
@@ -370,11 +371,7 @@ def read_detector_file(path: Union[str, os.PathLike]) -> Tuple[Dict[str, Any], D
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataError(f"detector params file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-    except (OSError, ValueError, EOFError) as err:
-        raise DataError(f"cannot read detector params {path}: not an .npz written by gluon-robust detect ({err})") from None
+    arrays = load_npz(path, "detector params", DataError, fix="fit the detector again with gluon-robust detect")
     if _META_KEY not in arrays:
         raise DataError(f"{path} is not a detector params file (no {_META_KEY} entry)")
     try:

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..data import DataSource
 from ..errors import ConfigError
+from ..integrity import load_npz, refuse_pickle
 from ..reporting import staged_output, versions
 from . import sanity
 from .recipes import build_attacks, custom_recipe, describe, get_recipe
@@ -290,6 +291,38 @@ def _jsonable(args: Dict[str, Any]) -> Dict[str, Any]:
     return json.loads(json.dumps(args, default=str))
 
 
+def _load_shard(directory: Path) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+    """The report and examples of one shard directory, read as data only (no pickle).
+
+    Raises
+    ------
+    ConfigError
+        If ``report.json`` or ``examples.npz`` is missing, a pickle, unreadable,
+        holds an object array, or the report is not a shard's.
+    """
+    fix = "evaluate that shard again"
+    path = directory / "report.json"
+    if not path.is_file():
+        raise ConfigError(f"no report.json in {directory}")
+    refuse_pickle(path, "shard report", fix=fix)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"shard report {path} is not valid JSON ({str(err).splitlines()[0]}); {fix}") from None
+    if not isinstance(report, dict):
+        raise ConfigError(f"shard report {path} is not a JSON object; {fix}")
+    if not report.get("shard"):
+        raise ConfigError(f"{directory} holds the report of an unsharded run, not a shard")
+    examples = directory / "examples.npz"
+    if not examples.is_file():
+        raise ConfigError(f"no examples.npz in {directory}; {fix}")
+    arrays = load_npz(examples, "shard examples", fix=fix)
+    missing = [k for k in EXAMPLE_KEYS if k not in arrays]
+    if missing:
+        raise ConfigError(f"shard examples {examples} lack the arrays {missing}; {fix}")
+    return report, {k: arrays[k] for k in EXAMPLE_KEYS}
+
+
 def merge_reports(dirs: Sequence[str | Path], out_dir: Optional[str | Path] = None) -> Dict[str, Any]:
     """Combine shard reports into the report of the whole evaluation.
 
@@ -313,14 +346,7 @@ def merge_reports(dirs: Sequence[str | Path], out_dir: Optional[str | Path] = No
         raise ConfigError("merge-reports needs at least one report directory")
     loaded = []
     for d in dirs:
-        path = Path(d) / "report.json"
-        if not path.is_file():
-            raise ConfigError(f"no report.json in {d}")
-        report = json.loads(path.read_text(encoding="utf-8"))
-        if not report.get("shard"):
-            raise ConfigError(f"{d} holds the report of an unsharded run, not a shard")
-        with np.load(Path(d) / "examples.npz") as data:
-            ex = {k: data[k] for k in EXAMPLE_KEYS}
+        report, ex = _load_shard(Path(d))
         loaded.append((report, ex, str(d)))
     loaded.sort(key=lambda item: item[0]["shard"]["k"])
     first = loaded[0][0]

@@ -1,4 +1,9 @@
-"""The resumable state of an evaluation: one ``.npz`` file rewritten atomically after each batch."""
+"""The resumable state of an evaluation: one ``.npz`` file rewritten atomically after each batch.
+
+The file is data only (read with ``allow_pickle=False``) and carries a SHA-256
+over its content (:func:`gluon_robust.integrity.arrays_digest`), so a corrupt
+or hand-edited state file is refused instead of trusted.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 
 from ..errors import ConfigError
+from ..integrity import arrays_digest, load_npz
 from ..io import atomic_save_npz
 from .robustness import AttackOutcome, Checkpoint, RobustnessResult
 
@@ -19,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 #: The state file's name inside the output directory.
 STATE_NAME = "evaluate.state.npz"
+
+_DIGEST = "sha256"
 
 
 class StateFile(Checkpoint):
@@ -55,8 +63,12 @@ class StateFile(Checkpoint):
         if not self.path.exists():
             logger.warning("--resume: no state file %s, starting from the beginning", self.path)
             return None
-        with np.load(self.path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+        fix = "remove it or run without --resume"
+        arrays = load_npz(self.path, "evaluation state", fix=fix)
+        digest = arrays.pop(_DIGEST, None)
+        if digest is None or digest.shape != () or str(digest) != arrays_digest(arrays):
+            raise ConfigError(f"the evaluation state {self.path} fails its SHA-256 check (corrupt, edited or written "
+                              f"by an older version); {fix}")
         saved = str(arrays.pop("fingerprint"))
         if saved != self.fingerprint:
             raise ConfigError(
@@ -94,6 +106,7 @@ class StateFile(Checkpoint):
                            f"queries_{k}": o.queries, f"invalid_{k}": o.invalid})
         if self.extra_state is not None:
             arrays.update({f"extra_{k}": v for k, v in self.extra_state[0]().items()})
+        arrays[_DIGEST] = np.array(arrays_digest(arrays))
         atomic_save_npz(self.path, **arrays)
 
     def remove(self) -> None:

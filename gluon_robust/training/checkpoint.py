@@ -2,15 +2,27 @@
 
 A checkpoint is a *generation* of files in one directory::
 
-    ckpt-000012.params   the network (save_parameters; BatchNorm statistics of the first context)
-    ckpt-000012.states   the optimizer (Trainer.save_states: momenta, update counts)
-    ckpt-000012.npz      arrays: method state (e.g. Free-AT's perturbation), BatchNorm
-                         statistics of the other contexts, the guard's best weights
-    latest.json          {"generation": 12, "state": {...}}: loop position, metrics, RNG keys
+    ckpt-000012.params         the network (save_parameters; BatchNorm statistics averaged over the contexts)
+    ckpt-000012.optimizer      the optimizer's per-parameter state (momenta...), ``mx.nd.save`` of named arrays
+    ckpt-000012.npz            arrays: method state (e.g. Free-AT's perturbation), BatchNorm
+                               statistics of each context, the guard's best weights
+    ckpt-000012.json           {"state": {...}, "optimizer": {...}}: loop position, metrics, RNG keys;
+                               the optimizer's class, counters and hyperparameters
+    ckpt-000012.manifest.json  the SHA-256 of the four files above
+    latest.json                {"generation": 12}
+
+No file is a pickle: MXNet's ``Trainer.save_states`` pickles the optimizer,
+and unpickling a planted file would run its code, so the optimizer state is
+written as arrays and JSON instead and restored into the Trainer's updaters
+directly. Before a generation is loaded, every file is checked against the
+manifest (:mod:`gluon_robust.integrity`); a pickle, a missing file or a
+checksum mismatch is refused. Checkpoints of the old format (``.states``
+pickles) are refused too.
 
 Every file is written to a temporary name and renamed into place
-(:mod:`gluon_robust.io`), and ``latest.json`` is renamed last, so it always
-names a complete generation; older generations are deleted afterwards.
+(:mod:`gluon_robust.io`), the manifest after the files and ``latest.json``
+last, so it always names a complete generation; older generations are
+deleted afterwards.
 """
 
 from __future__ import annotations
@@ -19,20 +31,28 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
 from ..errors import ConfigError
+from ..integrity import load_npz, refuse_pickle, verify_manifest, write_manifest
 from ..io import atomic_save, atomic_save_npz, atomic_write_json
 
-__all__ = ["Checkpoint", "CheckpointManager", "split_arrays", "join_arrays", "structural_params", "running_stats_arrays", "restore_into"]
+__all__ = ["Checkpoint", "CheckpointManager", "split_arrays", "join_arrays", "structural_params", "running_stats_arrays",
+           "restore_into", "optimizer_state", "load_optimizer_state"]
 
 logger = logging.getLogger(__name__)
 
 _LATEST = "latest.json"
+_SUFFIXES = (".params", ".optimizer", ".npz", ".json")
+_MANIFEST_SUFFIX = ".manifest.json"
+_FORMAT = "gluon-robust-checkpoint/2"
+#: Optimizer attributes not restored from their scalar value: handled apart, or fixed by the Trainer.
+_OPTIMIZER_SPECIAL = frozenset({"lr_scheduler", "param_dict", "idx2name", "sym_info", "lr_mult", "wd_mult",
+                                "_all_index_update_counts", "_index_update_count"})
 
 
 def split_arrays(value: Any, prefix: str, arrays: Dict[str, np.ndarray]) -> Any:
@@ -62,12 +82,29 @@ def join_arrays(value: Any, arrays: Dict[str, np.ndarray]) -> Any:
 
 @dataclass
 class Checkpoint:
-    """One loaded generation: its number, loop state and the paths of its files."""
+    """One loaded, verified generation: its number, loop state, optimizer description and files.
+
+    Attributes
+    ----------
+    generation : int
+        Its number.
+    state : dict
+        The loop's state (position, metrics, RNG keys...).
+    params : path
+        The network's ``.params`` file.
+    optimizer_arrays : path
+        The optimizer's per-parameter state (``mx.nd.save`` of named arrays).
+    optimizer : dict
+        The optimizer's class, counters and hyperparameters, and the layout of its state.
+    arrays : dict of str to numpy.ndarray
+        Method state, each context's BatchNorm statistics (several contexts), the guard's best weights.
+    """
 
     generation: int
     state: Dict[str, Any]
     params: Path
-    states: Path
+    optimizer_arrays: Path
+    optimizer: Dict[str, Any]
     arrays: Dict[str, np.ndarray]
 
 
@@ -83,19 +120,28 @@ class CheckpointManager:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
 
-    def _paths(self, generation: int) -> Tuple[Path, Path, Path]:
-        stem = self.directory / f"ckpt-{generation:06d}"
-        return stem.with_suffix(".params"), stem.with_suffix(".states"), stem.with_suffix(".npz")
+    def _paths(self, generation: int) -> Tuple[Path, Path, Path, Path]:
+        """The generation's params, optimizer arrays, npz and JSON files."""
+        stem = f"ckpt-{generation:06d}"
+        params, optimizer, npz, state = (self.directory / f"{stem}{suffix}" for suffix in _SUFFIXES)
+        return params, optimizer, npz, state
+
+    def _manifest(self, generation: int) -> Path:
+        return self.directory / f"ckpt-{generation:06d}{_MANIFEST_SUFFIX}"
+
+    def _fix(self) -> str:
+        return f"delete {self.directory} to start over (or train without --resume)"
 
     def latest_generation(self) -> Optional[int]:
         """The generation ``latest.json`` names, or None if there is no checkpoint."""
         path = self.directory / _LATEST
         if not path.is_file():
             return None
+        refuse_pickle(path, "checkpoint index", fix=self._fix())
         try:
-            return int(json.loads(path.read_text())["generation"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise ConfigError(f"checkpoint index {path} is unreadable ({err}); delete the directory to start over") from None
+            return int(json.loads(path.read_text(encoding="utf-8"))["generation"])
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"checkpoint index {path} is unreadable ({err}); {self._fix()}") from None
 
     def save(
         self,
@@ -107,11 +153,14 @@ class CheckpointManager:
         """Write a new generation and point ``latest.json`` at it; returns its number."""
         previous = self.latest_generation()
         generation = 0 if previous is None else previous + 1
-        params, states, npz = self._paths(generation)
+        params, optimizer, npz, state_path = self._paths(generation)
+        description, optimizer_arrays = optimizer_state(trainer)
         atomic_save(params, net.save_parameters, suffix=".params")
-        atomic_save(states, trainer.save_states, suffix=".states")
+        atomic_save(optimizer, lambda tmp: mx.nd.save(tmp, optimizer_arrays), suffix=".optimizer")
         atomic_save_npz(npz, **arrays)
-        atomic_write_json(self.directory / _LATEST, {"generation": generation, "state": state})
+        atomic_write_json(state_path, {"format": _FORMAT, "state": state, "optimizer": description})
+        write_manifest(self._manifest(generation), (params, optimizer, npz, state_path))
+        atomic_write_json(self.directory / _LATEST, {"generation": generation})
         for path in self.directory.glob("ckpt-*"):
             if not path.name.startswith(f"ckpt-{generation:06d}."):
                 path.unlink(missing_ok=True)
@@ -119,19 +168,32 @@ class CheckpointManager:
         return generation
 
     def load(self) -> Optional[Checkpoint]:
-        """The latest complete generation, or None."""
+        """The latest complete generation, verified against its manifest, or None.
+
+        Raises
+        ------
+        ConfigError
+            A checkpoint of the old format (a ``.states`` pickle), a missing
+            file, a pickle, or a file whose SHA-256 differs from the manifest's.
+        """
         generation = self.latest_generation()
         if generation is None:
             return None
-        params, states, npz = self._paths(generation)
-        for path in (params, states, npz):
-            if not path.is_file():
-                raise ConfigError(f"checkpoint {generation} in {self.directory} lacks {path.name}; "
-                                  "delete the directory to start over")
-        state = json.loads((self.directory / _LATEST).read_text())["state"]
-        with np.load(npz, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-        return Checkpoint(generation, state, params, states, arrays)
+        legacy = sorted(self.directory.glob("*.states"))
+        if legacy:
+            raise ConfigError(f"{legacy[0]} is an optimizer state of the old checkpoint format, a Python pickle, which "
+                              f"is no longer read because unpickling can run arbitrary code; {self._fix()}")
+        files = self._paths(generation)
+        verify_manifest(self._manifest(generation), [path.name for path in files],
+                        f"checkpoint {generation} in {self.directory}", self._fix())
+        params, optimizer, npz, state_path = files
+        try:
+            saved = json.loads(state_path.read_text(encoding="utf-8"))
+            state, description = saved["state"], saved["optimizer"]
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"checkpoint state {state_path} is unreadable ({err}); {self._fix()}") from None
+        arrays = load_npz(npz, "checkpoint arrays", fix=self._fix())
+        return Checkpoint(generation, state, params, optimizer, description, arrays)
 
 
 def structural_params(net: gluon.Block) -> Dict[str, gluon.Parameter]:
@@ -144,21 +206,196 @@ def structural_params(net: gluon.Block) -> Dict[str, gluon.Parameter]:
 
 
 def running_stats_arrays(net: gluon.Block, ctx: list) -> Dict[str, np.ndarray]:
-    """BatchNorm statistics of every context but the first (``save_parameters`` keeps the first's)."""
+    """BatchNorm statistics of every context, when there are several.
+
+    ``save_parameters`` keeps the average over the contexts, while each
+    context's statistics follow its own shard of every batch.
+    """
     arrays = {}
     for name, param in structural_params(net).items():
         if param.grad_req == "null" and name.endswith(("running_mean", "running_var")):
-            for index, c in enumerate(ctx[1:], start=1):
+            for index, c in enumerate(ctx if len(ctx) > 1 else []):
                 arrays[f"aux/{index}/{name}"] = param.data(c).asnumpy()
     return arrays
 
 
 def restore_into(checkpoint: Checkpoint, net: gluon.Block, trainer: gluon.Trainer, ctx: list) -> None:
-    """Load a checkpoint's network (on every context, with each context's statistics) and optimizer state."""
+    """Load a checkpoint's network (on every context, with each context's statistics) and optimizer state.
+
+    The optimizer state comes before the statistics: it initialises the
+    Trainer's store, which broadcasts the first context's values to all.
+    """
     net.load_parameters(str(checkpoint.params), ctx=ctx)
+    load_optimizer_state(trainer, checkpoint.optimizer, checkpoint.optimizer_arrays)
     params = structural_params(net)
     for key, value in checkpoint.arrays.items():
         if key.startswith("aux/"):
             _, index, name = key.split("/", 2)
             params[name].data(ctx[int(index)])[:] = mx.nd.array(value, ctx=ctx[int(index)])
-    trainer.load_states(str(checkpoint.states))
+
+
+# ------------------------------------------------------------------ optimizer state without pickle
+def _updaters(trainer: gluon.Trainer) -> List[Any]:
+    """The updaters holding the Trainer's optimizer state, after initialising its store as ``save_states`` does."""
+    if not trainer._kv_initialized:  # noqa: SLF001 -- the Trainer has no public state API but pickle
+        trainer._init_kvstore()  # noqa: SLF001
+    if trainer._params_to_init:  # noqa: SLF001
+        trainer._init_params()  # noqa: SLF001
+    if trainer._update_on_kvstore:  # noqa: SLF001
+        updater = getattr(trainer._kvstore, "_updater", None)  # noqa: SLF001
+        if updater is None:
+            raise ConfigError("the optimizer state lives on the parameter servers (dist_async): it cannot be "
+                              "checkpointed; use dist_sync")
+        return [updater]
+    return list(trainer._updaters)  # noqa: SLF001
+
+
+def _distinct(items: List[Any]) -> List[Any]:
+    """``items`` without repeats of the same object, in order."""
+    seen: Dict[int, Any] = {}
+    for item in items:
+        seen.setdefault(id(item), item)
+    return list(seen.values())
+
+
+def _pairs(mapping: Dict[Any, Any], what: str) -> List[List[Any]]:
+    """``mapping`` as ``[key, value]`` pairs, which keep int and str keys apart in JSON."""
+    for key in mapping:
+        if type(key) not in (int, str):
+            raise ConfigError(f"cannot checkpoint the optimizer's {what}: key {key!r} is neither int nor str")
+    return [[key, value] for key, value in mapping.items()]
+
+
+def _encode(value: Any, name: str, arrays: Dict[str, mx.nd.NDArray]) -> Any:
+    """A JSON description of one parameter's state (None, an NDArray or nested tuples/lists); arrays go to ``arrays``."""
+    if value is None:
+        return None
+    if isinstance(value, mx.nd.NDArray):
+        arrays[name] = value
+        return {"array": name}
+    if isinstance(value, (tuple, list)):
+        kind = "tuple" if isinstance(value, tuple) else "list"
+        return {kind: [_encode(item, f"{name}/{i}", arrays) for i, item in enumerate(value)]}
+    raise ConfigError(f"cannot checkpoint optimizer state of type {type(value).__name__} (at {name})")
+
+
+def _decode(node: Any, arrays: Dict[str, mx.nd.NDArray], where: str) -> Any:
+    """Inverse of :func:`_encode`; every array is a fresh copy."""
+    if node is None:
+        return None
+    if isinstance(node, dict) and len(node) == 1:
+        (kind, value), = node.items()
+        if kind == "array" and isinstance(value, str):
+            if value not in arrays:
+                raise ConfigError(f"{where} lacks the optimizer state array {value!r}")
+            return arrays[value].copy()
+        if kind in ("tuple", "list") and isinstance(value, list):
+            items = [_decode(item, arrays, where) for item in value]
+            return tuple(items) if kind == "tuple" else items
+    raise ConfigError(f"{where} holds a malformed optimizer state entry {str(node)[:60]}")
+
+
+def optimizer_state(trainer: gluon.Trainer) -> Tuple[Dict[str, Any], Dict[str, mx.nd.NDArray]]:
+    """The Trainer's optimizer state as a JSON-able description and named NDArrays, without pickle.
+
+    The per-parameter states of the first updater (on every context they
+    are equal, as ``save_states`` assumes) become arrays named
+    ``state/N/...``; the description holds their layout, the optimizer's
+    class, its scalar attributes (learning rate, weight decay, momentum,
+    ``num_update``, ``begin_num_update``...), its per-device update counts
+    and its learning-rate and weight-decay multipliers.
+
+    Parameters
+    ----------
+    trainer : mxnet.gluon.Trainer
+        A Trainer whose optimizer runs in this process (not ``dist_async``).
+
+    Returns
+    -------
+    description : dict
+        JSON-able.
+    arrays : dict of str to NDArray
+        For ``mx.nd.save``.
+    """
+    updater = _updaters(trainer)[0]
+    optimizer = updater.optimizer
+    if optimizer.lr_scheduler is not None:
+        raise ConfigError("cannot checkpoint an optimizer with an lr_scheduler; set the learning rate per epoch")
+    arrays: Dict[str, mx.nd.NDArray] = {}
+    states = [[key, _encode(value, f"state/{n}", arrays)]
+              for n, (key, value) in enumerate(_pairs(updater.states, "state"))]
+    counts = optimizer._all_index_update_counts  # noqa: SLF001
+    current = next((device for device, count in counts.items() if count is optimizer._index_update_count), None)  # noqa: SLF001
+    scalars = {key: value for key, value in vars(optimizer).items()
+               if key not in _OPTIMIZER_SPECIAL and (value is None or type(value) in (bool, int, float, str))}
+    description = {
+        "class": type(optimizer).__name__,
+        "scalars": scalars,
+        "lr_mult": _pairs(optimizer.lr_mult, "lr_mult"),
+        "wd_mult": _pairs(optimizer.wd_mult, "wd_mult"),
+        "index_update_counts": [[device, _pairs(count, "update counts")] for device, count in _pairs(counts, "devices")],
+        "current_device": current,
+        "index_update_count": None if current is not None else _pairs(optimizer._index_update_count, "update counts"),  # noqa: SLF001
+        "states": states,
+    }
+    return description, arrays
+
+
+def load_optimizer_state(trainer: gluon.Trainer, description: Dict[str, Any], path: Path) -> None:
+    """Restore what :func:`optimizer_state` described, with its arrays from ``path``, into every updater.
+
+    Parameters
+    ----------
+    trainer : mxnet.gluon.Trainer
+        Built with the same optimizer and parameters as the saving run's.
+    description : dict
+        The description :func:`optimizer_state` returned.
+    path : path
+        The ``mx.nd.save`` file of its arrays (already verified).
+
+    Raises
+    ------
+    ConfigError
+        If the checkpoint was made with another optimizer or is malformed.
+    """
+    where = f"checkpoint optimizer state {path}"
+    refuse_pickle(path, where)
+    try:
+        loaded = mx.nd.load(str(path))
+    except mx.base.MXNetError:
+        raise ConfigError(f"{where} is not an MXNet array file; delete the checkpoint directory to start over") from None
+    arrays = loaded if isinstance(loaded, dict) else {}
+    updaters = _updaters(trainer)
+    optimizer = trainer._optimizer  # noqa: SLF001
+    try:
+        if description["class"] != type(optimizer).__name__:
+            raise ConfigError(f"{where} belongs to optimizer {description['class']}, not "
+                              f"{type(optimizer).__name__}; resume with the same optimizer")
+        scalars = dict(description["scalars"])
+        unknown = sorted(set(scalars) - set(vars(optimizer)))
+        if unknown:
+            raise ConfigError(f"{where} sets attributes {unknown} that optimizer {type(optimizer).__name__} lacks")
+        not_scalar = sorted(k for k, v in scalars.items() if v is not None and type(v) not in (bool, int, float, str))
+        if not_scalar:
+            raise ConfigError(f"{where} gives optimizer attributes {not_scalar} values that are not numbers or text; "
+                              "delete the checkpoint directory to start over")
+        counts = {device: dict(pairs) for device, pairs in description["index_update_counts"]}
+        current = description["current_device"]
+        current_count = counts[current] if current is not None else dict(description["index_update_count"])
+        lr_mult, wd_mult = dict(description["lr_mult"]), dict(description["wd_mult"])
+        states = [(key, node) for key, node in description["states"]]
+    except ConfigError:
+        raise
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: malformed optimizer description ({err!r}); delete the checkpoint directory "
+                          "to start over") from None
+    for opt in _distinct([optimizer] + [u.optimizer for u in updaters]):
+        for key, value in scalars.items():
+            setattr(opt, key, value)
+        opt.lr_mult, opt.wd_mult = dict(lr_mult), dict(wd_mult)
+        opt._all_index_update_counts = {device: dict(count) for device, count in counts.items()}  # noqa: SLF001
+        opt._index_update_count = (opt._all_index_update_counts[current] if current is not None  # noqa: SLF001
+                                   else dict(current_count))
+    for updater in updaters:
+        updater.states = {key: _decode(node, arrays, where) for key, node in states}
+        updater.states_synced = dict.fromkeys(updater.states, False)  # moved to each weight's context on first use
