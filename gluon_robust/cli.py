@@ -208,6 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _signals_as_interrupts():
+    """While a command runs, SIGINT and SIGTERM raise :class:`~gluon_robust.interrupts.Interrupted`."""
+    from .interrupts import handle_signals
+
+    return handle_signals()
+
+
+def _interrupted(err: KeyboardInterrupt) -> int:
+    """Print an interrupted command's one line (what it kept, how to resume); 130 for SIGINT, 143 for SIGTERM."""
+    from .interrupts import interrupt_message
+
+    _close_progress_bars()
+    print(f"{PROG}: {interrupt_message(err)}", file=sys.stderr)
+    return int(getattr(err, "exit_code", 130))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``gluon-robust``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -217,17 +233,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(argv)
         setup_logging(args.debug, args.verbose)
         logger.debug("arguments: %s", vars(args))
-        return COMMANDS[args.command][1](args)
+        with _signals_as_interrupts():
+            return COMMANDS[args.command][1](args)
     except GluonRobustError as err:
         if debug:
             raise
         _close_progress_bars()
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return int(getattr(err, "exit_code", 2))  # 2, or the status the error carries (a launched job's)
-    except KeyboardInterrupt:
-        _close_progress_bars()
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        return _interrupted(err)
     except Exception as err:  # noqa: BLE001 -- the CLI turns any failure into one line
         if debug:
             raise

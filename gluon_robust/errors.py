@@ -6,7 +6,7 @@ subclass with a one-line, actionable message. The command-line interface
 prints that line and exits non-zero; library users can catch the base class.
 """
 
-__all__ = ["GluonRobustError", "ConfigError", "DataError", "ModelError"]
+__all__ = ["GluonRobustError", "ConfigError", "DataError", "ModelError", "TrainingDiverged"]
 
 
 class GluonRobustError(Exception):
@@ -23,3 +23,7 @@ class DataError(GluonRobustError, ValueError):
 
 class ModelError(GluonRobustError, ValueError):
     """A model name, architecture or weights file cannot be used."""
+
+
+class TrainingDiverged(GluonRobustError, ArithmeticError):
+    """The training loss or the parameters became NaN or infinite; the last finite checkpoint is kept."""

@@ -17,6 +17,7 @@ from .attacks import Attack
 from .data import DataSource, load_data
 from .evaluation.robustness import evaluate_attacks
 from .errors import ConfigError
+from .interrupts import Interrupted
 from .io import StreamingNpzWriter, atomic_write_json, atomic_write_text
 from .model import Classifier, load_classifier
 from .reporting import format_table, save_png, staged_output, versions
@@ -184,21 +185,25 @@ def run_demo(
 
     if not configs:
         raise ConfigError("the demo needs at least one model config")
-    out = Path(out_dir)
     reports = []
-    for config in configs:
-        model = load_classifier(config, ctx=ctx)
-        source = load_data("mnist-sample", split="test", limit=limit, input_size=model.input_size[1:])
-        report = evaluate(model, source, recipe=recipe, eps=eps, norm="linf", batch_size=batch_size, seed=seed,
-                          out_dir=out / config if len(configs) > 1 else out, progress=progress,
-                          args={"config": config, "recipe": recipe, "eps": list(eps), "limit": limit,
-                                "batch_size": batch_size, "seed": seed})
-        report["config"] = config
-        reports.append(report)
-    contrast = contrast_reports(reports)
-    if len(configs) > 1:
-        atomic_write_json(out / "contrast.json", contrast)
-        atomic_write_text(out / "contrast.md", "```\n" + contrast_table(contrast) + "\n```\n")
+    try:
+        with staged_output(out_dir) as out:  # the whole demo appears at once, without an earlier run's files
+            for config in configs:
+                model = load_classifier(config, ctx=ctx)
+                source = load_data("mnist-sample", split="test", limit=limit, input_size=model.input_size[1:])
+                report = evaluate(model, source, recipe=recipe, eps=eps, norm="linf", batch_size=batch_size,
+                                  seed=seed, out_dir=out / config if len(configs) > 1 else out, progress=progress,
+                                  args={"config": config, "recipe": recipe, "eps": list(eps), "limit": limit,
+                                        "batch_size": batch_size, "seed": seed})
+                report["config"] = config
+                reports.append(report)
+            contrast = contrast_reports(reports)
+            if len(configs) > 1:
+                atomic_write_json(out / "contrast.json", contrast)
+                atomic_write_text(out / "contrast.md", "```\n" + contrast_table(contrast) + "\n```\n")
+    except Interrupted as err:
+        err.hint = f"nothing partial was published in {out_dir}; the demo has no --resume, run it again"
+        raise
     return {"reports": reports, "contrast": contrast}
 
 

@@ -20,6 +20,7 @@ from gluoncv.model_zoo import get_model, model_store
 from gluon_robust.cli import main, parse_fraction
 from gluon_robust.data import load_data
 from gluon_robust.errors import ModelError
+from gluon_robust.reporting import MANIFEST_NAME
 
 # Gluon warns about the .txt file of the "folder without images" case; the error is what is checked.
 pytestmark = pytest.mark.filterwarnings("ignore:Ignoring .* of type .txt:UserWarning")
@@ -312,7 +313,7 @@ def test_attack_writes_complete_outputs(tmp_path, capsys):
     assert len(pngs) == 2 * summary["attacked"]
     assert len([p for p in pngs if p.name.endswith("_clean.png")]) == summary["attacked"]
     assert cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED).shape == (28, 28)
-    assert not [p for p in out.rglob(".*")]  # no staging or temporary files left
+    assert [p.name for p in out.rglob(".*")] == [MANIFEST_NAME]  # no staging or temporary files left
 
 
 def test_attack_eps_fraction(tmp_path, capsys):
@@ -353,7 +354,7 @@ def test_demo_writes_a_report(tmp_path, capsys):
     assert names[:3] == ["pgd-40", "apgd-ce", "apgd-t"]
     assert "clean" in captured.out and "pgd-40" in captured.out and "apgd-ce" in captured.out
     assert {"report.json", "report.md", "report.html"} <= {p.name for p in out.iterdir()}
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "staging leftovers"
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [MANIFEST_NAME], "staging leftovers"
 
 
 def test_demo_contrasts_the_standard_and_the_pgd_at_models(tmp_path, capsys):

@@ -18,6 +18,7 @@ from gluon_robust.cli import main
 from gluon_robust.data import ArraySource
 from gluon_robust.distributed import JobFailed, Reducer, WorkerInfo, check_kvstore, launch
 from gluon_robust.errors import ConfigError
+from gluon_robust.reporting import MANIFEST_NAME
 from gluon_robust.training import PGDAT
 from gluon_robust.training.checkpoint import structural_params
 from gluon_robust.training.loop import TrainConfig, train_adversarial
@@ -273,4 +274,4 @@ def test_launched_train_script_writes_once_with_the_job_shape(tmp_path):
     assert metrics["metrics_over"] == "all workers"
     assert Path(metrics["outputs"]["params"]).is_file() and Path(metrics["outputs"]["config"]).is_file()
     assert sorted(p.name for p in save.iterdir()) == sorted(
-        ["checkpoint", "metrics.json", "cifar_resnet20_v1_pgd-at.params", "cifar_resnet20_v1_pgd-at.yaml"])
+        [MANIFEST_NAME, "checkpoint", "metrics.json", "cifar_resnet20_v1_pgd-at.params", "cifar_resnet20_v1_pgd-at.yaml"])

@@ -19,6 +19,7 @@ from gluon_robust.evaluation.report import comparable
 from gluon_robust.evaluation.sanity import SanityWarning, report_warnings
 from gluon_robust.evaluation.state import STATE_NAME, StateFile
 from gluon_robust.model import load_classifier
+from gluon_robust.reporting import MANIFEST_NAME
 
 
 class _Head(gluon.HybridBlock):
@@ -185,7 +186,8 @@ def test_resume_after_an_interruption_gives_the_same_report(plain, tmp_path, mon
 def test_report_files(plain, tmp_path):
     report = _quiet(evaluate, plain, _source(plain, n=12), attacks=["pgd"], eps=[0.1, 0.3], batch_size=12,
                     out_dir=tmp_path, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["examples.npz", "report.html", "report.json", "report.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST_NAME, "examples.npz", "report.html", "report.json",
+                                                          "report.md"]
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "<script" not in html and "src=\"http" not in html
     assert "worst case" in (tmp_path / "report.md").read_text().lower()

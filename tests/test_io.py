@@ -20,7 +20,7 @@ from gluon_robust.io import (
     atomic_write_text,
     sha256_of,
 )
-from gluon_robust.reporting import format_table, save_png, staged_output
+from gluon_robust.reporting import MANIFEST_NAME, format_table, save_png, staged_output
 
 
 def listing(root: Path) -> dict:
@@ -161,8 +161,9 @@ def test_staged_output_moves_everything_on_success(tmp_path):
         (stage / "images").mkdir()
         (stage / "images" / "a.png").write_bytes(b"png")
         assert not (out / "summary.json").exists()  # invisible until the block succeeds
-    assert listing(out) == {"keep.txt": b"kept", "summary.json": b"{}", "images/a.png": b"png"}
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    files = listing(out)
+    assert json.loads(files.pop(MANIFEST_NAME)) == {"outputs": ["images", "summary.json"]}  # keep.txt is not ours
+    assert files == {"keep.txt": b"kept", "summary.json": b"{}", "images/a.png": b"png"}  # no staging left
 
 
 def test_staged_output_exception_leaves_the_out_dir_untouched(tmp_path):

@@ -165,7 +165,7 @@ _HELP = "Certified L2 accuracy of a model under randomized smoothing (Cohen et a
 @command("certify", _HELP)(_configure_certify)
 def run_certify(args: argparse.Namespace) -> int:
     from ..io import atomic_write_json
-    from ..reporting import versions
+    from ..reporting import staged_output, versions
 
     _check_options(args.sigma, args.n0, args.n, args.alpha, args.radii, args.batch_size)
     if args.limit is not None:
@@ -180,8 +180,9 @@ def run_certify(args: argparse.Namespace) -> int:
     report["args"] = {k: ([str(c) for c in v] if k == "ctx" else list(v) if isinstance(v, tuple) else v)
                       for k, v in sorted(vars(args).items())}
     report["versions"] = versions()
+    with staged_output(args.out) as stage:  # replaces an earlier run's outputs in --out
+        atomic_write_json(stage / "certify.json", report)
     path = Path(args.out) / "certify.json"
-    atomic_write_json(path, report)
     logger.info("wrote %s", path)
     emit(f"{report['model']}\n{report['data']}: {report['n_points']} samples, sigma {report['sigma']:g}, "
          f"n0 {report['n0']}, n {report['n']}, alpha {report['alpha']:g}; abstained on "

@@ -100,6 +100,7 @@ def _write_csv(path: Path, rows: list) -> None:
 def run_detect(args: argparse.Namespace) -> int:
     from ..detection import DETECTORS, detector_from_spec, load_detector, parse_spec
     from ..io import atomic_write_json
+    from ..reporting import staged_output
 
     start = time.perf_counter()
     fpr = float(args.fpr)
@@ -141,7 +142,8 @@ def run_detect(args: argparse.Namespace) -> int:
         "flagged": int(sum(r["flag"] for r in rows)), "calibration": calibration,
         "seconds": round(time.perf_counter() - start, 3),
     }
-    _write_csv(out / "detections.csv", rows)
-    atomic_write_json(out / "detections.json", dict(summary, inputs=rows))
+    with staged_output(out) as stage:  # replaces an earlier run's outputs in --out
+        _write_csv(stage / "detections.csv", rows)
+        atomic_write_json(stage / "detections.json", dict(summary, inputs=rows))
     emit(json.dumps({k: summary[k] for k in ("detector", "threshold", "target_fpr", "n", "flagged")}, indent=2))
     return 0

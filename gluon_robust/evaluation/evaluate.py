@@ -27,12 +27,13 @@ import numpy as np
 from ..data import DataSource
 from ..errors import ConfigError
 from ..integrity import load_npz, refuse_pickle
-from ..reporting import staged_output, versions
+from ..interrupts import set_hint
+from ..reporting import prepare_output_dir, staged_output, versions
 from . import sanity
 from .recipes import build_attacks, custom_recipe, describe, get_recipe
 from .report import EXAMPLE_KEYS, empty_examples, write_report
 from .robustness import RobustnessResult, evaluate_attacks
-from .state import StateFile
+from .state import STATE_NAME, StateFile
 
 __all__ = ["evaluate", "merge_reports", "parse_shard", "shard_slice"]
 
@@ -205,13 +206,19 @@ def evaluate(
             "batch_size": batch_size, "data": source.name, "n": len(source), "shard": shard_info,
             "model": model.describe() if hasattr(model, "describe") else type(model).__name__,
         }
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        prepare_output_dir(out_dir)
         checkpoint = StateFile(out_dir, fingerprint, resume=resume, extra_state=(examples.get, examples.set))
 
     logger.info("evaluate: recipe %s, %s eps %s, %d samples, stages %s", recipe_name, norm, eps, len(source),
                 [label for label, _ in built])
-    result = evaluate_attacks(model, source, built, batch_size=batch_size, cascade=True, on_batch=examples,
-                              progress=progress, checkpoint=checkpoint)
+    try:
+        result = evaluate_attacks(model, source, built, batch_size=batch_size, cascade=True, on_batch=examples,
+                                  progress=progress, checkpoint=checkpoint)
+    except KeyboardInterrupt as err:
+        if checkpoint is not None and checkpoint.path.exists():
+            set_hint(err, f"the results up to the last finished batch are kept in {checkpoint.path}; "
+                          f"resume with the same command plus --resume")
+        raise
     report = _finish(result.to_report(), stages=stages, recipe=recipe_name, norm=norm, eps=eps, seed=seed,
                      skipped=skipped, measurements=measurements, probe_warnings=probe_warnings,
                      model=model.describe() if hasattr(model, "describe") else type(model).__name__,
@@ -220,9 +227,8 @@ def evaluate(
                      defense=_defense(model, built))
     sanity.emit(report["warnings"])
     if out_dir is not None:
-        with staged_output(out_dir) as stage:
+        with staged_output(out_dir, replaces=(STATE_NAME,)) as stage:  # the finished run's state goes with it
             write_report(stage, report, examples.get(), bounds=tuple(report["bounds"]))
-        checkpoint.remove()
         logger.info("report: %s", Path(out_dir) / "report.html")
     return report
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,11 +56,12 @@ from ..attacks.pgd import PGD
 from ..config import ModelConfig, family_defaults, load_config
 from ..data import DataSource, load_data
 from ..distributed import Reducer, WorkerInfo, check_kvstore, create_kvstore
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, TrainingDiverged
 from ..evaluation.robustness import evaluate_attacks
+from ..interrupts import Interrupted, deferred, set_hint
 from ..io import atomic_write_json
 from ..model import Classifier, load_classifier
-from ..reporting import versions
+from ..reporting import record_outputs, versions
 from . import TRAINING_METHODS, make_method
 from .adversarial import AdversarialMethod, TrainingMethod, check_choice
 from .batchnorm import ATTACK_BN_MODES, folded_copy, recalibrate_batchnorm
@@ -84,6 +86,24 @@ _RESUMABLE = frozenset({"resume", "progress", "epochs", "checkpoint_every", "kvs
 def step_seed(seed: int, epoch: int, step: int, replay: int = 0) -> int:
     """The MXNet seed of one training step, derived from the run's seed and the position."""
     return int(np.random.SeedSequence([seed, epoch, step, replay]).generate_state(1)[0] % (2 ** 31 - 1))
+
+
+def _position(epoch: int, step: int) -> str:
+    """A loop position for the user: ``epoch 2, step 3`` (the steps done in that epoch), or ``the end of epoch 1``."""
+    if step == 0:
+        return f"the end of epoch {epoch}" if epoch > 0 else "the start of training"
+    return f"epoch {epoch + 1}, step {step}"
+
+
+def _nonfinite_params(net: gluon.Block) -> List[str]:
+    """Structural names of the parameters (any context's copy) holding NaN or infinite values."""
+    bad = []
+    for name, param in sorted(structural_params(net).items()):
+        if param._data is None:  # noqa: SLF001 -- not initialised yet: nothing to save
+            continue
+        if not all(np.isfinite(param.data(c).asnumpy()).all() for c in param.list_ctx()):
+            bad.append(name)
+    return bad
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -364,6 +384,7 @@ def train_adversarial(
     progress = progress and info.is_root
     manager = CheckpointManager(checkpoint_dir) if checkpoint_dir is not None else None
     start_epoch, start_step, loss_sum, seen, elapsed = 0, 0, 0.0, 0, 0.0
+    kept: Optional[Tuple[int, int]] = None  # (epoch, step) of this run's checkpoint on disk
     checkpoint = manager.load() if (manager is not None and resume) else None
     if checkpoint is not None:
         state = checkpoint.state
@@ -381,6 +402,7 @@ def train_adversarial(
             best = {k[len("guard/"):]: v for k, v in arrays.items() if k.startswith("guard/")}
             guard.load_state_dict(state["guard"], best or None)
         start_epoch, start_step = int(state["epoch"]), int(state["step"])
+        kept = (start_epoch, start_step)
         loss_sum, seen = float(state["loss_sum"]), int(state["seen"])
         elapsed = float(state["seconds"])
         run.epochs = list(state["epochs"])
@@ -401,9 +423,25 @@ def train_adversarial(
         logger.info("worker %d of %d (%s): %d of every %d samples per step", info.rank, info.num_workers, kvstore,
                     len(np.array_split(np.arange(batch_size), info.num_workers)[info.rank]), batch_size)
 
+    def kept_message() -> str:
+        if manager is None:
+            return "no checkpoint directory was given"
+        if kept is None:
+            return f"no checkpoint of this run was written to {checkpoint_dir}"
+        return f"the checkpoint of {_position(*kept)} is kept in {checkpoint_dir}"
+
     def save(epoch: int, step: int) -> None:
-        """Checkpoint (rank 0 writes; every worker must call it, as it synchronises them)."""
-        nonlocal loss_sum, seen
+        """Checkpoint (rank 0 writes; every worker must call it, as it synchronises them).
+
+        Refuses (TrainingDiverged) to save parameters that are not all finite.
+        """
+        nonlocal loss_sum, seen, kept
+        bad = _nonfinite_params(net)
+        if bad:
+            raise TrainingDiverged(
+                f"training diverged: parameters {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} became NaN or "
+                f"infinite by {_position(epoch, step)}; they were not saved and {kept_message()}; "
+                f"train again with a lower --lr (now {trainer.learning_rate:g})")
         if manager is None:
             return
         if reducer.active:
@@ -426,81 +464,121 @@ def train_adversarial(
             "fingerprint": fingerprint,
         }
         manager.save(net, trainer, state, arrays)
+        kept = (epoch, step)
 
-    for epoch in range(start_epoch, epochs):
-        if run.stopped_early:
-            break
-        trainer.set_learning_rate(_lr_at(epoch, lr, lr_decay_epochs, lr_decay))
-        order = epoch_order(seed, epoch, n)
-        first_step = start_step if epoch == start_epoch else 0
-        if first_step == 0:
-            loss_sum, seen = 0.0, 0
-        bar = tqdm(range(first_step, steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
-                   leave=False, initial=first_step, total=steps_per_epoch)
-        tic = time.perf_counter()
-        for step in bar:
-            if curriculum is not None:
-                eps, k = curriculum.at(epoch + step / steps_per_epoch)
-                method.set_budget(eps=eps, steps=k)
-            batch = order[step * batch_size: (step + 1) * batch_size]
-            if info.num_workers > 1:
-                batch_count, batch = len(batch), np.array_split(batch, info.num_workers)[info.rank]
-            else:
-                batch_count = len(batch)
-            x_np, y_np = train.subset(batch).arrays()
-            xs = gluon.utils.split_and_load(nd.array(x_np, dtype="float32"), ctx, even_split=False)
-            ys = gluon.utils.split_and_load(nd.array(y_np, dtype="float32"), ctx, even_split=False)
-            for replay in range(method.replays):
-                mx.random.seed(step_seed(seed, epoch, step, replay))
-                with autograd.record(train_mode=True):
-                    losses = [method(model, xi, yi) for xi, yi in zip(xs, ys)]
-                autograd.backward(losses)
-                trainer.step(batch_count)  # the global batch: dist_sync sums the gradients of all workers
-            loss_sum += sum(float(l.sum().asscalar()) for l in losses)
-            seen += len(y_np)
-            run.global_step += 1
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", eps=f"{getattr(method, 'eps', 0.0):.3g}")
-            if checkpoint_every and run.global_step % checkpoint_every == 0 and step + 1 < steps_per_epoch:
-                elapsed += time.perf_counter() - tic
-                tic = time.perf_counter()
-                save(epoch, step + 1)
-            if on_step is not None:
-                on_step(epoch, step, run.global_step)
-        bar.close()
-        elapsed += time.perf_counter() - tic
-        epoch_loss, epoch_seen = (reducer.sum([loss_sum, seen]) if reducer.active else (loss_sum, seen))
-        _average_running_stats(net, ctx, reducer)
-        metrics: Dict[str, Any] = {
-            "epoch": epoch + 1, "train_loss": float(epoch_loss) / max(epoch_seen, 1), "lr": trainer.learning_rate,
-            "eps": float(getattr(method, "eps", 0.0)), "steps": int(getattr(method, "steps", 0)),
-            "seconds": round(elapsed, 3),
-        }
-        if bn_stats == "clean":
-            clean = [train.subset(order[i * batch_size: (i + 1) * batch_size]).arrays()[0]
-                     for i in range(min(_RECALIBRATION_BATCHES, steps_per_epoch))]
-            recalibrate_batchnorm(model, clean, ctx)
-        if val is not None and (reducer.active or info.is_root):
+    # The in-memory state equals the checkpoint save(*position) would write: steps, and an epoch's end with its
+    # validation and guard, run with SIGINT/SIGTERM held (see gluon_robust.interrupts), so an interruption
+    # lands between them and is saved there; BatchNorm recalibration is idempotent and validation changes nothing.
+    position: Tuple[int, int] = (start_epoch, start_step)
+    tic: Optional[float] = None
+    try:
+        for epoch in range(start_epoch, epochs):
+            if run.stopped_early:
+                break
+            trainer.set_learning_rate(_lr_at(epoch, lr, lr_decay_epochs, lr_decay))
+            order = epoch_order(seed, epoch, n)
+            first_step = start_step if epoch == start_epoch else 0
+            if first_step == 0:
+                loss_sum, seen = 0.0, 0
+            bar = tqdm(range(first_step, steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
+                       leave=False, initial=first_step, total=steps_per_epoch)
             tic = time.perf_counter()
-            metrics.update(_validate_workers(model, val, ctx[0], info, reducer, eps=val_eps, steps=val_steps,
-                                             norm=norm, batch_size=batch_size))
-            run.validation_seconds += time.perf_counter() - tic
-            if guard is not None:
-                verdict = guard.update(epoch, metrics["pgd_accuracy"], params=structural_params(net))
-                metrics["guard"] = verdict
-                if verdict == "collapse" and guard.on_collapse != "warn":
-                    if guard.on_collapse == "rollback":
-                        guard.restore(structural_params(net))
-                        metrics["rolled_back_to_epoch"] = guard.best_epoch + 1
-                    run.stopped_early = (f"catastrophic overfitting after epoch {epoch + 1} "
-                                         f"({guard.on_collapse}, best epoch {guard.best_epoch + 1})")
-        (progress_logger.info if info.is_root else logger.debug)("epoch %d/%d: %s", epoch + 1, epochs, ", ".join(
-            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if k != "epoch"))
-        run.epochs.append(metrics)
-        loss_sum, seen = 0.0, 0
-        run.seconds = elapsed
-        save(epoch + 1, 0)
-        if on_epoch is not None:
-            on_epoch(run)
+            for step in bar:
+                with deferred():
+                    if curriculum is not None:
+                        eps, k = curriculum.at(epoch + step / steps_per_epoch)
+                        method.set_budget(eps=eps, steps=k)
+                    batch = order[step * batch_size: (step + 1) * batch_size]
+                    if info.num_workers > 1:
+                        batch_count, batch = len(batch), np.array_split(batch, info.num_workers)[info.rank]
+                    else:
+                        batch_count = len(batch)
+                    x_np, y_np = train.subset(batch).arrays()
+                    xs = gluon.utils.split_and_load(nd.array(x_np, dtype="float32"), ctx, even_split=False)
+                    ys = gluon.utils.split_and_load(nd.array(y_np, dtype="float32"), ctx, even_split=False)
+                    for replay in range(method.replays):
+                        mx.random.seed(step_seed(seed, epoch, step, replay))
+                        with autograd.record(train_mode=True):
+                            losses = [method(model, xi, yi) for xi, yi in zip(xs, ys)]
+                        autograd.backward(losses)
+                        trainer.step(batch_count)  # the global batch: dist_sync sums the gradients of all workers
+                    step_loss = sum(float(l.sum().asscalar()) for l in losses)  # the step's one sync
+                    if not math.isfinite(step_loss):
+                        raise TrainingDiverged(
+                            f"training diverged: the loss became {step_loss} at epoch {epoch + 1}, step {step + 1} "
+                            f"(global step {run.global_step + 1}); the parameters were not saved and "
+                            f"{kept_message()}; train again with a lower --lr (now {trainer.learning_rate:g})")
+                    loss_sum += step_loss
+                    seen += len(y_np)
+                    run.global_step += 1
+                    position = (epoch, step + 1)
+                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", eps=f"{getattr(method, 'eps', 0.0):.3g}")
+                    if checkpoint_every and run.global_step % checkpoint_every == 0 and step + 1 < steps_per_epoch:
+                        elapsed += time.perf_counter() - tic
+                        tic = time.perf_counter()
+                        save(epoch, step + 1)
+                if on_step is not None:
+                    on_step(epoch, step, run.global_step)
+            bar.close()
+            elapsed += time.perf_counter() - tic
+            tic = None
+            epoch_loss, epoch_seen = (reducer.sum([loss_sum, seen]) if reducer.active else (loss_sum, seen))
+            _average_running_stats(net, ctx, reducer)
+            metrics: Dict[str, Any] = {
+                "epoch": epoch + 1, "train_loss": float(epoch_loss) / max(epoch_seen, 1), "lr": trainer.learning_rate,
+                "eps": float(getattr(method, "eps", 0.0)), "steps": int(getattr(method, "steps", 0)),
+                "seconds": round(elapsed, 3),
+            }
+            if bn_stats == "clean":
+                clean = [train.subset(order[i * batch_size: (i + 1) * batch_size]).arrays()[0]
+                         for i in range(min(_RECALIBRATION_BATCHES, steps_per_epoch))]
+                recalibrate_batchnorm(model, clean, ctx)
+            validated = val is not None and (reducer.active or info.is_root)
+            if validated:
+                started = time.perf_counter()
+                metrics.update(_validate_workers(model, val, ctx[0], info, reducer, eps=val_eps, steps=val_steps,
+                                                 norm=norm, batch_size=batch_size))
+                validation_seconds = time.perf_counter() - started
+            with deferred():
+                if validated:
+                    run.validation_seconds += validation_seconds
+                if validated and guard is not None:
+                    verdict = guard.update(epoch, metrics["pgd_accuracy"], params=structural_params(net))
+                    metrics["guard"] = verdict
+                    if verdict == "collapse" and guard.on_collapse != "warn":
+                        if guard.on_collapse == "rollback":
+                            guard.restore(structural_params(net))
+                            metrics["rolled_back_to_epoch"] = guard.best_epoch + 1
+                        run.stopped_early = (f"catastrophic overfitting after epoch {epoch + 1} "
+                                             f"({guard.on_collapse}, best epoch {guard.best_epoch + 1})")
+                (progress_logger.info if info.is_root else logger.debug)("epoch %d/%d: %s", epoch + 1, epochs, ", ".join(
+                    f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if k != "epoch"))
+                run.epochs.append(metrics)
+                loss_sum, seen = 0.0, 0
+                run.seconds = elapsed
+                save(epoch + 1, 0)
+                position = (epoch + 1, 0)
+            if on_epoch is not None:
+                on_epoch(run)
+    except KeyboardInterrupt as err:
+        # Save where the run stands, unless the signal cut a step short (a repeated signal, or a plain
+        # KeyboardInterrupt without the CLI's handlers) or other workers would have to take part.
+        if (isinstance(err, Interrupted) and not err.forced and manager is not None and info.is_root
+                and not reducer.active and position != (kept or (0, 0))):
+            if tic is not None:
+                elapsed += time.perf_counter() - tic
+            run.seconds = elapsed
+            with deferred():
+                save(*position)
+            logger.info("interrupted: saved a checkpoint at %s", _position(*position))
+        if manager is None:
+            set_hint(err, "no checkpoint directory was given, so there is nothing to resume")
+        elif kept is None:
+            set_hint(err, f"no checkpoint was written to {checkpoint_dir} yet; run the command again")
+        else:
+            set_hint(err, f"the checkpoint of {_position(*kept)} is kept in {checkpoint_dir}; "
+                          f"resume with the same command plus --resume")
+        raise
     run.seconds = elapsed
     return run
 
@@ -770,7 +848,15 @@ def run_training(cfg: TrainConfig, *, on_step: Optional[Callable[[int, int, int]
     metrics = metrics_of(run, final=True)
     metrics["outputs"] = {"config": str(config_path), "params": str(config_path.with_suffix(".params"))}
     if run.rank == 0:  # the only writer of a distributed job
+        bad = _nonfinite_params(model.net)
+        if bad:
+            raise TrainingDiverged(f"training diverged: parameters {', '.join(bad[:3])} are NaN or infinite at the "
+                                   f"end; {cfg.run_name}.params was not written; train again with a lower --lr "
+                                   f"(now {cfg.lr:g})")
         config_path = save_trained(model, config, save_dir, cfg.run_name)
         atomic_write_json(save_dir / "metrics.json", metrics)
+        # The run's outputs replace an earlier run's in --save-dir (another --name's weights, say).
+        record_outputs(save_dir, [config_path.name, config_path.with_suffix(".params").name, "metrics.json"]
+                       + (["checkpoint"] if (save_dir / "checkpoint").exists() else []))
         logger.info("saved %s and %s", config_path, save_dir / "metrics.json")
     return metrics
