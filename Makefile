@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 ART_VENV := benchmarks/.venv-art
 
-.PHONY: demo test test-all bench bench-art install clean
+.PHONY: demo test test-all bench bench-art reliability install clean
 
 $(STAMP): setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,9 +25,20 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The slow tests too (strength checks on the reference model, long runs).
+# The slow tests too (strength checks on the reference model, long runs), and a 10x fuzz budget.
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+	GLUON_ROBUST_FUZZ_SCALE=10 $(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+
+# The reliability table: every bad-input, file-safety, fault and fuzz case counted (FUZZ_SCALE x the default
+# budget, fresh random cases), written to benchmarks/results/reliability.json and README.md.
+FUZZ_SCALE ?= 25
+RELIABILITY_LOG := runs/reliability.jsonl
+reliability: $(STAMP)
+	mkdir -p runs && rm -f $(RELIABILITY_LOG)
+	GLUON_ROBUST_RELIABILITY_LOG=$(CURDIR)/$(RELIABILITY_LOG) GLUON_ROBUST_FUZZ_SCALE=$(FUZZ_SCALE) \
+		$(BIN)/python -m pytest -q tests/test_validation.py tests/test_file_safety.py tests/test_faults.py tests/test_fuzz.py
+	$(BIN)/python benchmarks/reliability_table.py --log $(RELIABILITY_LOG) --out benchmarks/results \
+		--readme README.md --scale $(FUZZ_SCALE)
 
 # Speed and memory benchmarks (JSON in benchmarks/results, tables on stderr).
 bench: $(STAMP)

@@ -35,7 +35,7 @@ setup(
     extras_require={
         "cpu": ["mxnet==1.9.1"],
         "gpu": ["mxnet-cu112==1.9.1"],
-        "test": ["pytest>=7", "mlxtend<0.24", "scikit-image<0.22"],
+        "test": ["pytest>=7", "hypothesis>=6.100", "mlxtend<0.24", "scikit-image<0.22"],
     },
     entry_points={"console_scripts": ["gluon-robust=gluon_robust.cli:main"]},
     classifiers=[

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from fractions import Fraction
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError, GluonRobustError
+from .validation import flag_message
 
-__all__ = ["main", "emit", "parse_fraction", "parse_floats", "parse_ctx", "setup_logging", "build_parser"]
+__all__ = ["main", "emit", "parse_fraction", "parse_count", "parse_floats", "check_common_args", "parse_ctx", "setup_logging", "build_parser"]
 
 logger = logging.getLogger("gluon_robust")
 
@@ -24,12 +26,30 @@ PROG = "gluon-robust"
 
 # ---------------------------------------------------------------- value parsers
 def parse_fraction(text: str) -> float:
-    """Parse ``0.03``, ``8/255`` or ``1e-2`` into a float."""
+    """Parse ``0.03``, ``8/255`` or ``1e-2`` into a finite float (NaN and infinities are refused)."""
     try:
         value = float(Fraction(str(text).strip())) if "/" in str(text) else float(text)
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):
         raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
     return value
+
+
+def parse_count(text: str) -> int:
+    """Parse a whole number: ``1000``, ``1_000`` or ``1e3`` (exact integers only; ``1.5`` is refused)."""
+    cleaned = str(text).strip().replace("_", "")
+    try:
+        return int(cleaned)
+    except ValueError:
+        pass
+    try:
+        value = Fraction(cleaned)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value.denominator != 1:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    return int(value)
 
 
 def parse_floats(text: str) -> Tuple[float, ...]:
@@ -129,6 +149,31 @@ def add_run_args(parser: argparse.ArgumentParser, out_default: Optional[str] = N
     group.add_argument("--out", default=out_default, required=out_default is None, help="output directory")
 
 
+def check_common_args(args: argparse.Namespace) -> None:
+    """Validate the flags many commands share, before any of them starts work.
+
+    ``--ctx`` (a device list) must name devices of this machine, and only one
+    unless the command trains data-parallel; ``--out`` must be a writable
+    directory; counts must be positive and ``--seed`` non-negative.
+    """
+    from .validation import check_contexts, check_int, check_out_dir
+
+    for name in ("batch_size", "limit", "steps", "restarts", "max_queries", "eot_samples", "fit_limit"):
+        value = getattr(args, name, None)
+        if value is not None:
+            check_int(name, value)
+    for name in ("max_examples", "max_images"):  # 0: none shown
+        value = getattr(args, name, None)
+        if value is not None:
+            check_int(name, value, minimum=0)
+    if getattr(args, "seed", None) is not None:
+        check_int("seed", args.seed, minimum=0, maximum=2 ** 32 - 1)
+    if isinstance(getattr(args, "ctx", None), list):
+        check_contexts("ctx", args.ctx, multiple=False)
+    if hasattr(args, "out") and args.out is not None:
+        check_out_dir("out", args.out)
+
+
 def model_from_args(args: argparse.Namespace):
     """Build the Classifier the model flags describe."""
     from .config import load_config
@@ -205,7 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
         child.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
         child.add_argument("-v", "--verbose", action="store_true", help="show progress logs")
         configure(child)
+        _FLAGS[name] = frozenset(child._option_string_actions)  # noqa: SLF001 -- argparse keeps no public list
     return parser
+
+
+#: Each subcommand's option strings, so that errors can name the flag a bad value came from.
+_FLAGS: Dict[str, frozenset] = {}
 
 
 def _signals_as_interrupts():
@@ -228,18 +278,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``gluon-robust``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    command_name = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
         setup_logging(args.debug, args.verbose)
         logger.debug("arguments: %s", vars(args))
+        command_name = args.command
+        check_common_args(args)
         with _signals_as_interrupts():
             return COMMANDS[args.command][1](args)
     except GluonRobustError as err:
         if debug:
             raise
         _close_progress_bars()
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        message = flag_message(err, _FLAGS.get(command_name, ())).replace("\n", " ")
+        print(f"{PROG}: error: {message}", file=sys.stderr)
         return int(getattr(err, "exit_code", 2))  # 2, or the status the error carries (a launched job's)
     except KeyboardInterrupt as err:
         return _interrupted(err)

@@ -15,6 +15,7 @@ classifier that takes pixel inputs::
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -55,6 +56,8 @@ def _floats(name: str, value: Any) -> Tuple[float, ...]:
         raise ConfigError(f"{name} must be a number or a list of numbers, got {value!r}") from None
     if not out:
         raise ConfigError(f"{name} must not be empty")
+    if not all(math.isfinite(v) for v in out):
+        raise ConfigError(f"{name} must hold finite numbers, got {value!r}")
     return out
 
 
@@ -187,6 +190,10 @@ def load_config(path_or_name: str | os.PathLike) -> ModelConfig:
         raise ConfigError(f"config {path} has unknown keys {unknown}; valid keys are {', '.join(_KEYS)}")
     if "model" not in raw:
         raise ConfigError(f"config {path} has no 'model' key")
+    if not isinstance(raw["model"], str) or not raw["model"].strip():
+        raise ConfigError(f"config {path}: model must be a gluoncv.model_zoo name, got {raw.get('model')!r}")
+    if raw.get("params") is not None and not isinstance(raw["params"], str):
+        raise ConfigError(f"config {path}: params must be a file path, got {raw['params']!r}")
     values = dict(family_defaults(str(raw["model"])))
     values.update({k: v for k, v in raw.items() if v is not None})
     params = values.get("params")

@@ -42,6 +42,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import ConfigError, GluonRobustError
+from .validation import check_host, check_int, check_positive
 
 __all__ = [
     "KVSTORE_TYPES", "DIST_KVSTORE_TYPES", "check_kvstore", "create_kvstore", "worker_info", "WorkerInfo",
@@ -346,10 +347,12 @@ def launch(
     for name, value in (("num_workers", num_workers), ("num_servers", num_servers)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    if timeout is not None and not timeout > 0:
-        raise ConfigError(f"timeout must be positive, got {timeout!r}")
-    if port is not None and not 0 < int(port) < 65536:
-        raise ConfigError(f"port must be in 1..65535, got {port!r}")
+    if timeout is not None:
+        check_positive("timeout", timeout)
+    check_positive("grace", grace, allow_zero=True)
+    if port is not None:
+        check_int("port", port, minimum=1, maximum=65535)
+    host = check_host("host", host)
     port = int(port) if port is not None else free_port(host)
     base = dict(os.environ)
     base.update(env or {})

@@ -42,8 +42,12 @@ class _AdversarialSink:
 
     def __call__(self, k: int, batch: Any, result: Any, attacked: np.ndarray) -> None:
         x_adv = batch.x.copy()
-        x_adv[attacked] = result.x_adv
         rows = np.arange(self._pos, self._pos + len(batch.y))
+        self._pos += len(batch.y)
+        if result is None:  # nothing in this batch was attacked: its clean inputs stand
+            self.writer.write(x_adv)
+            return
+        x_adv[attacked] = result.x_adv
         self.success[rows[attacked]] = result.success
         self.adv_pred[rows[attacked]] = result.predictions
         if result.targets is not None:
@@ -56,7 +60,6 @@ class _AdversarialSink:
                 stem = f"{int(batch.index[j]):06d}_label{int(batch.y[j])}"
                 save_png(self.images_dir / f"{stem}_clean.png", batch.x[j], self.bounds)
                 save_png(self.images_dir / f"{stem}_adv_pred{int(self.adv_pred[rows[j]])}.png", x_adv[j], self.bounds)
-        self._pos += len(batch.y)
 
 
 def run_attack_job(
@@ -120,6 +123,8 @@ def run_attack_job(
             "robust_accuracy": outcome.robust_accuracy(result.correct),
             "success_rate": float(sink.success[attacked].mean()) if attacked.any() else 0.0,
             "attacked": int(attacked.sum()),
+            # correctly classified samples a fixed --target left out because it is their own label
+            "not_attacked_target_is_label": int((result.correct & ~attacked).sum()) if target_mode is not None else 0,
             "seconds": round(seconds, 3),
             "max_perturbation": float(np.nanmax(outcome.distance)) if attacked.any() else 0.0,
             "median_perturbation": float(np.nanmedian(outcome.distance[sink.success])) if sink.success.any() else None,

@@ -134,7 +134,7 @@ ERROR_CASES: Dict[str, tuple] = {
     ),
     "negative_eps": (lambda t: {"eps": "-0.1"}, r"eps must be .*0, got -0\.1"),
     "unknown_attack": (lambda t: {"attack": "pgdd"}, r"unknown attack 'pgdd' \(did you mean pgd\b.*\); valid names: .*pgd"),
-    "zero_limit": (lambda t: {"limit": "0"}, r"limit must be a positive integer"),
+    "zero_limit": (lambda t: {"limit": "0"}, r"--limit must be an integer >= 1, got 0"),
     "fractional_input_size": (lambda t: {"input_size": "1,28.5,28"}, r"input_size must be .*positive integers"),
     "pretrained_not_cached": (
         lambda t: {"model": "cifar_resnet20_v1", "pretrained": "", "data": "mnist-sample"},
@@ -213,14 +213,22 @@ def test_debug_lets_the_exception_propagate(tmp_path):
         main(base_args(tmp_path / "out", params=str(tmp_path / "nope.params"), debug=""))
 
 
-def test_unexpected_failure_is_one_line_with_exit_1(tmp_path, capsys):
-    out = tmp_path / "a_file"
-    out.write_text("not a directory")
+def test_unexpected_failure_is_one_line_with_exit_1(tmp_path, capsys, monkeypatch):
+    # An --out that is a file is now refused up front (exit 2, see test_validation.py); a bug deep inside a job
+    # is the unexpected failure left to show.
+    import gluon_robust.jobs
+
+    def broken_job(*args, **kwargs):
+        raise RuntimeError("an internal failure\nwith a second line")
+
+    monkeypatch.setattr(gluon_robust.jobs, "run_attack_job", broken_job)
+    out = tmp_path / "out"
     code = main(base_args(out))
     lines = visible_lines(capsys.readouterr().err)
     assert code == 1
     assert len(lines) == 1 and lines[0].startswith("gluon-robust: error: ") and "--debug" in lines[0]
-    assert out.read_text() == "not a directory"
+    assert "RuntimeError: an internal failure" in lines[0]
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_evaluation_closes_its_progress_bar_when_a_batch_fails(monkeypatch):

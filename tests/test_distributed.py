@@ -209,7 +209,7 @@ def test_launch_command_reports_a_failed_worker_in_one_line(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["launch", "-n", "2"], "worker command after --"),
     (["launch", "-n", "0", "--", "true"], "num_workers must be a positive integer, got 0"),
-    (["launch", "-n", "1", "--port", "70000", "--", "true"], "port must be in 1..65535"),
+    (["launch", "-n", "1", "--port", "70000", "--", "true"], "--port must be an integer in 1..65535, got 70000"),
 ])
 def test_launch_bad_input_is_one_line(capsys, argv, message):
     assert main(argv) == 2

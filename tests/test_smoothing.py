@@ -298,7 +298,7 @@ def test_cli_certify_writes_a_consistent_report(tmp_path, capsys):
     ("--sigma", "0", "sigma must be > 0, got 0.0"),
     ("--sigma", "-0.5", "sigma must be > 0"),
     ("--n", "0", "n must be an integer >= 1, got 0"),
-    ("--alpha", "2", "alpha must be in"),
+    ("--alpha", "2", "alpha must be a number strictly between 0 and 1"),
     ("--radii", "0,-1", "radius must be >= 0"),
 ])
 def test_cli_certify_bad_input_is_one_line_with_exit_2(flag, value, pattern, tmp_path, capsys):

@@ -14,6 +14,7 @@ from typing import Any, Dict, List
 from ..errors import ConfigError
 
 from ..registry import Registry
+from ..validation import InvalidValue
 from .apgd import APGD
 from .bandits import Bandits
 from .boundary import BoundaryAttack
@@ -88,12 +89,17 @@ def make_attack(name: str, options: Dict[str, Any]) -> Attack:
     such as ``--steps`` given to ``fgsm``).
     """
     factory = ATTACKS.factory(name)
-    accepted = [p for p in inspect.signature(factory).parameters if p != "self"]
+    parameters = inspect.signature(factory).parameters
+    accepted = [p for p in parameters if p != "self"]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(
             f"{ATTACKS.resolve(name)} does not take {', '.join(unknown)}; it accepts {', '.join(accepted)}"
         )
+    missing = [p for p, spec in parameters.items()
+               if spec.default is inspect.Parameter.empty and spec.kind is spec.KEYWORD_ONLY and p not in options]
+    if missing:
+        raise InvalidValue(missing[0], None, f"given: {ATTACKS.resolve(name)} has no default for it")
     return factory(**options)
 
 

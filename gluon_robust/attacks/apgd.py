@@ -20,7 +20,8 @@ import mxnet as mx
 import numpy as np
 from mxnet import nd
 
-from .base import Attack, check_int, check_positive, input_gradient
+from ..validation import check_int, check_positive
+from .base import Attack, input_gradient
 from .losses import LossFn, get_loss
 
 __all__ = ["APGD", "apgd_checkpoints"]

@@ -17,8 +17,8 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, nd
 
+from ..validation import check_int
 from .apgd import APGD
-from .base import check_int
 from .losses import LossFn
 
 __all__ = ["APGDT"]

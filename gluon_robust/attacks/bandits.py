@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .base import check_int, check_positive
+from ..validation import check_int, check_positive
 from .blackbox import GradientEstimationAttack, QueryCounter, lp_distance, margin, take
 from .norms import get_norm
 

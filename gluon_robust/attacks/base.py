@@ -30,6 +30,7 @@ import numpy as np
 from mxnet import autograd, nd
 
 from ..errors import ConfigError, DataError
+from ..validation import check_int, check_labels, check_positive
 from .losses import LossFn
 from .norms import Norm, get_norm
 
@@ -40,24 +41,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ArrayLike = Union[nd.NDArray, np.ndarray]
-
-
-def check_positive(name: str, value: Any, *, allow_zero: bool = False, upper: Optional[float] = None) -> float:
-    """Validate a positive real hyperparameter; the error names it and the value received."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not np.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    if upper is not None and value > upper:
-        raise ConfigError(f"{name} must be <= {upper}, got {value!r}")
-    return float(value)
-
-
-def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
-    """Validate an integer hyperparameter ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 @dataclass
@@ -283,8 +266,13 @@ class Attack(abc.ABC):
         in_dtype = x_np.dtype
         in_ctx = ctx if is_numpy else x.context
         _check_batch(x_np, low, high, getattr(model, "input_size", None))
-        y_np = _check_labels("y", y, len(x_np), num_classes)
-        t_np = None if target is None else _check_labels("target", target, len(x_np), num_classes)
+        y_np = check_labels("y", y, num_classes, len(x_np))
+        t_np = None if target is None else check_labels("target", target, num_classes, len(x_np))
+        if t_np is not None and (t_np == y_np).any():
+            i = int(np.flatnonzero(t_np == y_np)[0])
+            raise DataError(f"target must differ from the true label: sample {i} has label {y_np[i]} and target "
+                            f"{t_np[i]} ({int((t_np == y_np).sum())} such samples); a targeted attack there would "
+                            "count a success without changing anything")
 
         n = len(x_np)
         pad = _padded(n)
@@ -364,16 +352,3 @@ def _check_batch(x: np.ndarray, low: float, high: float, input_size: Optional[Se
     tol = 1e-6 * max(1.0, high - low)
     if lo < low - tol or hi > high + tol or not np.isfinite(x).all():
         raise DataError(f"inputs must lie inside the model bounds [{low}, {high}], got values in [{lo:.4g}, {hi:.4g}]")
-
-
-def _check_labels(name: str, labels: ArrayLike, n: int, num_classes: Optional[int]) -> np.ndarray:
-    arr = labels if isinstance(labels, np.ndarray) else (labels.asnumpy() if hasattr(labels, "asnumpy") else np.asarray(labels))
-    arr = np.asarray(arr)
-    if arr.shape != (n,):
-        raise DataError(f"{name} must have shape ({n},), got {arr.shape}")
-    if not np.all(np.equal(np.mod(arr, 1), 0)):
-        raise DataError(f"{name} must hold integer class labels")
-    arr = arr.astype(np.int64)
-    if arr.min() < 0 or (num_classes is not None and arr.max() >= num_classes):
-        raise DataError(f"{name} must be class labels in [0, {num_classes}), got values in [{arr.min()}, {arr.max()}]")
-    return arr

@@ -46,7 +46,8 @@ import numpy as np
 from mxnet import autograd, nd
 
 from ..errors import ConfigError, ModelError
-from .base import Attack, AttackResult, check_int, check_positive
+from ..validation import check_int, check_positive
+from .base import Attack, AttackResult
 
 __all__ = [
     "BlackBoxAttack", "QueryCounter", "CallableModel", "QueryBudgetExceeded", "margin", "is_adversarial",

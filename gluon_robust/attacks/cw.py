@@ -27,11 +27,11 @@ import mxnet as mx
 import numpy as np
 from mxnet import nd
 
-from ..errors import ConfigError
-from .base import Attack, check_int, check_positive, input_gradient
+from ..validation import check_bool, check_int, check_positive
+from .base import Attack, input_gradient
 from .losses import LossFn, margin
 
-__all__ = ["CarliniWagnerL2", "ClampedMargin", "ConstantSearch", "EarlyAbort", "check_bool"]
+__all__ = ["CarliniWagnerL2", "ClampedMargin", "ConstantSearch", "EarlyAbort"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +50,6 @@ def _per_sample(values: nd.NDArray, like: nd.NDArray) -> nd.NDArray:
 
 def _sum_per_sample(values: nd.NDArray) -> nd.NDArray:
     return nd.sum(values.reshape((values.shape[0], -1)), axis=1)
-
-
-def check_bool(name: str, value: object) -> bool:
-    """Validate a boolean hyperparameter (``0``/``1`` or strings are refused)."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise ConfigError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 class ClampedMargin:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .base import check_positive
+from ..validation import check_positive
 from .cw import ClampedMargin
 from .gradient import IterativeGradientAttack
 

@@ -15,7 +15,8 @@ import numpy as np
 from mxnet import autograd, nd
 
 from ..errors import ConfigError
-from .base import Attack, check_int, check_positive, gradient_recording
+from ..validation import check_int, check_positive
+from .base import Attack, gradient_recording
 
 __all__ = ["DeepFool"]
 

@@ -27,8 +27,9 @@ import numpy as np
 from mxnet import nd
 
 from ..errors import ConfigError
-from .base import Attack, check_int, check_positive, input_gradient
-from .cw import ClampedMargin, ConstantSearch, EarlyAbort, check_bool
+from ..validation import check_bool, check_int, check_positive
+from .base import Attack, input_gradient
+from .cw import ClampedMargin, ConstantSearch, EarlyAbort
 from .losses import margin
 
 __all__ = ["EAD", "shrink"]

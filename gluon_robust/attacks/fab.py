@@ -18,7 +18,8 @@ import numpy as np
 from mxnet import autograd, nd
 
 from ..errors import ConfigError
-from .base import Attack, check_int, check_positive, gradient_recording
+from ..validation import check_int, check_positive
+from .base import Attack, gradient_recording
 from .norms import Norm
 
 __all__ = ["FAB", "FABT", "box_projection"]

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .base import check_int, check_positive
+from ..validation import check_int, check_positive
 from .blackbox import (
     BlackBoxAttack, QueryCounter, blend, boundary_search, is_adversarial, lp_distance, noise_start, per_sample,
     steepest_direction, take,

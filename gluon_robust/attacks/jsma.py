@@ -19,7 +19,8 @@ import numpy as np
 from mxnet import autograd, nd
 
 from ..errors import ConfigError
-from .base import Attack, check_positive, gradient_recording
+from ..validation import check_positive
+from .base import Attack, gradient_recording
 
 __all__ = ["JSMA"]
 

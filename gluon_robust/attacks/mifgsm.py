@@ -16,7 +16,7 @@ from typing import Any, Dict
 
 from mxnet import nd
 
-from .base import check_int, check_positive
+from ..validation import check_int, check_positive
 from .gradient import IterativeGradientAttack
 from .losses import LossFn
 

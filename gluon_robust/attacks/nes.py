@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from .base import check_int, check_positive
+from ..validation import check_int, check_positive
 from .blackbox import GradientEstimationAttack, QueryCounter, margin, take
 
 __all__ = ["NES"]

@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from .base import check_int, check_positive
+from ..validation import check_int, check_positive
 from .blackbox import BlackBoxAttack, QueryCounter, is_adversarial, margin, project, take
 
 __all__ = ["SimBA", "SimBADCT", "dct_matrix", "frequency_order"]

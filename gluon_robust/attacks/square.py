@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .base import check_positive
+from ..validation import check_positive
 from .blackbox import BlackBoxAttack, QueryCounter, is_adversarial, lp_distance, margin, take
 
 __all__ = ["SquareAttack", "p_schedule", "pseudo_gaussian", "square_pattern"]

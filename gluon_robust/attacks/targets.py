@@ -83,7 +83,8 @@ def choose_targets(
             raise ConfigError(f"target label {mode!r} is out of range; valid targets: {choices}")
         same = int(np.sum(y_np == label))
         if same:
-            logger.warning("target label %d equals the true label of %d of %d samples", label, same, len(y_np))
+            logger.warning("target label %d equals the true label of %d of %d samples; they are not attacked",
+                           label, same, len(y_np))
         return np.full(len(y_np), label, dtype=np.int64)
 
     key = str(mode).strip().lower().replace("_", "-") if isinstance(mode, str) else None

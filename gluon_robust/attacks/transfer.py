@@ -21,7 +21,8 @@ import numpy as np
 from mxnet import nd
 
 from ..errors import ConfigError
-from .base import check_int, check_positive, input_gradient
+from ..validation import check_int, check_positive
+from .base import input_gradient
 from .blackbox import BlackBoxAttack, QueryCounter
 from .losses import LossFn, get_loss
 

@@ -61,9 +61,10 @@ def _configure_attack(parser: argparse.ArgumentParser) -> None:
     add_model_args(parser)
     add_data_args(parser)
     add_run_args(parser)
+    parser.set_defaults(seed=None)  # None: not given, so that a --attack-option seed= can be told apart
     add_defense_args(parser)
     group = parser.add_argument_group("attack")
-    group.add_argument("--attack", required=True, help="attack name (see gluon-robust attacks)")
+    group.add_argument("--attack", required=True, help="attack name (see gluon-robust list attacks)")
     group.add_argument("--eps", type=parse_fraction, help="perturbation budget in pixel units, e.g. 8/255")
     group.add_argument("--norm", help="linf, l2 or l1")
     group.add_argument("--steps", type=int, help="iterations")
@@ -93,6 +94,14 @@ def attack_options(args: argparse.Namespace) -> Dict[str, Any]:
     return options
 
 
+def _resolve_seed(seed: Optional[int], options: Dict[str, Any]) -> int:
+    """The one seed of the run: ``--seed`` (default 0), or ``--attack-option seed=`` when only that is given."""
+    given = options.pop("seed", None)
+    if given is not None and seed is not None and given != seed:
+        raise ConfigError(f"--seed {seed} and --attack-option seed={given} differ; give the seed once, with --seed")
+    return int(seed if seed is not None else given if given is not None else 0)
+
+
 def _takes(attack: str, parameter: str) -> bool:
     """Whether the registered attack has a ``parameter`` hyperparameter."""
     import inspect
@@ -117,12 +126,15 @@ def run_attack(args: argparse.Namespace) -> int:
         eot = DefendedClassifier.eot_samples_for(chain, args.gradient, args.eot_samples)
         if eot > 1 and "eot_samples" not in options and _takes(args.attack, "eot_samples"):
             options["eot_samples"] = eot
+    seed = _resolve_seed(args.seed, options)
+    if _takes(args.attack, "seed"):
+        options["seed"] = seed
     attack = make_attack(args.attack, options)  # validate hyperparameters before loading anything
     model = defended_model(model_from_args(args), chain, args)
     source = data_from_args(args, model)
     summary = run_attack_job(
         model, source, attack, attack_name=args.attack.lower(), out_dir=args.out, batch_size=args.batch_size,
-        target_mode=(args.target or "random") if args.targeted else None, seed=args.seed,
+        target_mode=(args.target or "random") if args.targeted else None, seed=seed,
         max_images=args.max_images, options=options,
     )
     keys = ("n", "clean_accuracy", "robust_accuracy", "success_rate", "max_perturbation", "seconds")

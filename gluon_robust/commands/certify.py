@@ -25,12 +25,11 @@ import numpy as np
 from scipy.stats import norm
 from tqdm import tqdm
 
-from ..attacks.base import check_int, check_positive
 from ..cli import (
-    add_data_args, add_model_args, add_run_args, command, data_from_args, emit, model_from_args, parse_floats,
-    parse_fraction,
+    add_data_args, add_model_args, add_run_args, command, data_from_args, emit, model_from_args, parse_count,
+    parse_floats, parse_fraction,
 )
-from ..errors import ConfigError
+from ..validation import check_int, check_positive, check_probability, check_sample_count, check_source_labels
 
 __all__ = ["certify_source"]
 
@@ -47,8 +46,8 @@ def _configure_certify(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("randomized smoothing")
     group.add_argument("--sigma", type=parse_fraction, default=0.25,
                        help="noise standard deviation in pixel units, e.g. 0.25 or 64/255 (default 0.25)")
-    group.add_argument("--n0", type=int, default=100, help="selection samples per point (default 100)")
-    group.add_argument("--n", type=int, default=1000, help="estimation samples per point (default 1000)")
+    group.add_argument("--n0", type=parse_count, default=100, help="selection samples per point (default 100)")
+    group.add_argument("--n", type=parse_count, default=1000, help="estimation samples per point (default 1000)")
     group.add_argument("--alpha", type=parse_fraction, default=0.001,
                        help="failure probability of a certificate (default 0.001)")
     group.add_argument("--radii", type=parse_floats, default=_DEFAULT_RADII,
@@ -60,11 +59,10 @@ def _configure_certify(parser: argparse.ArgumentParser) -> None:
 def _check_options(sigma: Any, n0: Any, n: Any, alpha: Any, radii: Sequence[float], batch_size: Any) -> None:
     """Validate before anything is loaded; each error names the flag and the value."""
     check_positive("sigma", sigma)
-    check_int("n0", n0)
-    check_int("n", n)
+    check_sample_count("n0", n0)
+    check_sample_count("n", n)
     check_int("batch_size", batch_size)
-    if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
-        raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
+    check_probability("alpha", alpha)
     for r in radii:
         check_positive("radius", r, allow_zero=True)
 
@@ -108,6 +106,7 @@ def certify_source(
     from ..defenses.smoothing import ABSTAIN, SmoothedClassifier, certified_accuracy
 
     _check_options(sigma, n0, n, alpha, radii, batch_size)
+    check_source_labels(source, getattr(model, "num_classes", None))
     smoothed = SmoothedClassifier(model, sigma=sigma, batch_size=batch_size, clip=clip, seed=seed)
     start = time.perf_counter()
     preds, rad, plow, labels, index = [], [], [], [], []

@@ -84,6 +84,20 @@ def _fit_and_calibrate(args: argparse.Namespace, detector: Any, model: Any) -> D
     }
 
 
+def _detector_with_seed(spec: str, seed: int) -> Any:
+    """The detector of ``spec``; one that draws random numbers gets ``--seed`` unless its spec sets ``seed=``."""
+    import inspect
+
+    from ..detection import DETECTORS, make_detector, parse_spec
+
+    name, options = parse_spec(spec)
+    if "seed" in inspect.signature(DETECTORS.factory(name)).parameters:
+        given = options.setdefault("seed", seed)
+        if given != seed and seed != 0:
+            raise ConfigError(f"--seed {seed} and the detector option seed={given} differ; give the seed once")
+    return make_detector(name, options)
+
+
 def _write_csv(path: Path, rows: list) -> None:
     from ..io import atomic_write_text
 
@@ -98,7 +112,7 @@ def _write_csv(path: Path, rows: list) -> None:
 @command("detect", "Screen inputs with an adversarial-example detector calibrated to a false-positive rate.")(
     _configure_detect)
 def run_detect(args: argparse.Namespace) -> int:
-    from ..detection import DETECTORS, detector_from_spec, load_detector, parse_spec
+    from ..detection import DETECTORS, load_detector, parse_spec
     from ..io import atomic_write_json
     from ..reporting import staged_output
 
@@ -117,7 +131,7 @@ def run_detect(args: argparse.Namespace) -> int:
         if detector.name != canonical:
             raise ConfigError(f"--detector-params {params_file} holds a {detector.name} detector, not {canonical}")
     else:
-        detector = detector_from_spec(args.detector)  # validate options before loading anything
+        detector = _detector_with_seed(args.detector, args.seed)  # validate options before loading anything
     model = model_from_args(args)
     source = _open(args.data, args.split, args.limit, model, "data")
 

@@ -1,9 +1,13 @@
 """A data source over an image folder with one sub-folder per class."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+from typing import Iterator
 
+import cv2
 import mxnet as mx
 import numpy as np
 from mxnet.gluon.data.vision import ImageFolderDataset
@@ -82,6 +86,9 @@ class FolderSource(DataSource):
         """Class folder names; label ``i`` is ``classes[i]``."""
         return list(self._classes)
 
+    def _labels(self, index: np.ndarray) -> np.ndarray:
+        return np.array([self._items[i][1] for i in index], dtype=np.int64)
+
     def _load(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = np.empty((len(index), *self.sample_shape), dtype=np.float32)
         y = np.empty(len(index), dtype=np.int64)
@@ -95,7 +102,7 @@ class FolderSource(DataSource):
         """Decode, resize and centre-crop one image to float32 CHW in [0, 1]."""
         height, width = self._crop_hw
         try:
-            image = mx.image.imread(path, flag=1)
+            image = mx.nd.array(_decode_rgb(path, self.name), dtype="uint8")
             image = mx.image.resize_short(image, self._short_side, interp=_BILINEAR)
             image, _ = mx.image.center_crop(image, (width, height), interp=_BILINEAR)
             pixels = image.asnumpy()
@@ -103,3 +110,42 @@ class FolderSource(DataSource):
             raise DataError(f"{self.name}: cannot decode image file '{path}' "
                             f"({one_line(err)})") from err
         return pixels.transpose(2, 0, 1).astype(np.float32) / 255.0
+
+
+def _decode_rgb(path: str, name: str) -> np.ndarray:
+    """Decode an image file to an RGB uint8 ``(H, W, 3)`` array, exactly as ``mx.image.imread(path, flag=1)`` does.
+
+    OpenCV decodes it (MXNet's ``imread`` calls the same ``cv::imdecode``),
+    but a corrupt file gives a clean :class:`DataError`: MXNet's asynchronous
+    decoder can leave a failed allocation in its engine for a corrupt header,
+    which then prints a traceback when the process exits. libpng's own
+    complaint about the file is kept off the terminal.
+    """
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise DataError(f"{name}: cannot read image file '{path}' ({err.strerror})") from None
+    with _quiet_c_stderr():
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise DataError(f"{name}: cannot decode image file '{path}' (empty, truncated or not an image)")
+    return np.ascontiguousarray(image[:, :, ::-1])
+
+
+@contextlib.contextmanager
+def _quiet_c_stderr() -> Iterator[None]:
+    """Send what C libraries write to file descriptor 2 to /dev/null for the duration of the block."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr replaced by an object without a descriptor
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)

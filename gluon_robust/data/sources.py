@@ -89,6 +89,15 @@ class DataSource(abc.ABC):
         """Class names indexed by label, when the source knows them; else None."""
         return None
 
+    @property
+    def labels(self) -> np.ndarray | None:
+        """The labels of the samples in view, when known without decoding any image; else None."""
+        return self._labels(self._index)
+
+    def _labels(self, index: np.ndarray) -> np.ndarray | None:
+        """Labels of storage indices ``index``, for sources that hold them apart from the images."""
+        return None
+
     @abc.abstractmethod
     def _load(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Read samples from storage.
@@ -263,6 +272,9 @@ class ArraySource(DataSource):
         """Shape ``(C, H, W)`` of one image."""
         channels, height, width = self._x.shape[1:]
         return int(channels), int(height), int(width)
+
+    def _labels(self, index: np.ndarray) -> np.ndarray:
+        return self._y[index]
 
     def _load(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(self._x[index], dtype=np.float32)

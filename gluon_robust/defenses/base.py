@@ -47,10 +47,11 @@ from mxnet import autograd, gluon, nd
 
 from ..errors import ConfigError, DataError
 from ..model import predict_in_chunks
+from ..validation import check_int
 
 __all__ = [
     "Preprocessor", "DefenseChain", "DefendedClassifier", "BPDAFunction", "bpda", "GRADIENT_PATHS", "GRADIENT_MODES",
-    "DEFAULT_EOT_SAMPLES", "check_bounded_int", "check_real",
+    "DEFAULT_EOT_SAMPLES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,28 +64,6 @@ GRADIENT_PATHS = ("exact", "bpda", "eot")
 GRADIENT_MODES = ("auto", "naive", "bpda", "eot")
 #: EOT samples per gradient when a randomised chain is attacked adaptively and no number is given.
 DEFAULT_EOT_SAMPLES = 10
-
-
-def check_bounded_int(name: str, value: Any, low: int, high: Optional[int] = None) -> int:
-    """Validate an integer hyperparameter in ``[low, high]``; the ConfigError names it and the value."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (
-        high is not None and value > high
-    ):
-        span = f">= {low}" if high is None else f"in {low}..{high}"
-        raise ConfigError(f"{name} must be an integer {span}, got {value!r}")
-    return int(value)
-
-
-def check_real(name: str, value: Any, low: float, high: Optional[float] = None, *, low_open: bool = False) -> float:
-    """Validate a real hyperparameter in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating)) and np.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (high is None or value <= high)
-    if not ok:
-        left = "(" if low_open else "["
-        span = f"{'>' if low_open else '>='} {low:g}" if high is None else f"in {left}{low:g}, {high:g}]"
-        raise ConfigError(f"{name} must be a number {span}, got {value!r}")
-    return float(value)
 
 
 class Preprocessor(abc.ABC):
@@ -350,7 +329,7 @@ class DefendedClassifier(gluon.Block):
         chain = defenses if isinstance(defenses, DefenseChain) else DefenseChain(defenses)
         mode = str(gradient).strip().lower()
         chain.backwards(mode)  # validates the mode
-        samples = DEFAULT_EOT_SAMPLES if eot_samples is None else check_bounded_int("eot_samples", eot_samples, 1)
+        samples = DEFAULT_EOT_SAMPLES if eot_samples is None else check_int("eot_samples", eot_samples)
         return samples if mode == "eot" or (mode == "auto" and chain.randomized) else 1
 
     def forward(self, x: nd.NDArray) -> nd.NDArray:  # noqa: D102 (Block's contract)

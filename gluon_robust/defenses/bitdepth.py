@@ -15,7 +15,8 @@ from typing import Tuple
 
 from mxnet import nd
 
-from .base import Preprocessor, check_bounded_int
+from ..validation import check_int
+from .base import Preprocessor
 
 __all__ = ["BitDepthReduction"]
 
@@ -34,7 +35,7 @@ class BitDepthReduction(Preprocessor):
     differentiable = False
 
     def __init__(self, *, bits: int = 4) -> None:
-        self.bits = check_bounded_int("bits", bits, 1, 16)
+        self.bits = check_int("bits", bits, minimum=1, maximum=16)
 
     def transform(self, x: nd.NDArray, bounds: Tuple[float, float]) -> nd.NDArray:
         low, high = bounds

@@ -16,7 +16,8 @@ from typing import Tuple
 
 from mxnet import nd
 
-from .base import Preprocessor, check_real
+from ..validation import check_real
+from .base import Preprocessor
 
 __all__ = ["GaussianNoise"]
 

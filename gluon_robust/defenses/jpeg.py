@@ -28,7 +28,8 @@ import numpy as np
 from mxnet import nd
 
 from ..errors import ConfigError, DataError
-from .base import Preprocessor, check_bounded_int
+from ..validation import check_int
+from .base import Preprocessor
 
 __all__ = ["JPEGCompression", "quantization_tables", "differentiable_jpeg"]
 
@@ -144,7 +145,7 @@ class JPEGCompression(Preprocessor):
     differentiable = False
 
     def __init__(self, *, quality: int = 75, bpda: str = "smooth") -> None:
-        self.quality = check_bounded_int("quality", quality, 1, 100)
+        self.quality = check_int("quality", quality, minimum=1, maximum=100)
         if bpda not in ("smooth", "identity"):
             raise ConfigError(f"jpeg bpda must be 'smooth' or 'identity', got {bpda!r}")
         self.bpda = bpda

@@ -21,7 +21,8 @@ from typing import Tuple
 
 from mxnet import nd
 
-from .base import Preprocessor, check_real
+from ..validation import check_real
+from .base import Preprocessor
 
 __all__ = ["RandomResizePad"]
 

@@ -49,9 +49,9 @@ from mxnet import autograd, gluon, nd
 from scipy.stats import beta, binomtest, norm
 from tqdm import tqdm
 
-from ..attacks.base import check_int, check_positive
 from ..errors import ConfigError, DataError
 from ..model import predict_in_chunks
+from ..validation import check_int, check_positive, check_sample_count
 
 __all__ = [
     "ABSTAIN", "SmoothedClassifier", "Certification", "SoftSmoothed", "clopper_pearson_lower", "certified_accuracy",
@@ -67,6 +67,9 @@ ABSTAIN = -1
 SELECTION, ESTIMATION, PREDICTION = 0, 1, 2
 
 ArrayLike = Union[np.ndarray, nd.NDArray]
+
+#: Counts held in float32 on the device are flushed to int64 before they could pass 2**24 (exact integers).
+_EXACT_FLOAT32 = 2 ** 24
 
 
 def clopper_pearson_lower(successes: Any, trials: Any, alpha: float) -> np.ndarray:
@@ -245,11 +248,13 @@ class SmoothedClassifier:
         -------
         numpy.ndarray of int64, shape (num_classes,)
         """
-        num = check_int("num", num)
+        num = check_sample_count("num", num)
         mx.random.seed(self._point_seed(point, purpose), ctx=self.ctx)
         base = nd.array(point[None], ctx=self.ctx, dtype="float32")
         low, high = self.bounds
+        total = np.zeros(self.num_classes, np.int64)
         counts = nd.zeros((self.num_classes,), ctx=self.ctx, dtype="float32")
+        pending = 0  # samples counted on the device since the last flush; float32 counts are exact below 2**24
         remaining = num
         with autograd.pause(train_mode=False):
             while remaining > 0:
@@ -261,7 +266,11 @@ class SmoothedClassifier:
                 labels = self.model(noisy).argmax(axis=1)
                 counts = counts + nd.one_hot(labels, self.num_classes).sum(axis=0)
                 remaining -= size
-        return counts.asnumpy().round().astype(np.int64)
+                pending += size
+                if pending + self.batch_size > _EXACT_FLOAT32 or remaining == 0:
+                    total += counts.asnumpy().round().astype(np.int64)
+                    counts, pending = nd.zeros_like(counts), 0
+        return total
 
     # ----------------------------------------------------------- inference
     def predict(self, x: ArrayLike, *, n: int = 100, alpha: float = 0.001, progress: bool = False) -> np.ndarray:
@@ -284,7 +293,7 @@ class SmoothedClassifier:
         numpy.ndarray of int64, shape (N,)
             Class labels, :data:`ABSTAIN` where the test does not separate the top two classes.
         """
-        n = check_int("n", n)
+        n = check_sample_count("n", n)
         alpha = _check_alpha(alpha)
         points = self._points(x)
         out = np.full(len(points), ABSTAIN, np.int64)
@@ -315,8 +324,8 @@ class SmoothedClassifier:
         Certification
             Radius ``sigma * Phi^-1(pA_lower)``; abstains where ``pA_lower < 1/2``.
         """
-        n0 = check_int("n0", n0)
-        n = check_int("n", n)
+        n0 = check_sample_count("n0", n0)
+        n = check_sample_count("n", n)
         alpha = _check_alpha(alpha)
         points = self._points(x)
         m = len(points)

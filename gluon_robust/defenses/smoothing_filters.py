@@ -28,13 +28,14 @@ import numpy as np
 from mxnet import nd
 
 from ..errors import ConfigError
-from .base import Preprocessor, check_bounded_int, check_real
+from ..validation import check_int, check_real
+from .base import Preprocessor
 
 __all__ = ["MedianFilter", "SpatialSmoothing", "differentiable_median"]
 
 
 def _odd_size(size: int) -> int:
-    size = check_bounded_int("size", size, 3, 15)
+    size = check_int("size", size, minimum=3, maximum=15)
     if size % 2 == 0:
         raise ConfigError(f"size must be odd, got {size}")
     return size

@@ -24,7 +24,8 @@ from typing import Tuple
 
 from mxnet import autograd, nd
 
-from .base import Preprocessor, check_bounded_int, check_real
+from ..validation import check_int, check_real
+from .base import Preprocessor
 
 __all__ = ["TVMinimization", "total_variation"]
 
@@ -67,7 +68,7 @@ class TVMinimization(Preprocessor):
     def __init__(self, *, keep: float = 0.5, weight: float = 0.03, steps: int = 30, smoothing: float = 0.05) -> None:
         self.keep = check_real("keep", keep, 0.0, 1.0, low_open=True)
         self.weight = check_real("weight", weight, 0.0)
-        self.steps = check_bounded_int("steps", steps, 1, 1000)
+        self.steps = check_int("steps", steps, minimum=1, maximum=1000)
         self.smoothing = check_real("smoothing", smoothing, 0.0, low_open=True)
 
     def transform(self, x: nd.NDArray, bounds: Tuple[float, float]) -> nd.NDArray:

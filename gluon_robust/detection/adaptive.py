@@ -55,12 +55,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from mxnet import autograd, gluon, nd
 
-from ..attacks.base import _padded, _pad_rows, check_int, check_positive, gradient_recording, sample_generators
+from ..attacks.base import _padded, _pad_rows, gradient_recording, sample_generators
 from ..attacks.losses import LossFn
 from ..attacks.norms import Norm, get_norm
 from ..attacks.pgd import PGD
 from ..errors import ConfigError, DataError
-from .base import Detector, check_positive_param
+from ..validation import check_int, check_positive
+from .base import Detector
 
 __all__ = [
     "DetectorAwareClassifier", "detector_aware_loss", "AdaptiveAttack", "AdaptiveResult", "evasion_objective",
@@ -92,7 +93,7 @@ class DetectorAwareClassifier(gluon.Block):
         super().__init__()
         if detector.threshold is None:
             raise ConfigError(f"detector {detector.name} is not calibrated: call calibrate(clean_scores, fpr) first")
-        self.kappa = check_positive_param("kappa", kappa)
+        self.kappa = check_positive("kappa", kappa)
         self.model = model
         self.detector = detector
         self.bounds = model.bounds

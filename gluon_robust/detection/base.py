@@ -37,10 +37,11 @@ from ..errors import ConfigError, DataError
 from ..integrity import load_npz
 from ..io import atomic_save_npz
 from ..registry import parse_value
+from ..validation import check_probability
 
 __all__ = [
-    "Detector", "CleanData", "roc_auc", "threshold_at_fpr", "evaluate_scores", "clean_arrays", "check_fpr",
-    "check_int_param", "check_positive_param", "read_detector_file", "parse_spec", "move_to",
+    "Detector", "CleanData", "roc_auc", "threshold_at_fpr", "evaluate_scores", "clean_arrays",
+    "read_detector_file", "parse_spec", "move_to",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,29 +55,6 @@ _NET_PREFIX = "net/"
 
 
 # ------------------------------------------------------------------ validation
-def check_positive_param(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    """A finite positive real hyperparameter; ConfigError naming it and the bad value otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return float(value)
-
-
-def check_int_param(name: str, value: Any, *, minimum: int = 1) -> int:
-    """An integer hyperparameter ``>= minimum``; ConfigError naming it otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_fpr(fpr: Any) -> float:
-    """A target false-positive rate strictly between 0 and 1."""
-    if isinstance(fpr, bool) or not isinstance(fpr, (int, float, np.integer, np.floating)) or not 0.0 < fpr < 1.0:
-        raise ConfigError(f"fpr must be a number strictly between 0 and 1, got {fpr!r}")
-    return float(fpr)
-
-
 def parse_spec(spec: str, what: str = "detector") -> Tuple[str, Dict[str, Any]]:
     """Split ``NAME[:key=value,...]`` into the name and typed options (see :func:`parse_value`)."""
     if not isinstance(spec, str) or not spec.strip():
@@ -118,7 +96,7 @@ def threshold_at_fpr(clean_scores: Any, fpr: float) -> float:
     error ``sqrt(fpr (1 - fpr) / n)``.
     """
     scores = _as_scores("clean", clean_scores)
-    return float(np.quantile(scores, 1.0 - check_fpr(fpr)))
+    return float(np.quantile(scores, 1.0 - check_probability("fpr", fpr)))
 
 
 def roc_auc(clean_scores: Any, adversarial_scores: Any) -> float:
@@ -299,7 +277,7 @@ class Detector(abc.ABC):
         by adaptive attacks to put the score on the scale of logits.
         """
         scores = _as_scores("clean", clean_scores)
-        self.fpr = check_fpr(fpr)
+        self.fpr = check_probability("fpr", fpr)
         self.threshold = threshold_at_fpr(scores, self.fpr)
         q25, q75 = np.quantile(scores, [0.25, 0.75])
         scale = float(q75 - q25) or float(scores.std())

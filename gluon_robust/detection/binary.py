@@ -25,7 +25,8 @@ from mxnet import autograd, gluon, nd
 
 from ..attacks.base import Attack
 from ..errors import ConfigError
-from .base import Detector, check_int_param, check_positive_param, move_to
+from ..validation import check_int, check_positive
+from .base import Detector, move_to
 
 __all__ = ["BinaryDetector", "BinaryCNN"]
 
@@ -102,18 +103,18 @@ class BinaryDetector(Detector):
 
             options: Dict[str, Any] = {}
             if attack_eps is not None:
-                options["eps"] = check_positive_param("attack_eps", attack_eps)
+                options["eps"] = check_positive("attack_eps", attack_eps)
             if attack_steps is not None:
-                options["steps"] = check_int_param("attack_steps", attack_steps)
+                options["steps"] = check_int("attack_steps", attack_steps)
             self.attack = make_attack(attack, options)
         else:
             raise ConfigError(f"attack must be an attack name or an Attack, got {attack!r}")
-        self.max_samples = check_int_param("max_samples", max_samples, minimum=2)
-        self.filters = check_int_param("filters", filters)
-        self.epochs = check_int_param("epochs", epochs)
-        self.batch_size = check_int_param("batch_size", batch_size)
-        self.lr = check_positive_param("lr", lr)
-        self.seed = check_int_param("seed", seed, minimum=0)
+        self.max_samples = check_int("max_samples", max_samples, minimum=2)
+        self.filters = check_int("filters", filters)
+        self.epochs = check_int("epochs", epochs)
+        self.batch_size = check_int("batch_size", batch_size)
+        self.lr = check_positive("lr", lr)
+        self.seed = check_int("seed", seed, minimum=0)
         self.net: Optional[BinaryCNN] = None
         self.train_accuracy: Optional[float] = None
 

@@ -16,7 +16,8 @@ from typing import Any, Optional
 
 from mxnet import nd
 
-from .base import Detector, check_positive_param
+from ..validation import check_positive
+from .base import Detector
 
 __all__ = ["MaxSoftmaxDetector", "EntropyDetector"]
 
@@ -30,7 +31,7 @@ class _SoftmaxDetector(Detector):
 
     def __init__(self, *, temperature: float = 1.0) -> None:
         super().__init__()
-        self.temperature = check_positive_param("temperature", temperature)
+        self.temperature = check_positive("temperature", temperature)
 
     def config(self) -> dict:
         return {"temperature": self.temperature}

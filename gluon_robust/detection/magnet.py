@@ -25,7 +25,8 @@ import numpy as np
 from mxnet import autograd, gluon, nd
 
 from ..errors import ConfigError
-from .base import Detector, check_int_param, check_positive_param, move_to
+from ..validation import check_int, check_positive
+from .base import Detector, move_to
 
 __all__ = ["MagNetDetector", "ConvAutoencoder"]
 
@@ -105,16 +106,16 @@ class MagNetDetector(Detector):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.filters = check_int_param("filters", filters)
+        self.filters = check_int("filters", filters)
         if p not in (1, 2) or isinstance(p, bool):
             raise ConfigError(f"p must be 1 or 2, got {p!r}")
         self.p = int(p)
-        self.epochs = check_int_param("epochs", epochs)
-        self.batch_size = check_int_param("batch_size", batch_size)
-        self.lr = check_positive_param("lr", lr)
-        self.noise = check_positive_param("noise", noise, allow_zero=True)
-        self.weight_decay = check_positive_param("weight_decay", weight_decay, allow_zero=True)
-        self.seed = check_int_param("seed", seed, minimum=0)
+        self.epochs = check_int("epochs", epochs)
+        self.batch_size = check_int("batch_size", batch_size)
+        self.lr = check_positive("lr", lr)
+        self.noise = check_positive("noise", noise, allow_zero=True)
+        self.weight_decay = check_positive("weight_decay", weight_decay, allow_zero=True)
+        self.seed = check_int("seed", seed, minimum=0)
         self.autoencoder: Optional[ConvAutoencoder] = None
         self.loss_history: list = []
 

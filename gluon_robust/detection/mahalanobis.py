@@ -30,7 +30,8 @@ from mxnet import gluon, nd
 
 from ..errors import DataError, ModelError
 from ..folding import block_to_symbol, symbol_block
-from .base import Detector, check_positive_param
+from ..validation import check_positive
+from .base import Detector
 
 __all__ = ["MahalanobisDetector", "GaussianClassModel", "penultimate_features"]
 
@@ -104,7 +105,7 @@ class GaussianClassModel:
     """
 
     def __init__(self, *, ridge: float = 1e-6) -> None:
-        self.ridge = check_positive_param("ridge", ridge, allow_zero=True)
+        self.ridge = check_positive("ridge", ridge, allow_zero=True)
         self.means: Optional[np.ndarray] = None
         self.precision: Optional[np.ndarray] = None
 

@@ -29,6 +29,7 @@ from ..errors import ConfigError
 from ..integrity import load_npz, refuse_pickle
 from ..interrupts import set_hint
 from ..reporting import prepare_output_dir, staged_output, versions
+from ..validation import check_distinct_paths, check_out_dir
 from . import sanity
 from .recipes import build_attacks, custom_recipe, describe, get_recipe
 from .report import EXAMPLE_KEYS, empty_examples, write_report
@@ -75,7 +76,7 @@ class _Examples:
         self.data = empty_examples(sample_shape)
 
     def __call__(self, k: int, batch: Any, result: Any, attacked: np.ndarray) -> None:
-        if k not in self.wanted or self.limit <= 0:
+        if k not in self.wanted or self.limit <= 0 or result is None:
             return
         sel = np.flatnonzero(attacked)
         broken = result.predictions != batch.y[sel]
@@ -350,6 +351,9 @@ def merge_reports(dirs: Sequence[str | Path], out_dir: Optional[str | Path] = No
     """
     if not dirs:
         raise ConfigError("merge-reports needs at least one report directory")
+    if out_dir is not None:
+        check_out_dir("out_dir", out_dir)
+        check_distinct_paths("out_dir", out_dir, dirs, "shard directory")
     loaded = []
     for d in dirs:
         report, ex = _load_shard(Path(d))

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..attacks.base import Attack
 from ..data import DataSource
+from ..validation import check_source_labels
 
 __all__ = ["AttackOutcome", "RobustnessResult", "evaluate_attacks", "threat_model", "threat_key", "is_black_box", "Checkpoint"]
 
@@ -292,7 +293,9 @@ def evaluate_attacks(
     targets : callable, optional
         ``targets(x, y) -> t`` for targeted attacks.
     on_batch : callable, optional
-        Called after each attack on each batch (e.g. to save adversarial examples).
+        ``on_batch(k, batch, result, attacked)`` after attack ``k`` on each batch (e.g. to save
+        adversarial examples); ``result`` is None and ``attacked`` all False when no sample of the
+        batch was left to attack (none classified correctly, or every one already broken).
     progress : bool
         Show a progress bar (per batch, with the running stage as its postfix).
     checkpoint : Checkpoint, optional
@@ -303,6 +306,7 @@ def evaluate_attacks(
     -------
     RobustnessResult
     """
+    check_source_labels(source, getattr(model, "num_classes", None))
     n = len(source)
     index = np.zeros(n, np.int64)
     labels = np.zeros(n, np.int64)
@@ -339,10 +343,17 @@ def evaluate_attacks(
                 sel = np.flatnonzero(todo)
                 outcome = outcomes[k]
                 if sel.size == 0:
+                    _nothing_attacked(on_batch, k, batch)
                     continue
                 bar.set_postfix_str(f"{name} {threat_key(*tm)} ({sel.size} pts)")
                 t0 = time.perf_counter()
                 target = targets(batch.x[sel], batch.y[sel]) if targets is not None else None
+                if target is not None and (target == batch.y[sel]).any():
+                    keep = target != batch.y[sel]  # a target equal to the label is no attack: leave it out
+                    sel, target = sel[keep], target[keep]
+                    if sel.size == 0:
+                        _nothing_attacked(on_batch, k, batch)
+                        continue
                 attack_result = attack(model, batch.x[sel], batch.y[sel], target=target)
                 outcome.seconds += time.perf_counter() - t0
                 absolute = sel + pos
@@ -372,6 +383,12 @@ def evaluate_attacks(
             int(o.broken.sum()), int(o.attacked.sum()), o.seconds,
         )
     return result
+
+
+def _nothing_attacked(on_batch: Optional[BatchHook], k: int, batch: Any) -> None:
+    """Tell ``on_batch`` that attack ``k`` had nothing to attack in ``batch``."""
+    if on_batch is not None:
+        on_batch(k, batch, None, np.zeros(len(batch.y), bool))
 
 
 def _restore(result: RobustnessResult, done: RobustnessResult, pos: int) -> None:

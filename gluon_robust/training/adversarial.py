@@ -45,9 +45,9 @@ from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Tupl
 import numpy as np
 from mxnet import autograd, gluon, nd
 
-from ..attacks.base import check_int, check_positive
 from ..attacks.norms import Norm, get_norm
 from ..errors import ConfigError, DataError
+from ..validation import check_choice, check_int, check_positive
 from .batchnorm import ATTACK_BN_MODES, EvalMirror, preserve_running_stats
 
 __all__ = ["TrainingMethod", "AdversarialMethod", "cross_entropy", "kl_divergence", "Objective"]
@@ -74,14 +74,6 @@ def bounds_of(model: gluon.Block) -> Tuple[float, float]:
     """The model's valid pixel range (``model.bounds``), default ``(0, 1)``."""
     low, high = getattr(model, "bounds", (0.0, 1.0))
     return float(low), float(high)
-
-
-def check_choice(name: str, value: Any, choices: Tuple[str, ...]) -> str:
-    """Validate a string option; the error names the parameter, the value and the choices."""
-    key = str(value).strip().lower() if isinstance(value, str) else value
-    if key not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return key
 
 
 class TrainingMethod(abc.ABC):

@@ -15,9 +15,8 @@ from __future__ import annotations
 import math
 from typing import Tuple
 
-from ..attacks.base import check_int, check_positive
 from ..errors import ConfigError
-from .adversarial import check_choice
+from ..validation import check_choice, check_int, check_positive
 
 __all__ = ["Curriculum", "CURRICULUM_KINDS"]
 

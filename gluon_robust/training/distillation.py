@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from mxnet import autograd, gluon, nd
 
-from ..attacks.base import check_positive
 from ..errors import ConfigError
+from ..validation import check_positive
 from .adversarial import TrainingMethod, cross_entropy
 
 __all__ = ["Distillation"]

@@ -17,7 +17,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon, nd
 
-from ..attacks.base import check_int
+from ..validation import check_int
 from .adversarial import AdversarialMethod, bounds_of, cross_entropy
 
 __all__ = ["FreeAT"]

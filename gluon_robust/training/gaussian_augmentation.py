@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 from mxnet import autograd, gluon, nd
 
-from ..attacks.base import check_positive
 from ..errors import ConfigError
+from ..validation import check_positive
 from .adversarial import TrainingMethod, bounds_of, cross_entropy
 
 __all__ = ["GaussianAugmentation"]

@@ -18,8 +18,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from mxnet import gluon, nd
 
-from ..attacks.base import check_positive
-from .adversarial import check_choice
+from ..validation import check_choice, check_positive
 
 __all__ = ["OverfittingGuard", "GUARD_ACTIONS"]
 

@@ -47,7 +47,7 @@ from __future__ import annotations
 import numpy as np
 from mxnet import autograd, gluon, nd
 
-from ..attacks.base import check_positive
+from ..validation import check_positive
 from .adversarial import TrainingMethod, cross_entropy
 from .batchnorm import preserve_running_stats
 

@@ -51,7 +51,6 @@ import numpy as np
 from mxnet import autograd, gluon, nd
 from tqdm import tqdm
 
-from ..attacks.base import check_int, check_positive
 from ..attacks.pgd import PGD
 from ..config import ModelConfig, family_defaults, load_config
 from ..data import DataSource, load_data
@@ -62,8 +61,11 @@ from ..interrupts import Interrupted, deferred, set_hint
 from ..io import atomic_write_json
 from ..model import Classifier, load_classifier
 from ..reporting import record_outputs, versions
+from ..validation import (
+    InvalidValue, check_choice, check_contexts, check_file_name, check_int, check_out_dir, check_positive, check_real,
+)
 from . import TRAINING_METHODS, make_method
-from .adversarial import AdversarialMethod, TrainingMethod, check_choice
+from .adversarial import AdversarialMethod, TrainingMethod
 from .batchnorm import ATTACK_BN_MODES, folded_copy, recalibrate_batchnorm
 from .checkpoint import CheckpointManager, join_arrays, restore_into, running_stats_arrays, split_arrays, structural_params
 from .curriculum import CURRICULUM_KINDS, Curriculum
@@ -80,7 +82,8 @@ progress_logger = logging.getLogger("gluon_robust.training.progress")
 BN_STATS_MODES = ("train", "clean")
 _RECALIBRATION_BATCHES = 16
 # Options a resumed run may change without changing the training itself.
-_RESUMABLE = frozenset({"resume", "progress", "epochs", "checkpoint_every", "kvstore"})
+# ``save_dir`` is where the checkpoint was found, so another spelling of it (or a moved directory) is the same run.
+_RESUMABLE = frozenset({"resume", "progress", "epochs", "checkpoint_every", "kvstore", "save_dir"})
 
 
 def step_seed(seed: int, epoch: int, step: int, replay: int = 0) -> int:
@@ -647,17 +650,60 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if (self.model is None) == (self.config is None):
             raise ConfigError("give exactly one of model (a zoo name) and config (a model config YAML)")
+        self._check_choices()
+        self._check_numbers()
+        if self.name is not None:
+            check_file_name("name", self.name)
+        check_out_dir("save_dir", self.save_dir)
+        check_contexts("ctx", parse_contexts(self.ctx), multiple=True)
+
+    def _check_choices(self) -> None:
         check_choice("curriculum", self.curriculum, ("none",) + CURRICULUM_KINDS)
         check_choice("attack_bn", self.attack_bn, ATTACK_BN_MODES)
         check_choice("bn_stats", self.bn_stats, BN_STATS_MODES)
         check_choice("on_collapse", self.on_collapse, GUARD_ACTIONS)
+        check_choice("norm", self.norm, ("linf", "l2"))
+        check_choice("optimizer", self.optimizer, tuple(sorted(set(mx.optimizer.Optimizer.opt_registry) - {"test"})))
         self.kvstore = check_kvstore(self.kvstore)
+
+    def _check_numbers(self) -> None:
+        """Every number, before any data or model is loaded: NaN, infinities and out-of-range values are refused."""
         check_positive("eps", self.eps, allow_zero=True)
+        check_positive("lr", self.lr)
+        check_positive("wd", self.wd, allow_zero=True)
+        check_real("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        check_positive("lr_decay", self.lr_decay)
+        check_int("epochs", self.epochs)
+        check_int("batch_size", self.batch_size)
+        check_int("steps", self.steps)
+        check_int("val_steps", self.val_steps)
         check_int("val_limit", self.val_limit, minimum=0)
-        if self.limit is not None:
-            check_int("limit", self.limit)
+        check_int("checkpoint_every", self.checkpoint_every, minimum=0)
+        check_int("seed", self.seed, minimum=0, maximum=2 ** 32 - 1)
+        check_real("guard_drop", self.guard_drop, 0.0, 1.0, low_open=True)
+        for name in ("limit", "replays", "classes"):
+            value = getattr(self, name)
+            if value is not None:
+                check_int(name, value, minimum=2 if name == "classes" else 1)
+        for name in ("step_size", "temperature", "sigma"):
+            value = getattr(self, name)
+            if value is not None:
+                check_positive(name, value)
+        for name in ("beta", "val_eps", "warmup_epochs"):
+            value = getattr(self, name)
+            if value is not None:
+                check_positive(name, value, allow_zero=True)
+        if self.mix is not None:
+            check_real("mix", self.mix, 0.0, 1.0)
         for value in self.lr_decay_epoch:
             check_int("lr_decay_epoch", value, minimum=0)
+        for name in ("mean", "std"):
+            for value in getattr(self, name) or ():
+                check_positive(name, value, allow_zero=name == "mean")
+        if self.bounds is not None:
+            low, high = (check_real("bounds", v) for v in self.bounds)
+            if not low < high:
+                raise InvalidValue("bounds", tuple(self.bounds), "LO,HI with LO < HI")
 
     def fingerprint(self) -> Dict[str, Any]:
         """The JSON-ready options, for checkpoints and metrics."""

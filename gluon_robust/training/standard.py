@@ -18,13 +18,13 @@ import numpy as np
 from mxnet import autograd, gluon, nd
 from tqdm import tqdm
 
-from ..attacks.base import check_int, check_positive
 from ..config import ModelConfig, save_config
 from ..data import DataSource
 from ..errors import ConfigError
 from ..evaluation.accuracy import accuracy
 from ..io import atomic_save
 from ..model import Classifier
+from ..validation import check_int, check_positive
 from .adversarial import TrainingMethod, cross_entropy
 
 __all__ = ["Standard", "TrainResult", "fit_classifier", "save_trained", "train_zoo_model"]

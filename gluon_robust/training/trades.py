@@ -17,7 +17,7 @@ from typing import Optional
 
 from mxnet import gluon, nd
 
-from ..attacks.base import check_positive
+from ..validation import check_positive
 from .adversarial import AdversarialMethod, bounds_of, cross_entropy, kl_divergence
 
 __all__ = ["TRADES"]

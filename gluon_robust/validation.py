@@ -1,0 +1,408 @@
+"""Validation of user input, in one place for the API and the command line.
+
+Every check raises an :class:`InvalidValue` (a :class:`~gluon_robust.errors.ConfigError`)
+or a :class:`~gluon_robust.errors.DataError` *before* any work starts. An
+:class:`InvalidValue` knows the name of the parameter it is about, so the
+command line can say ``--step-size must be > 0, got nan`` where the Python API
+says ``step_size must be > 0, got nan`` (see :func:`flag_message`).
+
+The checks:
+
+* numbers: :func:`check_real`, :func:`check_positive`, :func:`check_int`,
+  :func:`check_probability`, :func:`check_choice`, :func:`check_bool`;
+* labels: :func:`check_labels` (integers in ``[0, classes)``);
+* sizes: :func:`check_sample_count` (a count that cannot be processed in
+  bounded memory, e.g. ``certify --n 1e11``, is refused up front);
+* files and directories: :func:`check_out_dir`, :func:`check_distinct_paths`,
+  :func:`check_file_name`, :func:`same_path`;
+* devices: :func:`check_contexts` (a device that does not exist, or more
+  devices than a command can use).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+
+__all__ = [
+    "InvalidValue", "check_real", "check_positive", "check_int", "check_probability", "check_choice", "check_bool",
+    "check_labels", "check_sample_count", "check_out_dir", "check_distinct_paths", "check_file_name", "same_path",
+    "check_contexts", "check_shape", "check_host", "check_source_labels", "flag_message", "FLAG_NAMES", "MAX_SAMPLE_COUNT", "FLOAT32_TINY",
+]
+
+#: Parameters whose command-line flag is not ``--`` + the name with dashes.
+FLAG_NAMES: Dict[str, str] = {
+    "lr_decay_epochs": "--lr-decay-epoch",
+    "checkpoint_dir": "--save-dir",
+    "out_dir": "--out",
+    "fpr": "--fpr",
+}
+
+#: The largest per-sample count (noise samples, queries) accepted: far beyond any real use, and small
+#: enough that counters and their products stay exact in int64 and float64.
+MAX_SAMPLE_COUNT = 10 ** 9
+
+#: The smallest positive normal float32: smaller positive hyperparameters are refused (MXNet stores them as float32).
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+#: The largest float32: larger hyperparameters overflow in MXNet's operators.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class InvalidValue(ConfigError):
+    """A value the user gave is invalid.
+
+    Parameters
+    ----------
+    name : str
+        The Python parameter name (``step_size``); the CLI shows its flag (``--step-size``).
+    value : object
+        The value received.
+    requirement : str
+        What the value must be, completing "NAME must be ...".
+    """
+
+    def __init__(self, name: str, value: Any, requirement: str) -> None:
+        self.name = name
+        self.value = value
+        self.requirement = requirement
+        super().__init__(self.render(name))
+
+    def render(self, label: str) -> str:
+        """The message with ``label`` (a parameter name or a flag) as its subject."""
+        return f"{label} must be {self.requirement}, got {_show(self.value)}"
+
+
+def _show(value: Any) -> str:
+    """A short representation of a bad value for a one-line message."""
+    text = repr(value.item() if isinstance(value, np.generic) else value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def flag_message(err: Exception, flags: Iterable[str]) -> str:
+    """The message of ``err`` naming the command-line flag when it is one of ``flags``.
+
+    Parameters
+    ----------
+    err : Exception
+        Any error; only an :class:`InvalidValue` is rewritten.
+    flags : iterable of str
+        The option strings the command accepts (``--eps``, ``--step-size``...).
+    """
+    if not isinstance(err, InvalidValue):
+        return str(err)
+    known = set(flags)
+    flag = FLAG_NAMES.get(err.name, "--" + err.name.replace("_", "-"))
+    return err.render(flag) if flag in known else str(err)
+
+
+# ------------------------------------------------------------------ numbers
+def _is_real(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+
+
+def check_real(
+    name: str, value: Any, low: Optional[float] = None, high: Optional[float] = None, *,
+    low_open: bool = False, high_open: bool = False,
+) -> float:
+    """A finite real number in ``[low, high]`` (either end open on request, either omitted).
+
+    Raises
+    ------
+    InvalidValue
+        For NaN, infinities, non-numbers and values outside the range.
+    """
+    ok = _is_real(value) and math.isfinite(float(value))
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        if low is None and high is None:
+            span = "a finite number"
+        elif high is None:
+            span = f"a number {'>' if low_open else '>='} {low:g}"
+        elif low is None:
+            span = f"a number {'<' if high_open else '<='} {high:g}"
+        else:
+            span = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise InvalidValue(name, value, span)
+    return float(value) + 0.0  # -0.0 becomes 0.0
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False, upper: Optional[float] = None) -> float:
+    """A finite number ``> 0`` (``>= 0`` with ``allow_zero``), at most ``upper`` when given."""
+    if not (_is_real(value) and math.isfinite(float(value))):
+        raise InvalidValue(name, value, "a finite number")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise InvalidValue(name, value, ">= 0" if allow_zero else "> 0")
+    if value > FLOAT32_MAX:
+        raise InvalidValue(name, value, f"at most {FLOAT32_MAX:.4g} (the largest float32)")
+    if 0 < value < FLOAT32_TINY:  # a float32 tensor or an MXNet operator parameter cannot hold it
+        raise InvalidValue(name, value, f"{'0 or ' if allow_zero else ''}at least {FLOAT32_TINY:.3g} (the smallest "
+                                        "normal float32)")
+    if upper is not None and value > upper:
+        raise InvalidValue(name, value, f"<= {upper}")
+    return float(value) + 0.0  # -0.0 becomes 0.0
+
+
+def check_int(name: str, value: Any, *, minimum: int = 1, maximum: Optional[int] = None) -> int:
+    """An integer (not a bool, not a float) in ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum or (
+        maximum is not None and value > maximum
+    ):
+        span = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise InvalidValue(name, value, f"an integer {span}")
+    return int(value)
+
+
+def check_probability(name: str, value: Any) -> float:
+    """A number strictly between 0 and 1 (a false-positive rate, a failure probability)."""
+    if not (_is_real(value) and 0.0 < value < 1.0):
+        raise InvalidValue(name, value, "a number strictly between 0 and 1")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """A string option among ``choices`` (compared lower-case, stripped); returns the normalised choice."""
+    key = value.strip().lower() if isinstance(value, str) else value
+    if key not in choices:
+        raise InvalidValue(name, value, f"one of {', '.join(choices)}")
+    return key
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """A real bool (``True``/``False``, NumPy bools too), not a truthy number or string."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidValue(name, value, "True or False")
+    return bool(value)
+
+
+# ------------------------------------------------------------------ labels and sizes
+def check_labels(name: str, labels: Any, classes: Optional[int], n: Optional[int] = None) -> np.ndarray:
+    """Integer class labels in ``[0, classes)``, as int64.
+
+    Parameters
+    ----------
+    name : str
+        What the labels are (``y``, ``target``, ``labels of npz:data.npz``).
+    labels : array-like
+        The labels; floats are accepted when they hold whole numbers.
+    classes : int or None
+        The number of classes of the model (no upper check when None).
+    n : int, optional
+        The expected number of labels.
+
+    Raises
+    ------
+    DataError
+        Naming the first offending label and its position.
+    """
+    arr = np.asarray(labels.asnumpy() if hasattr(labels, "asnumpy") else labels)
+    if n is not None and arr.shape != (n,):
+        raise DataError(f"{name} must have shape ({n},), got {arr.shape}")
+    if arr.ndim != 1:
+        raise DataError(f"{name} must be a vector of class labels, got shape {arr.shape}")
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating) or arr.dtype == bool):
+        raise DataError(f"{name} must hold integer class labels, got dtype {arr.dtype}")
+    numeric = arr.astype(np.float64)
+    bad = ~np.isfinite(numeric) | (numeric != np.round(numeric)) | (numeric < 0)
+    if classes is not None:
+        bad |= numeric >= classes
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        span = f"[0, {classes})" if classes is not None else "[0, inf)"
+        raise DataError(f"{name} must be integer class labels in {span}; label {arr[i]!r} at position {i} "
+                        f"({int(bad.sum())} of {arr.size} out of range)")
+    return numeric.astype(np.int64)
+
+
+def check_source_labels(source: Any, classes: Optional[int]) -> None:
+    """Refuse a data source whose labels fall outside ``[0, classes)``, before any sample is attacked.
+
+    Sources that know their labels without decoding images (arrays, npz
+    files, image folders) are checked whole; others are checked batch by
+    batch by the attacks.
+    """
+    labels = getattr(source, "labels", None)
+    if labels is not None and classes is not None:
+        check_labels(f"labels of {getattr(source, 'name', 'the data')}", labels, int(classes))
+
+
+def check_sample_count(name: str, value: Any, *, maximum: int = MAX_SAMPLE_COUNT) -> int:
+    """A per-sample count (noise samples, queries) that is an integer ``>= 1`` and at most ``maximum``.
+
+    Counts stay integers: a float such as ``1e11`` is refused rather than
+    truncated, and a count past ``maximum`` would take longer than any run can,
+    or overflow the counters kept for it.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidValue(name, value, "a whole number")
+    if value < 1:
+        raise InvalidValue(name, value, "an integer >= 1")
+    if value > maximum:
+        raise InvalidValue(name, value, f"an integer <= {maximum:,}")
+    return int(value)
+
+
+# ------------------------------------------------------------------ files and directories
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two spellings name the same file or directory (``runs/x``, ``./runs/x/``, an absolute path)."""
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return os.path.samefile(pa, pb)
+    return pa.resolve() == pb.resolve()
+
+
+def check_file_name(name: str, value: Any) -> str:
+    """A plain file name: no directory part, not ``.`` or ``..``, no NUL; refuses ``--name ../../x``."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidValue(name, value, "a non-empty file name")
+    if value in (".", "..") or "/" in value or "\\" in value or "\0" in value or os.sep in value:
+        raise InvalidValue(name, value, "a plain file name without a directory part")
+    return value
+
+
+def check_out_dir(name: str, value: Any) -> Path:
+    """An output directory that exists and is writable, or can be created.
+
+    Checked before any work starts, so a run never fails after its first
+    epoch for want of a place to write. Nothing is created: the directory is
+    made when the first output is written.
+
+    Raises
+    ------
+    InvalidValue
+        For an empty path, an existing file, a path under a file, or a
+        directory this process cannot write to.
+    """
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise InvalidValue(name, value, "a directory path")
+    if "\0" in str(value):
+        raise InvalidValue(name, value, "a path without NUL characters")
+    path = Path(value).expanduser()
+    too_long = [part for part in path.parts if len(os.fsencode(part)) > _NAME_MAX]
+    if too_long:
+        raise InvalidValue(name, str(value), f"a path whose names have at most {_NAME_MAX} bytes")
+    try:
+        if path.exists() and not path.is_dir():
+            raise InvalidValue(name, str(value), "a directory, not an existing file")
+        probe = path
+        while not probe.exists():  # the first existing ancestor must be a writable directory
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        is_dir = probe.is_dir()
+    except OSError as err:  # e.g. a path too long as a whole, or a component that cannot be searched
+        raise InvalidValue(name, str(value), f"a usable directory path ({err.strerror or err})") from None
+    if not is_dir:
+        raise InvalidValue(name, str(value), f"a directory, but {probe} is a file")
+    if not _writable(probe):
+        raise InvalidValue(name, str(value), f"writable, but {probe} is not writable")
+    return path
+
+
+#: The longest file name (in bytes) most file systems accept.
+_NAME_MAX = 255
+
+
+def _writable(directory: Path) -> bool:
+    """Whether a file can be created in ``directory`` (tried for real: access() lies to root on read-only mounts)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".gluon-robust-probe-"):
+            return True
+    except OSError:
+        return False
+
+
+def check_distinct_paths(name: str, value: Any, others: Sequence[str | os.PathLike], what: str) -> None:
+    """Refuse ``value`` when it names the same path as one of ``others`` (e.g. an output equal to an input)."""
+    for other in others:
+        if same_path(value, other):
+            raise InvalidValue(name, str(value), f"different from every {what} ({other})")
+
+
+# ------------------------------------------------------------------ devices
+def check_contexts(name: str, contexts: Sequence[Any], *, multiple: bool = True) -> list:
+    """Devices that exist, and at most one unless the caller can use several.
+
+    Parameters
+    ----------
+    name : str
+        The parameter (``ctx``).
+    contexts : sequence of mxnet.Context
+        Parsed devices.
+    multiple : bool
+        Whether the caller uses every device (data parallel); when False a list
+        of two or more is refused rather than silently reduced to its first.
+    """
+    import mxnet as mx
+
+    contexts = list(contexts)
+    shown = ",".join(f"{c.device_type}:{c.device_id}" for c in contexts)
+    if not contexts:
+        raise InvalidValue(name, shown, "one or more devices such as cpu or gpu:0")
+    if len(set(contexts)) != len(contexts):
+        raise InvalidValue(name, shown, "a list without repeated devices")
+    if not multiple and len(contexts) > 1:
+        raise InvalidValue(name, shown, "a single device for this command (only train uses several)")
+    gpus = [c for c in contexts if c.device_type == "gpu"]
+    if gpus:
+        available = _num_gpus(mx)
+        missing = [c for c in gpus if c.device_id >= available]
+        if missing:
+            have = "no GPU" if available == 0 else f"GPUs 0..{available - 1}"
+            raise InvalidValue(name, shown, f"a device of this machine ({have}; gpu:{missing[0].device_id} does not exist)")
+    return contexts
+
+
+def _num_gpus(mx: Any) -> int:
+    """GPUs MXNet can use here (0 for a CPU build)."""
+    try:
+        return int(mx.context.num_gpus())
+    except mx.base.MXNetError:
+        return 0
+
+
+def check_shape(name: str, shape: Tuple[int, ...], expected: Optional[Tuple[int, ...]]) -> None:
+    """A sample shape that matches the model's input size, when it has one."""
+    if expected is not None and tuple(shape) != tuple(expected):
+        raise DataError(f"{name} has samples of shape {tuple(shape)} but the model expects {tuple(expected)}")
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def check_host(name: str, value: Any) -> str:
+    """An address of this machine that a server can listen on (``127.0.0.1``, ``0.0.0.0``, a local name).
+
+    The spelling is checked first (an IP address or an RFC 1123 host name),
+    then a socket is bound to it on a free port, so a typo or another
+    machine's address fails here rather than after the job has started.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidValue(name, value, "a host name or IP address")
+    host = value.strip()
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        if not _HOSTNAME.match(host):
+            raise InvalidValue(name, value, "a host name or IP address") from None
+        family = socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+    except (OSError, UnicodeError) as err:
+        raise InvalidValue(name, value, f"an address of this machine to listen on ({err.strerror or err})") from None
+    return host
