@@ -83,3 +83,22 @@ def mnist_test() -> Tuple[np.ndarray, np.ndarray]:
     from gluon_robust.data import load_data
 
     return load_data("mnist-sample", split="test").arrays()
+
+
+#: Test modules whose every test is one case of a row of the README's reliability table (tests/reliability.py).
+_RELIABILITY_ROWS = {
+    "test_file_safety.py": "files that could run code (planted pickles, tampered or missing files)",
+    "test_faults.py": "faults (kills, SIGINT and SIGTERM, non-finite training, reused outputs)",
+}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Count each test of the modules above once, in the reliability log, as handled when it passed."""
+    outcome = yield
+    report = outcome.get_result()
+    kind = _RELIABILITY_ROWS.get(item.path.name)
+    if kind is not None and (report.when == "call" or (report.when == "setup" and report.failed)):
+        from reliability import tally
+
+        tally(kind, report.passed)
