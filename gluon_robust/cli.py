@@ -235,6 +235,14 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         raise ConfigError(f"{message} (see {self.prog} --help)")
 
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        # argparse drops a value spelled "--" (``--fpr=--``) and leaves an empty list in its place
+        for arg in list(args or ())[: (list(args or ()) + ["--"]).index("--")]:
+            flag, sep, value = str(arg).partition("=")
+            if sep and flag.startswith("--") and value == "--":
+                self.error(f"argument {flag}: expected a value, got '--'")
+        return super().parse_known_args(args, namespace)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every registered subcommand."""

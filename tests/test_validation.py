@@ -176,7 +176,7 @@ def test_flag_message_names_the_flag_only_when_the_command_has_it() -> None:
     ("--steps", "0", "--steps must be an integer >= 1, got 0"),
     ("--batch-size", "0", "--batch-size must be an integer >= 1"),
     ("--limit", "-3", "--limit must be an integer >= 1"),
-    ("--seed", "-1", "--seed must be an integer >= 0"),
+    ("--seed", "-1", "--seed must be an integer in 0..4294967295, got -1"),
     ("--ctx", "cpu,cpu:1", "--ctx must be a single device for this command"),
     ("--ctx", "gpu:97", "--ctx must be a device of this machine"),
     ("--ctx", "tpu", "argument --ctx: context must be cpu or gpu:N"),
