@@ -15,7 +15,8 @@ from fractions import Fraction
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError, GluonRobustError
-from .validation import flag_message
+from .interrupts import handle_signals, interrupt_message
+from .validation import check_contexts, check_int, check_out_dir, flag_message
 
 __all__ = ["main", "emit", "parse_fraction", "parse_count", "parse_floats", "check_common_args", "parse_ctx", "setup_logging", "build_parser"]
 
@@ -156,8 +157,6 @@ def check_common_args(args: argparse.Namespace) -> None:
     unless the command trains data-parallel; ``--out`` must be a writable
     directory; counts must be positive and ``--seed`` non-negative.
     """
-    from .validation import check_contexts, check_int, check_out_dir
-
     for name in ("batch_size", "limit", "steps", "restarts", "max_queries", "eot_samples", "fit_limit"):
         value = getattr(args, name, None)
         if value is not None:
@@ -237,7 +236,9 @@ class _Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
         # argparse drops a value spelled "--" (``--fpr=--``) and leaves an empty list in its place
-        for arg in list(args or ())[: (list(args or ()) + ["--"]).index("--")]:
+        for arg in args or ():
+            if arg == "--":  # what follows belongs to a wrapped command (launch)
+                break
             flag, sep, value = str(arg).partition("=")
             if sep and flag.startswith("--") and value == "--":
                 self.error(f"argument {flag}: expected a value, got '--'")
@@ -266,17 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
 _FLAGS: Dict[str, frozenset] = {}
 
 
-def _signals_as_interrupts():
-    """While a command runs, SIGINT and SIGTERM raise :class:`~gluon_robust.interrupts.Interrupted`."""
-    from .interrupts import handle_signals
-
-    return handle_signals()
-
-
 def _interrupted(err: KeyboardInterrupt) -> int:
     """Print an interrupted command's one line (what it kept, how to resume); 130 for SIGINT, 143 for SIGTERM."""
-    from .interrupts import interrupt_message
-
     _close_progress_bars()
     print(f"{PROG}: {interrupt_message(err)}", file=sys.stderr)
     return int(getattr(err, "exit_code", 130))
@@ -294,7 +286,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.debug("arguments: %s", vars(args))
         command_name = args.command
         check_common_args(args)
-        with _signals_as_interrupts():
+        with handle_signals():  # SIGINT and SIGTERM stop the command at a safe point (gluon_robust.interrupts)
             return COMMANDS[args.command][1](args)
     except GluonRobustError as err:
         if debug:

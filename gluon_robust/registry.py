@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from fractions import Fraction
 from typing import Any, Callable, Dict, Generic, List, TypeVar
 
@@ -58,6 +59,10 @@ class Registry(Generic[T]):
     def factory(self, name: str) -> Callable[..., T]:
         """The factory registered under ``name``."""
         return self._factories[self.resolve(name)]
+
+    def parameters(self, name: str) -> List[str]:
+        """The names of the keyword parameters the factory registered under ``name`` takes."""
+        return [p for p in inspect.signature(self.factory(name)).parameters if p != "self"]
 
     def get(self, name: str, **kwargs: object) -> T:
         """Build the item registered under ``name`` with keyword arguments."""

@@ -28,7 +28,7 @@ import re
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -37,16 +37,11 @@ from .errors import ConfigError, DataError
 __all__ = [
     "InvalidValue", "check_real", "check_positive", "check_int", "check_probability", "check_choice", "check_bool",
     "check_labels", "check_sample_count", "check_out_dir", "check_distinct_paths", "check_file_name", "same_path",
-    "check_contexts", "check_shape", "check_host", "check_source_labels", "flag_message", "FLAG_NAMES", "MAX_SAMPLE_COUNT", "FLOAT32_TINY",
+    "check_contexts", "check_host", "check_source_labels", "flag_message", "FLAG_NAMES", "MAX_SAMPLE_COUNT", "FLOAT32_TINY",
 ]
 
 #: Parameters whose command-line flag is not ``--`` + the name with dashes.
-FLAG_NAMES: Dict[str, str] = {
-    "lr_decay_epochs": "--lr-decay-epoch",
-    "checkpoint_dir": "--save-dir",
-    "out_dir": "--out",
-    "fpr": "--fpr",
-}
+FLAG_NAMES: Dict[str, str] = {"out_dir": "--out"}
 
 #: The largest per-sample count (noise samples, queries) accepted: far beyond any real use, and small
 #: enough that counters and their products stay exact in int64 and float64.
@@ -373,12 +368,6 @@ def _num_gpus(mx: Any) -> int:
         return int(mx.context.num_gpus())
     except mx.base.MXNetError:
         return 0
-
-
-def check_shape(name: str, shape: Tuple[int, ...], expected: Optional[Tuple[int, ...]]) -> None:
-    """A sample shape that matches the model's input size, when it has one."""
-    if expected is not None and tuple(shape) != tuple(expected):
-        raise DataError(f"{name} has samples of shape {tuple(shape)} but the model expects {tuple(expected)}")
 
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")

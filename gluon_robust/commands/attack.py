@@ -102,18 +102,9 @@ def _resolve_seed(seed: Optional[int], options: Dict[str, Any]) -> int:
     return int(seed if seed is not None else given if given is not None else 0)
 
 
-def _takes(attack: str, parameter: str) -> bool:
-    """Whether the registered attack has a ``parameter`` hyperparameter."""
-    import inspect
-
-    from ..attacks import ATTACKS
-
-    return parameter in inspect.signature(ATTACKS.factory(attack)).parameters
-
-
 @command("attack", "Attack a model on a data source and save the adversarial examples.")(_configure_attack)
 def run_attack(args: argparse.Namespace) -> int:
-    from ..attacks import make_attack
+    from ..attacks import ATTACKS, make_attack
     from ..jobs import run_attack_job
 
     if args.target is not None and not args.targeted:
@@ -124,10 +115,10 @@ def run_attack(args: argparse.Namespace) -> int:
         from ..defenses import DefendedClassifier
 
         eot = DefendedClassifier.eot_samples_for(chain, args.gradient, args.eot_samples)
-        if eot > 1 and "eot_samples" not in options and _takes(args.attack, "eot_samples"):
+        if eot > 1 and "eot_samples" not in options and "eot_samples" in ATTACKS.parameters(args.attack):
             options["eot_samples"] = eot
     seed = _resolve_seed(args.seed, options)
-    if _takes(args.attack, "seed"):
+    if "seed" in ATTACKS.parameters(args.attack):
         options["seed"] = seed
     attack = make_attack(args.attack, options)  # validate hyperparameters before loading anything
     model = defended_model(model_from_args(args), chain, args)

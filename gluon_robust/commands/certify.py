@@ -167,8 +167,6 @@ def run_certify(args: argparse.Namespace) -> int:
     from ..reporting import staged_output, versions
 
     _check_options(args.sigma, args.n0, args.n, args.alpha, args.radii, args.batch_size)
-    if args.limit is not None:
-        check_int("limit", args.limit)
     model = model_from_args(args)
     source = data_from_args(args, model)
     report = certify_source(

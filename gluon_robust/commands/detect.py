@@ -86,12 +86,10 @@ def _fit_and_calibrate(args: argparse.Namespace, detector: Any, model: Any) -> D
 
 def _detector_with_seed(spec: str, seed: int) -> Any:
     """The detector of ``spec``; one that draws random numbers gets ``--seed`` unless its spec sets ``seed=``."""
-    import inspect
-
     from ..detection import DETECTORS, make_detector, parse_spec
 
     name, options = parse_spec(spec)
-    if "seed" in inspect.signature(DETECTORS.factory(name)).parameters:
+    if "seed" in DETECTORS.parameters(name):
         given = options.setdefault("seed", seed)
         if given != seed and seed != 0:
             raise ConfigError(f"--seed {seed} and the detector option seed={given} differ; give the seed once")
@@ -120,8 +118,6 @@ def run_detect(args: argparse.Namespace) -> int:
     fpr = float(args.fpr)
     if not 0.0 < fpr < 1.0:
         raise ConfigError(f"--fpr must be strictly between 0 and 1, got {args.fpr}")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     name, _ = parse_spec(args.detector)
     canonical = DETECTORS.resolve(name)
     params_file = Path(args.detector_params) if args.detector_params else None

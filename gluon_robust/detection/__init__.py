@@ -15,7 +15,6 @@ detectors up by name with :func:`get_detector` or from a
 
 from __future__ import annotations
 
-import inspect
 import os
 from typing import Any, Dict, List, Union
 
@@ -59,7 +58,7 @@ def get_detector(name: str, **kwargs: Any) -> Detector:
 def make_detector(name: str, options: Dict[str, Any]) -> Detector:
     """Build a registered detector, rejecting options it has no parameter for (ConfigError listing those it takes)."""
     factory = DETECTORS.factory(name)
-    accepted = [p for p in inspect.signature(factory).parameters if p != "self"]
+    accepted = DETECTORS.parameters(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         taken = ", ".join(accepted) or "no options"

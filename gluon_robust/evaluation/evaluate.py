@@ -269,7 +269,6 @@ def _with_eot(stages: Sequence[Any], eot_samples: int) -> Tuple[Any, ...]:
     (see :mod:`gluon_robust.defenses`) asks for ``eot_samples > 1``; black-box
     attacks have no such parameter and query the randomised model as it is.
     """
-    import inspect
     from types import MappingProxyType
 
     from ..attacks import ATTACKS
@@ -278,7 +277,7 @@ def _with_eot(stages: Sequence[Any], eot_samples: int) -> Tuple[Any, ...]:
         return tuple(stages)
     out = []
     for stage in stages:
-        takes = stage.attack in ATTACKS and "eot_samples" in inspect.signature(ATTACKS.factory(stage.attack)).parameters
+        takes = stage.attack in ATTACKS and "eot_samples" in ATTACKS.parameters(stage.attack)
         if takes and "eot_samples" not in stage.options:
             stage = stage._replace(options=MappingProxyType(dict(stage.options, eot_samples=eot_samples)))
         out.append(stage)

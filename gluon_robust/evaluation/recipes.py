@@ -16,7 +16,6 @@ being added, say) is skipped with a warning.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import warnings
 from types import MappingProxyType
@@ -173,7 +172,7 @@ def build_attacks(
                     logger.warning(message)
                     warnings.warn(message, RuntimeWarning, stacklevel=2)
                 continue
-            params = inspect.signature(ATTACKS.factory(stage.attack)).parameters
+            params = ATTACKS.parameters(stage.attack)
             options = dict(stage.options, norm=norm, seed=seed)
             if "eps" in params:
                 options["eps"] = float(e)

@@ -108,8 +108,3 @@ class StateFile(Checkpoint):
             arrays.update({f"extra_{k}": v for k, v in self.extra_state[0]().items()})
         arrays[_DIGEST] = np.array(arrays_digest(arrays))
         atomic_save_npz(self.path, **arrays)
-
-    def remove(self) -> None:
-        """Delete the state file (after a finished evaluation)."""
-        if self.path.exists():
-            self.path.unlink()

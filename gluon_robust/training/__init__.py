@@ -11,7 +11,6 @@ and ``scripts/train_adversarial.py``. Methods are looked up by name with
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Dict, List
 
 from ..errors import ConfigError
@@ -64,7 +63,7 @@ def get_method(name: str, **kwargs: Any) -> TrainingMethod:
 def make_method(name: str, options: Dict[str, Any]) -> TrainingMethod:
     """Build a registered method from options, rejecting those it does not take (with the accepted list)."""
     factory = TRAINING_METHODS.factory(name)
-    accepted = [p for p in inspect.signature(factory).parameters if p != "self"]
+    accepted = TRAINING_METHODS.parameters(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(

@@ -42,7 +42,7 @@ from ..integrity import load_npz, refuse_pickle, verify_manifest, write_manifest
 from ..io import atomic_save, atomic_save_npz, atomic_write_json
 
 __all__ = ["Checkpoint", "CheckpointManager", "split_arrays", "join_arrays", "structural_params", "running_stats_arrays",
-           "restore_into", "optimizer_state", "load_optimizer_state"]
+           "restore_into", "optimizer_state", "load_optimizer_state", "init_trainer_store"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +122,7 @@ class CheckpointManager:
 
     def _paths(self, generation: int) -> Tuple[Path, Path, Path, Path]:
         """The generation's params, optimizer arrays, npz and JSON files."""
-        stem = f"ckpt-{generation:06d}"
-        params, optimizer, npz, state = (self.directory / f"{stem}{suffix}" for suffix in _SUFFIXES)
+        params, optimizer, npz, state = (self.directory / f"ckpt-{generation:06d}{suffix}" for suffix in _SUFFIXES)
         return params, optimizer, npz, state
 
     def _manifest(self, generation: int) -> Path:
@@ -235,12 +234,17 @@ def restore_into(checkpoint: Checkpoint, net: gluon.Block, trainer: gluon.Traine
 
 
 # ------------------------------------------------------------------ optimizer state without pickle
-def _updaters(trainer: gluon.Trainer) -> List[Any]:
-    """The updaters holding the Trainer's optimizer state, after initialising its store as ``save_states`` does."""
-    if not trainer._kv_initialized:  # noqa: SLF001 -- the Trainer has no public state API but pickle
+def init_trainer_store(trainer: gluon.Trainer) -> None:
+    """Initialise the Trainer's store and parameters now (MXNet does it lazily, in the first ``step``)."""
+    if not trainer._kv_initialized:  # noqa: SLF001 -- no public way to initialise a Trainer's store
         trainer._init_kvstore()  # noqa: SLF001
     if trainer._params_to_init:  # noqa: SLF001
         trainer._init_params()  # noqa: SLF001
+
+
+def _updaters(trainer: gluon.Trainer) -> List[Any]:
+    """The updaters holding the Trainer's optimizer state, after initialising its store as ``save_states`` does."""
+    init_trainer_store(trainer)
     if trainer._update_on_kvstore:  # noqa: SLF001
         updater = getattr(trainer._kvstore, "_updater", None)  # noqa: SLF001
         if updater is None:
@@ -351,7 +355,8 @@ def load_optimizer_state(trainer: gluon.Trainer, description: Dict[str, Any], pa
     description : dict
         The description :func:`optimizer_state` returned.
     path : path
-        The ``mx.nd.save`` file of its arrays (already verified).
+        The ``mx.nd.save`` file of its arrays, already checked against the checkpoint's manifest
+        (:meth:`CheckpointManager.load`), which refuses pickles.
 
     Raises
     ------
@@ -359,7 +364,6 @@ def load_optimizer_state(trainer: gluon.Trainer, description: Dict[str, Any], pa
         If the checkpoint was made with another optimizer or is malformed.
     """
     where = f"checkpoint optimizer state {path}"
-    refuse_pickle(path, where)
     try:
         loaded = mx.nd.load(str(path))
     except mx.base.MXNetError:

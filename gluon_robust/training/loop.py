@@ -38,7 +38,6 @@ every epoch and before every checkpoint, and only rank 0 writes.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import math
 import time
@@ -67,7 +66,10 @@ from ..validation import (
 from . import TRAINING_METHODS, make_method
 from .adversarial import AdversarialMethod, TrainingMethod
 from .batchnorm import ATTACK_BN_MODES, folded_copy, recalibrate_batchnorm
-from .checkpoint import CheckpointManager, join_arrays, restore_into, running_stats_arrays, split_arrays, structural_params
+from .checkpoint import (
+    CheckpointManager, init_trainer_store, join_arrays, restore_into, running_stats_arrays, split_arrays,
+    structural_params,
+)
 from .curriculum import CURRICULUM_KINDS, Curriculum
 from .guard import GUARD_ACTIONS, OverfittingGuard
 from .standard import save_trained
@@ -169,10 +171,7 @@ def _settle_dist_trainer(trainer: gluon.Trainer) -> None:
     so rank 0 could read the summed gradient instead of the weights. Doing
     the broadcast up front and waiting for it removes the race.
     """
-    if not trainer._kv_initialized:  # noqa: SLF001 -- no public way to initialise a Trainer's store
-        trainer._init_kvstore()  # noqa: SLF001
-    if trainer._params_to_init:  # noqa: SLF001
-        trainer._init_params()  # noqa: SLF001
+    init_trainer_store(trainer)
     mx.nd.waitall()
 
 
@@ -433,6 +432,10 @@ def train_adversarial(
             return f"no checkpoint of this run was written to {checkpoint_dir}"
         return f"the checkpoint of {_position(*kept)} is kept in {checkpoint_dir}"
 
+    def diverged(what: str, unsaved: str) -> TrainingDiverged:
+        return TrainingDiverged(f"training diverged: {what}; {unsaved} not saved and {kept_message()}; "
+                                f"train again with a lower --lr (now {trainer.learning_rate:g})")
+
     def save(epoch: int, step: int) -> None:
         """Checkpoint (rank 0 writes; every worker must call it, as it synchronises them).
 
@@ -441,10 +444,8 @@ def train_adversarial(
         nonlocal loss_sum, seen, kept
         bad = _nonfinite_params(net)
         if bad:
-            raise TrainingDiverged(
-                f"training diverged: parameters {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} became NaN or "
-                f"infinite by {_position(epoch, step)}; they were not saved and {kept_message()}; "
-                f"train again with a lower --lr (now {trainer.learning_rate:g})")
+            raise diverged(f"parameters {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} became NaN or infinite "
+                           f"by {_position(epoch, step)}", "they were")
         if manager is None:
             return
         if reducer.active:
@@ -507,10 +508,8 @@ def train_adversarial(
                         trainer.step(batch_count)  # the global batch: dist_sync sums the gradients of all workers
                     step_loss = sum(float(l.sum().asscalar()) for l in losses)  # the step's one sync
                     if not math.isfinite(step_loss):
-                        raise TrainingDiverged(
-                            f"training diverged: the loss became {step_loss} at epoch {epoch + 1}, step {step + 1} "
-                            f"(global step {run.global_step + 1}); the parameters were not saved and "
-                            f"{kept_message()}; train again with a lower --lr (now {trainer.learning_rate:g})")
+                        raise diverged(f"the loss became {step_loss} at epoch {epoch + 1}, step {step + 1} "
+                                       f"(global step {run.global_step + 1})", "the parameters were")
                     loss_sum += step_loss
                     seen += len(y_np)
                     run.global_step += 1
@@ -736,7 +735,7 @@ def parse_contexts(ctx: Sequence[str]) -> List[mx.Context]:
 def _method_options(cfg: TrainConfig, teacher: Optional[Classifier]) -> Tuple[str, Dict[str, Any]]:
     """The method's name and options: common ones it takes, plus the specific ones the user gave."""
     name = TRAINING_METHODS.resolve(cfg.method)
-    accepted = set(inspect.signature(TRAINING_METHODS.factory(name)).parameters)
+    accepted = set(TRAINING_METHODS.parameters(name))
     common = {"eps": cfg.eps, "norm": cfg.norm, "steps": cfg.steps, "seed": cfg.seed,
               "attack_bn": cfg.attack_bn, "attack_updates_stats": cfg.attack_updates_stats}
     options = {k: v for k, v in common.items() if k in accepted}
@@ -893,12 +892,7 @@ def run_training(cfg: TrainConfig, *, on_step: Optional[Callable[[int, int, int]
     config_path = save_dir / f"{cfg.run_name}.yaml"
     metrics = metrics_of(run, final=True)
     metrics["outputs"] = {"config": str(config_path), "params": str(config_path.with_suffix(".params"))}
-    if run.rank == 0:  # the only writer of a distributed job
-        bad = _nonfinite_params(model.net)
-        if bad:
-            raise TrainingDiverged(f"training diverged: parameters {', '.join(bad[:3])} are NaN or infinite at the "
-                                   f"end; {cfg.run_name}.params was not written; train again with a lower --lr "
-                                   f"(now {cfg.lr:g})")
+    if run.rank == 0:  # the only writer of a distributed job; every epoch's end refused non-finite parameters
         config_path = save_trained(model, config, save_dir, cfg.run_name)
         atomic_write_json(save_dir / "metrics.json", metrics)
         # The run's outputs replace an earlier run's in --save-dir (another --name's weights, say).
