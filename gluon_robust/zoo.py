@@ -195,6 +195,10 @@ def build_zoo_net(name: str, classes: Optional[int], pretrained: bool, ctx: mx.C
     # HRNet's constructors take num_classes and silently ignore classes.
     module = getattr(model_zoo._models[key], "__module__", "")
     kwargs = {} if classes is None else {"num_classes" if module.endswith(".hrnet") else "classes": classes}
+    # The pruned ResNets take every layer's shape, the 1000-way head too, from GluonCV's table.
+    if ".pruned_resnet." in module and classes not in (None, 1000):
+        raise ModelError(f"model {key!r} is a pruned ImageNet net with a fixed 1000-class head; classes={classes} "
+                         "cannot be built")
     try:
         net = get_model(key, pretrained=False, **kwargs)
     except TypeError as err:
