@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 ART_VENV := benchmarks/.venv-art
 
-.PHONY: demo test test-all bench bench-art reliability install clean
+.PHONY: demo test test-all bench bench-art reliability zoo-matrix install clean
 
 $(STAMP): setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,13 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_smoothing.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_detection.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_distributed.py --out benchmarks/results
+
+# Every GluonCV image classifier checked (fold, gradient, PGD through the CLI): resumes an
+# interrupted sweep (--update; ZOO_ARGS="--only NAME,..." re-runs some), then writes docs/zoo.md.
+ZOO_ARGS ?= --update
+zoo-matrix: $(STAMP)
+	OMP_NUM_THREADS=1 MXNET_OMP_MAX_THREADS=1 nice -n 10 $(BIN)/python benchmarks/zoo_matrix.py $(ZOO_ARGS)
+	$(BIN)/python benchmarks/zoo_matrix.py --markdown docs/zoo.md
 
 # ART 1.19.1 (its MXNet classifier) lives only in the benchmark's own environment.
 $(ART_VENV)/.installed: setup.py constraints.txt

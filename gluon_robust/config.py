@@ -142,8 +142,13 @@ def family_defaults(model: str) -> Dict[str, Any]:
     name = model.lower()
     if name.startswith("cifar"):
         return {"mean": CIFAR_MEAN, "std": CIFAR_STD, "input_size": (3, 32, 32), "classes": 100 if "cifar100" in name else 10}
-    size = 299 if "inception" in name else 224
+    size = _INPUT_SIZES.get(name, 299 if "inception" in name or name.startswith("xception") else 224)
     return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "input_size": (3, size, size), "classes": 1000}
+
+
+#: ImageNet models GluonCV trains and evaluates at a size other than 224 (Inception and
+#: Xception: 299, by the rule in family_defaults).
+_INPUT_SIZES = {"nasnet_6_4032": 331, "resnest101": 256, "resnest200": 320, "resnest269": 416}
 
 
 def config_dir() -> Path:

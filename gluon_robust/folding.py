@@ -21,15 +21,25 @@ user ``HybridBlock`` or an exported ``net-symbol.json``):
 The result is a hybridised :class:`mxnet.gluon.SymbolBlock` with no BatchNorm
 left, whose parameters have ``grad_req='null'``, so that input gradients are
 correct and only the input is differentiated.
+
+GroupNorm, InstanceNorm and LayerNorm normalise with the statistics of the
+input itself in both modes: they are mode free, need no folding and are kept
+as they are. MXNet's own layers trace into ``GroupNorm``, ``InstanceNorm`` and
+``LayerNorm`` ops. GluonCV's ``gluoncv.nn.GroupNorm`` (the ``resnet*_v1b_gn``
+nets) cannot be traced (it reads the input's shape and builds a train-mode
+BatchNorm over reshaped data), so :func:`block_to_symbol` traces it as the
+same computation with MXNet's ``GroupNorm`` op (:func:`_group_norm`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import mxnet as mx
 import numpy as np
@@ -88,6 +98,45 @@ def _channels_first(node: dict) -> bool:
     return node["op"] in _FOLDABLE_OPS and attrs.get("layout", "None") in ("None", "NCW", "NCHW", "NCDHW")
 
 
+def _group_norm(block: gluon.HybridBlock, F: Any, x: Any, gamma: Any, beta: Any) -> Any:  # noqa: N803
+    """``gluoncv.nn.GroupNorm``'s function in symbolic ops: per-sample group statistics, per-channel affine.
+
+    MXNet's ``GroupNorm`` op takes one gamma and beta per group, so it normalises with
+    unit ones and the per-channel affine map follows.
+    """
+    groups = int(block.ngroups)
+    y = F.GroupNorm(x, F.ones(shape=(groups,)), F.zeros(shape=(groups,)), num_groups=groups,
+                    eps=float(block._kwargs["eps"]))
+    y = F.reshape(y, shape=(0, 0, -1))
+    if block.scale:
+        y = F.broadcast_mul(y, F.reshape(gamma, shape=(1, -1, 1)))
+    y = F.broadcast_add(y, F.reshape(beta, shape=(1, -1, 1)))
+    return F.reshape_like(y, x)
+
+
+def _descendants(block: gluon.Block) -> Iterator[gluon.Block]:
+    yield block
+    for child in block._children.values():
+        yield from _descendants(child)
+
+
+@contextlib.contextmanager
+def _traceable(block: gluon.HybridBlock) -> Iterator[None]:
+    """Within the context, GluonCV GroupNorm layers of ``block`` trace as :func:`_group_norm`."""
+    try:
+        from gluoncv.nn.gn import GroupNorm
+    except ImportError:  # GluonCV is optional for user blocks
+        GroupNorm = ()  # noqa: N806
+    patched = [b for b in _descendants(block) if GroupNorm and isinstance(b, GroupNorm)]
+    for b in patched:
+        b.hybrid_forward = functools.partial(_group_norm, b)
+    try:
+        yield
+    finally:
+        for b in patched:
+            del b.hybrid_forward
+
+
 def block_to_symbol(block: gluon.HybridBlock, input_name: str = "data") -> Tuple[mx.sym.Symbol, Params]:
     """Trace a Gluon block into a symbol and a name-to-value parameter dict.
 
@@ -110,12 +159,13 @@ def block_to_symbol(block: gluon.HybridBlock, input_name: str = "data") -> Tuple
             "(pass fold=False to use it as it is)"
         )
     try:
-        out = block(mx.sym.var(input_name))
+        with _traceable(block):
+            out = block(mx.sym.var(input_name))
     except Exception as err:  # any failure to trace is reported in one line
         raise ModelError(f"cannot trace {type(block).__name__} into a symbol graph ({err}); pass fold=False") from err
     if isinstance(out, (list, tuple)):
         if len(out) != 1:
-            raise ModelError(f"the model has {len(out)} outputs; a classifier must have exactly one")
+            raise ModelError(f"the model has {len(out)} outputs; a classifier has one (wrap it in gluon_robust.model.FirstOutput to use the first)")
         out = out[0]
     params: Params = {}
     for param in block.collect_params().values():

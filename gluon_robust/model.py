@@ -28,7 +28,7 @@ from .folding import fold_batchnorm, symbol_block
 from .integrity import refuse_pickle
 from .zoo import build_zoo_net, check_zoo_name, load_params_into, zoo_names
 
-__all__ = ["Classifier", "load_classifier", "ModelSource", "predict_in_chunks"]
+__all__ = ["Classifier", "FirstOutput", "load_classifier", "ModelSource", "predict_in_chunks"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,29 @@ class Classifier(gluon.HybridBlock):
         )
 
 
+class FirstOutput(gluon.HybridBlock):
+    """The first output of a network that returns several: its classifier's logits.
+
+    Some classifiers also return auxiliary outputs (GluonCV's NASNet returns
+    ``(logits, auxiliary_logits)`` from its auxiliary training head). GluonCV puts the
+    main classifier first, so the first output is what is classified and attacked;
+    the others are dropped, and folding prunes the layers only they used.
+
+    Parameters
+    ----------
+    net : mxnet.gluon.HybridBlock
+        The network; it returns a list or tuple whose first item is ``(N, classes)``.
+    """
+
+    def __init__(self, net: gluon.HybridBlock) -> None:
+        super().__init__()
+        with self.name_scope():
+            self.net = net
+
+    def hybrid_forward(self, F: Any, x: Any) -> Any:  # noqa: N803 (Gluon's signature)
+        return self.net(x)[0]
+
+
 def _symbol_source(path: Path, params: Optional[str], ctx: mx.Context) -> gluon.SymbolBlock:
     """Load an exported ``net-symbol.json`` (+ ``net-0000.params``) as a SymbolBlock."""
     if not path.is_file():
@@ -199,8 +222,8 @@ def _is_bundled_config(name: str) -> bool:
     return True
 
 
-def _infer_classes(net: gluon.HybridBlock, input_size: Tuple[int, int, int], ctx: mx.Context) -> int:
-    """Run one forward pass on zeros and return the number of output scores."""
+def _infer_classes(net: gluon.HybridBlock, input_size: Tuple[int, int, int], ctx: mx.Context) -> Tuple[int, int]:
+    """Run one forward pass on zeros; return the number of class scores and of outputs."""
     try:
         out = net(mx.nd.zeros((1,) + tuple(input_size), ctx=ctx))
     except mx.base.MXNetError as err:  # a RuntimeError subclass, so caught first
@@ -209,11 +232,15 @@ def _infer_classes(net: gluon.HybridBlock, input_size: Tuple[int, int, int], ctx
         raise ModelError(f"the model does not accept inputs of size {tuple(input_size)}: {reason}") from None
     except RuntimeError as err:  # Gluon's "Parameter ... has not been initialized"
         raise ModelError(f"the model's parameters are not initialised ({str(err).splitlines()[0]}); pass params") from None
+    outputs = len(out) if isinstance(out, (list, tuple)) else 1
     if isinstance(out, (list, tuple)):
-        raise ModelError(f"the model returns {len(out)} outputs; a classifier returns one (N, classes) array")
+        if not out or not isinstance(out[0], mx.nd.NDArray):
+            raise ModelError(f"the model returns {type(out).__name__} of {outputs}; a classifier returns (N, classes)")
+        out = out[0]
     if out.ndim != 2:
-        raise ModelError(f"the model returns shape {out.shape}; a classifier returns (N, classes)")
-    return int(out.shape[1])
+        which = "its first output has" if outputs > 1 else "the model returns"
+        raise ModelError(f"{which} shape {out.shape}; a classifier returns (N, classes)")
+    return int(out.shape[1]), outputs
 
 
 def load_classifier(
@@ -282,7 +309,10 @@ def load_classifier(
     net, defaults = _resolve(source, classes, str(params) if params else None, pretrained, ctx)
     size = parse_input_size(input_size) if input_size is not None else defaults.get("input_size")
     if size is not None:
-        actual = _infer_classes(net, size, ctx)
+        actual, outputs = _infer_classes(net, size, ctx)
+        if outputs > 1:
+            logger.info("the model returns %d outputs; the first (the classifier's logits) is used", outputs)
+            net = FirstOutput(net)
         expected = classes or defaults.get("classes")
         if expected is not None and actual != expected:
             raise ModelError(f"the model outputs {actual} class scores but {expected} classes were expected")

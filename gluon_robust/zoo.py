@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import mxnet as mx
 from mxnet import gluon
@@ -21,9 +21,47 @@ from mxnet import gluon
 from .errors import ModelError
 from .integrity import refuse_pickle
 
-__all__ = ["zoo_names", "check_zoo_name", "pretrained_weights_path", "build_zoo_net", "load_params_into"]
+__all__ = [
+    "zoo_names", "check_zoo_name", "zoo_task", "classifier_names", "refusal_reason", "REFUSALS",
+    "pretrained_weights_path", "build_zoo_net", "load_params_into",
+]
 
 logger = logging.getLogger(__name__)
+
+CLASSIFICATION = "image classification"
+
+#: The task of every ``gluoncv.model_zoo`` module that defines model constructors, by
+#: module path below ``gluoncv.model_zoo``; the longest matching prefix wins. This is the
+#: rule that decides which zoo names are image classifiers: GluonCV defines each
+#: classifier's constructor in a backbone module (``resnet``, ``mobilenet``, ...), and
+#: every other task in a module of its own (``ssd``, ``fcn``, ``action_recognition``, ...).
+#: A module not listed here counts as classification, so that a new GluonCV backbone is
+#: tried rather than silently skipped.
+_MODULE_TASKS: Dict[str, str] = {
+    "action_recognition": "action recognition (video clips)",
+    "alpha_pose": "pose estimation",
+    "center_net": "object detection",
+    "danet": "semantic segmentation",
+    "deeplabv3": "semantic segmentation",
+    "deeplabv3b_plus": "semantic segmentation",
+    "fastscnn": "semantic segmentation",
+    "fcn": "semantic segmentation",
+    "icnet": "semantic segmentation",
+    "monodepthv2": "depth estimation",
+    "pspnet": "semantic segmentation",
+    "rcnn": "object detection",
+    "siamrpn": "object tracking",
+    "simple_pose": "pose estimation",
+    "ssd": "object detection",
+    "yolo.yolo3": "object detection",
+}
+
+#: Names refused by :func:`build_zoo_net` (so by ``load_classifier`` and ``--model NAME``),
+#: as (pattern, one-line reason). ``{twin}`` in a reason is the name without its ``_int8``.
+REFUSALS: Tuple[Tuple[str, str], ...] = (
+    (r".+_int8", "quantised int8 graph (MKLDNN quantize/requantize ops) with no gradient path; "
+                 "use the float twin {twin}"),
+)
 
 
 def zoo_names() -> List[str]:
@@ -46,6 +84,47 @@ def check_zoo_name(name: str) -> str:
     if key not in names:
         raise ModelError(f"unknown model {name!r}; close matches: {close_matches(key, names)}")
     return key
+
+
+def zoo_task(name: str) -> str:
+    """The task of a zoo model: ``"image classification"`` or what else it does.
+
+    The task comes from the GluonCV module that defines the model's constructor (see
+    ``_MODULE_TASKS``); ``hrnet_*_s`` are HRNetV2 segmentation nets and a ``_int8``
+    model has the task of its float twin.
+    """
+    from gluoncv.model_zoo import model_zoo
+
+    key = check_zoo_name(name)
+    if key.endswith("_int8") and key[: -len("_int8")] in model_zoo._models:
+        return zoo_task(key[: -len("_int8")])
+    if re.fullmatch(r"hrnet_.*_s", key):
+        return "semantic segmentation"
+    module = getattr(model_zoo._models[key], "__module__", "") or ""
+    module = module[len("gluoncv.model_zoo."):] if module.startswith("gluoncv.model_zoo.") else module
+    matches = [prefix for prefix in _MODULE_TASKS if module == prefix or module.startswith(prefix + ".")]
+    return _MODULE_TASKS[max(matches, key=len)] if matches else CLASSIFICATION
+
+
+def classifier_names() -> List[str]:
+    """Every zoo name whose task is image classification, in GluonCV's order."""
+    return [name for name in zoo_names() if zoo_task(name) == CLASSIFICATION]
+
+
+def refusal_reason(name: str) -> Optional[str]:
+    """Why ``name`` cannot be used as a classifier to attack, or None when it can.
+
+    A model is refused when its task is not image classification, or when it matches
+    a pattern of :data:`REFUSALS`.
+    """
+    key = check_zoo_name(name)
+    task = zoo_task(key)
+    if task != CLASSIFICATION:
+        return f"{key} is a model for {task}, not an image classifier"
+    for pattern, reason in REFUSALS:
+        if re.fullmatch(pattern, key):
+            return reason.format(twin=re.sub(r"_int8$", "", key))
+    return None
 
 
 def _cache_root() -> Path:
@@ -100,12 +179,27 @@ def build_zoo_net(name: str, classes: Optional[int], pretrained: bool, ctx: mx.C
     -------
     mxnet.gluon.HybridBlock
         Initialised when ``pretrained``; otherwise not yet initialised.
+
+    Raises
+    ------
+    ModelError
+        For an unknown or refused name (see :func:`refusal_reason`), missing weights,
+        or a class count the constructor does not take.
     """
-    from gluoncv.model_zoo import get_model
+    from gluoncv.model_zoo import get_model, model_zoo
 
     key = check_zoo_name(name)
+    reason = refusal_reason(key)
+    if reason is not None:
+        raise ModelError(f"model {key!r} is not supported: {reason}")
     weights = pretrained_weights_path(key) if pretrained else None
-    kwargs = {} if classes is None else {"classes": classes}
+    # HRNet's constructors take num_classes and silently ignore classes.
+    module = getattr(model_zoo._models[key], "__module__", "")
+    kwargs = {} if classes is None else {"num_classes" if module.endswith(".hrnet") else "classes": classes}
+    # The pruned ResNets take every layer's shape, the 1000-way head too, from GluonCV's table.
+    if ".pruned_resnet." in module and classes not in (None, 1000):
+        raise ModelError(f"model {key!r} is a pruned ImageNet net with a fixed 1000-class head; classes={classes} "
+                         "cannot be built")
     try:
         net = get_model(key, pretrained=False, **kwargs)
     except TypeError as err:
