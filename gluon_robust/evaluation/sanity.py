@@ -183,9 +183,9 @@ def report_warnings(report: Dict[str, Any]) -> List[str]:
     messages: List[str] = []
     attacks = report["attacks"]
     samples = report["per_sample"]
-    n = int(report["n"])
-    correct = sum(1 for s in samples if s["label"] == s["clean_prediction"])
-    messages += accuracy_warnings(n, correct, report.get("num_classes"))
+    if "n" in report:  # clean accuracy at or below chance, or no samples at all
+        n = int(report["n"])
+        messages += accuracy_warnings(n, int(round(report["clean_accuracy"] * n)), report.get("num_classes"))
 
     # Black-box attacks that break points no white-box attack of the threat model broke.
     groups: Dict[Tuple[str, Any], List[int]] = defaultdict(list)
