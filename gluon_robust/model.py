@@ -159,6 +159,12 @@ def _resolve(
     if isinstance(source, gluon.HybridBlock):
         if params:
             load_params_into(source, params, ctx)
+        elif any(p._deferred_init for p in source.collect_params().values()):  # noqa: SLF001 -- no public flag
+            # shapes still unknown: the weights only come into being at the first forward pass, so they are
+            # the initialiser's random draw, not trained ones
+            logger.warning("%s's parameters are only initialised (deferred, never run or loaded): the model has "
+                           "random weights and its accuracy will be at chance; pass params=FILE or load weights "
+                           "first", type(source).__name__)
         return source, {"arch": type(source).__name__}
     if isinstance(source, ModelConfig):
         config = source

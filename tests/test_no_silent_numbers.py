@@ -292,6 +292,19 @@ def test_uninitialised_user_block_is_an_error():
         load_classifier(net, classes=10)
 
 
+def test_user_block_with_deferred_random_weights_warns(caplog):
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Dense(10))
+    net.initialize()  # shapes unknown: the weights appear at the first forward pass, random
+    with caplog.at_level(logging.WARNING, logger="gluon_robust"):
+        load_classifier(net, input_size=(1, 4, 4))
+    assert "random weights" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gluon_robust"):
+        load_classifier(net, input_size=(1, 4, 4))  # now run once: its weights are whatever they are, no guess
+    assert "random weights" not in caplog.text
+
+
 def test_config_without_params_warns_of_random_weights(tmp_path, caplog):
     config = tmp_path / "random.yaml"
     text = (REPO / "model_configs" / "mnist_resnet20.yaml").read_text()
