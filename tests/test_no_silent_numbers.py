@@ -102,18 +102,23 @@ def test_attack_with_every_label_wrong_is_a_complete_run(digits, tmp_path, capsy
     assert len(rows) == 8 and all(r["attacked"] == "0" for r in rows)
 
 
-def test_attack_with_a_batch_that_has_nothing_to_attack(digits, tmp_path, capsys):
+@pytest.mark.parametrize("limit", [8, 6])
+def test_attack_with_a_batch_that_has_nothing_to_attack(digits, tmp_path, capsys, limit):
     out = tmp_path / "a"
-    code = main(["attack", *MODEL, "--data", f"npz:{digits['half']}", "--attack", "pgd", "--eps", "0.1",
-                 "--steps", "2", "--no-progress", "--out", str(out)])
+    code = main(["attack", *MODEL, "--data", f"npz:{digits['half']}", "--limit", str(limit), "--attack", "pgd",
+                 "--eps", "0.1", "--steps", "2", "--no-progress", "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n"] == 8 and summary["clean_accuracy"] == 0.5 and summary["attacked"] == 4
+    assert summary["n"] == limit and summary["attacked"] == limit - 4
+    assert summary["clean_accuracy"] == pytest.approx((limit - 4) / limit)
     assert summary["warnings"] == [] and _warning_lines(captured.err) == []
     with open(out / "per_sample.csv", newline="") as fh:
         attacked = [r["attacked"] for r in csv.DictReader(fh)]
-    assert attacked == ["0"] * 4 + ["1"] * 4
+    assert attacked == ["0"] * 4 + ["1"] * (limit - 4)
+    with np.load(out / "adversarial.npz") as adv:
+        assert len(adv["x_adv"]) == limit
+        np.testing.assert_array_equal(adv["x_adv"][:4], digits["x"][:4])
 
 
 def test_attack_progress_is_labelled_and_counted_in_samples(digits, tmp_path, monkeypatch):
