@@ -149,7 +149,8 @@ def run_attack_job(
             "data": source.name,
             "seed": seed,
             "versions": versions(),
-            "warnings": sanity.accuracy_warnings(result.n, int(result.correct.sum()), getattr(model, "num_classes", None)),
+            "warnings": sanity.accuracy_warnings(result.n, int(result.correct.sum()),
+                                                 getattr(model, "num_classes", None)),
         }
         if hasattr(model, "defense_report"):  # a DefendedClassifier: say which gradient path the attack used
             summary["defense"] = dict(model.defense_report(), attack_eot_samples=getattr(attack, "eot_samples", None))

@@ -214,8 +214,9 @@ def _check_finite_weights(net: gluon.Block, params: Optional[str | os.PathLike])
     if bad:
         where = f"the weights in {params}" if params else "the model's weights"
         shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-        raise ModelError(f"{where} hold NaN or infinite values ({len(bad)} parameter{'s' if len(bad) > 1 else ''}: {shown}), so every prediction "
-                         "would be wrong; the training that wrote them probably diverged: use other weights (--params)")
+        count = f"{len(bad)} parameter{'s' if len(bad) > 1 else ''}"
+        raise ModelError(f"{where} hold NaN or infinite values ({count}: {shown}), so every prediction would be "
+                         "wrong; the training that wrote them probably diverged: use other weights (--params)")
 
 
 def _is_bundled_config(name: str) -> bool:

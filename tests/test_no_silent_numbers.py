@@ -1,5 +1,6 @@
-"""No silent wrong numbers (issue 15): chance-level accuracy warns, broken weights are refused, a batch or a slice
-with nothing to attack is an ordinary run, and the small CLI fixes (help names, suggestions, progress, epoch lines)."""
+"""No silent wrong numbers (issue 15): chance-level accuracy warns, broken weights are refused, a batch or a
+slice with nothing to attack is an ordinary run, and the small CLI fixes (help names, suggestions, progress,
+epoch lines)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 from mxnet import gluon
 
 from gluon_robust.cli import COMMANDS, build_parser, main
-from gluon_robust.data import ArraySource, load_data
+from gluon_robust.data import load_data
 from gluon_robust.errors import ConfigError, ModelError
 from gluon_robust.evaluation import sanity
 from gluon_robust.model import load_classifier
@@ -89,7 +90,7 @@ def test_attack_with_every_label_wrong_is_a_complete_run(digits, tmp_path, capsy
     printed = json.loads(captured.out)  # stdout stays one JSON document; the warning goes to stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 8 and summary["attacked"] == 0
-    assert summary["clean_accuracy"] == 0.0 and summary["robust_accuracy"] == 0.0 and summary["success_rate"] == 0.0
+    assert summary["clean_accuracy"] == summary["robust_accuracy"] == summary["success_rate"] == 0.0
     (warning,) = summary["warnings"]
     _assert_chance_message(warning)
     assert printed["warnings"] == summary["warnings"]
@@ -174,7 +175,8 @@ def test_evaluate_with_every_label_wrong_warns_and_writes_the_report(digits, tmp
 
 
 def test_evaluate_empty_shards_and_their_merge(tmp_path, capsys):
-    common = [*MODEL, "--data", "mnist-sample", "--limit", "2", "--attacks", "fgsm", "--eps", "0.1", "--no-progress"]
+    common = [*MODEL, "--data", "mnist-sample", "--limit", "2", "--attacks", "fgsm", "--eps", "0.1",
+              "--no-progress"]
     sizes = []
     for k in range(4):  # 2 samples in 4 shards: shards 0 and 2 are empty
         assert main(["evaluate", *common, "--shard", f"{k}/4", "--out", str(tmp_path / f"s{k}")]) == 0
