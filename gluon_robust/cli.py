@@ -18,7 +18,8 @@ from .errors import ConfigError, GluonRobustError
 from .interrupts import handle_signals, interrupt_message
 from .validation import check_contexts, check_int, check_out_dir, flag_message
 
-__all__ = ["main", "emit", "parse_fraction", "parse_count", "parse_floats", "check_common_args", "parse_ctx", "setup_logging", "build_parser"]
+__all__ = ["main", "emit", "emit_warnings", "parse_fraction", "parse_count", "parse_floats", "check_common_args",
+           "parse_ctx", "setup_logging", "build_parser"]
 
 logger = logging.getLogger("gluon_robust")
 
@@ -111,6 +112,13 @@ def _close_progress_bars() -> None:
 def emit(text: str = "") -> None:
     """Write a command's result to stdout; commands print through this, logs go to stderr."""
     print(text)
+
+
+def emit_warnings(messages: Sequence[str], stderr: bool = False) -> None:
+    """Print each warning of a result as a ``WARNING: ...`` line, on stdout (with a table) or stderr
+    (when stdout holds JSON that must stay parseable)."""
+    for message in messages:
+        print(f"WARNING: {message}", file=sys.stderr if stderr else sys.stdout)
 
 
 # ------------------------------------------------------------- shared flags

@@ -74,6 +74,7 @@ def run_attack_job(
     seed: int = 0,
     max_images: int = 100,
     options: Optional[Dict[str, Any]] = None,
+    progress: bool = True,
 ) -> Dict[str, Any]:
     """Attack every correctly classified sample of ``source`` and write the outputs.
 
@@ -82,6 +83,13 @@ def run_attack_job(
     ``index``, ``clean_pred``, ``adv_pred``, ``success``, ``distance``),
     ``per_sample.csv``, ``summary.json`` and PNG pairs under ``images/`` for
     the first ``max_images`` attacked samples of 1- or 3-channel data.
+    ``progress`` shows a bar labelled ``attack NAME``, counted in samples.
+
+    A source with no correctly classified sample is an ordinary run: nothing
+    is attacked, every accuracy is 0 and all files are written. A clean
+    accuracy at or below chance (or no samples) is logged, sent to
+    :mod:`warnings` and listed under ``warnings`` in the summary (see
+    :func:`gluon_robust.evaluation.sanity.accuracy_warnings`).
 
     Returns
     -------
@@ -90,9 +98,10 @@ def run_attack_job(
         ``success_rate`` (over attacked points), ``seconds``,
         ``max_perturbation`` and more; for a defended model (see
         :mod:`gluon_robust.defenses`) also ``defense``: the chain, the gradient
-        path of each defence and the EOT samples the attack used.
+        path of each defence and the EOT samples the attack used; ``warnings``.
     """
     from .attacks.targets import choose_targets
+    from .evaluation import sanity
 
     targets: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = (
         None if target_mode is None else functools.partial(choose_targets, model, mode=target_mode, seed=seed)
@@ -106,7 +115,8 @@ def run_attack_job(
         sink = _AdversarialSink(stage / "adversarial.npz", len(source), source.sample_shape, images, max_images, model.bounds)
         try:
             result = evaluate_attacks(model, source, [(attack_name, attack)], batch_size=batch_size, cascade=False,
-                                      targets=targets, on_batch=sink)
+                                      targets=targets, on_batch=sink, progress=progress,
+                                      desc=f"attack {attack_name}")
         except BaseException:
             sink.writer.abort()
             raise
@@ -139,6 +149,8 @@ def run_attack_job(
             "data": source.name,
             "seed": seed,
             "versions": versions(),
+            "warnings": sanity.accuracy_warnings(result.n, int(result.correct.sum()),
+                                                 getattr(model, "num_classes", None)),
         }
         if hasattr(model, "defense_report"):  # a DefendedClassifier: say which gradient path the attack used
             summary["defense"] = dict(model.defense_report(), attack_eot_samples=getattr(attack, "eot_samples", None))
@@ -152,6 +164,7 @@ def run_attack_job(
                 f"{sink.adv_pred[i] if attacked[i] else ''},{int(sink.success[i])},{dist},{target}"
             )
         atomic_write_text(stage / "per_sample.csv", "\n".join(lines) + "\n")
+    sanity.emit(summary["warnings"])
     logger.info(
         "%s: clean accuracy %.2f%%, robust accuracy %.2f%%, success rate %.2f%% (%d attacked), %.1f s -> %s",
         attack_name, 100 * summary["clean_accuracy"], 100 * summary["robust_accuracy"], 100 * summary["success_rate"],

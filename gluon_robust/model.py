@@ -182,6 +182,12 @@ def _resolve(
     if isinstance(source, gluon.HybridBlock):
         if params:
             load_params_into(source, params, ctx)
+        elif any(p._deferred_init for p in source.collect_params().values()):  # noqa: SLF001 -- no public flag
+            # shapes still unknown: the weights only come into being at the first forward pass, so they are
+            # the initialiser's random draw, not trained ones
+            logger.warning("%s's parameters are only initialised (deferred, never run or loaded): the model has "
+                           "random weights and its accuracy will be at chance; pass params=FILE or load weights "
+                           "first", type(source).__name__)
         return source, {"arch": type(source).__name__}
     if isinstance(source, ModelConfig):
         config = source
@@ -202,7 +208,8 @@ def _resolve(
     if weights:
         load_params_into(net, weights, ctx)
     elif not pretrained:
-        logger.warning("no weights given for %s: the model is freshly initialised", config.model)
+        logger.warning("no weights given for %s: the model is freshly initialised with random weights and its "
+                       "accuracy will be at chance; pass --params FILE or --pretrained", config.model)
         net.initialize(mx.init.Xavier(), ctx=ctx)
     return net, {
         "arch": config.model,
@@ -212,6 +219,27 @@ def _resolve(
         "bounds": config.bounds,
         "input_size": config.input_size,
     }
+
+
+def _check_finite_weights(net: gluon.Block, params: Optional[str | os.PathLike]) -> None:
+    """Raise ModelError if an initialised parameter holds NaN or infinity: every number computed with it is wrong.
+
+    Parameters whose initialisation is still deferred (shape unknown) are skipped.
+    """
+    bad = []
+    for name, param in net.collect_params().items():
+        try:
+            data = param.data(param.list_ctx()[0])
+        except (RuntimeError, gluon.parameter.DeferredInitializationError):  # not (yet) initialised
+            continue
+        if not np.isfinite(data.asnumpy()).all():
+            bad.append(name)
+    if bad:
+        where = f"the weights in {params}" if params else "the model's weights"
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        count = f"{len(bad)} parameter{'s' if len(bad) > 1 else ''}"
+        raise ModelError(f"{where} hold NaN or infinite values ({count}: {shown}), so every prediction would be "
+                         "wrong; the training that wrote them probably diverged: use other weights (--params)")
 
 
 def _is_bundled_config(name: str) -> bool:
@@ -307,6 +335,7 @@ def load_classifier(
     if isinstance(source, str) and not source.strip():
         raise ModelError("no model given: pass a zoo name, a config file, a symbol file or a block")
     net, defaults = _resolve(source, classes, str(params) if params else None, pretrained, ctx)
+    _check_finite_weights(net, params)
     size = parse_input_size(input_size) if input_size is not None else defaults.get("input_size")
     if size is not None:
         actual, outputs = _infer_classes(net, size, ctx)

@@ -51,10 +51,20 @@ class Registry(Generic[T]):
         key = str(name).strip().lower()
         key = self._aliases.get(key, key)
         if key not in self._factories:
-            close = difflib.get_close_matches(key, self.names() + list(self._aliases), n=3, cutoff=0.6)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            hint = f" (did you mean {', '.join(self.suggestions(key))}?)" if self.suggestions(key) else ""
             raise ConfigError(f"unknown {self.kind} {name!r}{hint}; valid names: {', '.join(self.names())}")
         return key
+
+    def suggestions(self, name: str, n: int = 3) -> List[str]:
+        """Up to ``n`` registered names close to ``name``, closest first.
+
+        A close alias suggests the name it stands for, so every suggestion is
+        one of :meth:`names`, the list the error message shows.
+        """
+        key = str(name).strip().lower()
+        close = difflib.get_close_matches(key, self.names() + list(self._aliases), n=2 * n, cutoff=0.6)
+        canonical = [self._aliases.get(c, c) for c in close]
+        return list(dict.fromkeys(canonical))[:n]
 
     def factory(self, name: str) -> Callable[..., T]:
         """The factory registered under ``name``."""

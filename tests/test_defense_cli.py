@@ -41,7 +41,7 @@ def test_attack_on_a_randomised_chain_uses_eot_unless_told_otherwise(tmp_path, c
 
 @pytest.mark.parametrize("extra,pattern", [
     (["--defense", "jpeg:quality=500"], r"defense jpeg: quality must be an integer in 1\.\.100, got 500"),
-    (["--defense", "blurr"], r"unknown defense 'blurr' \(did you mean blur\?\); valid names: bitdepth, jpeg"),
+    (["--defense", "blurr"], r"unknown defense 'blurr' \(did you mean spatial\?\); valid names: bitdepth, jpeg"),
     (["--gradient", "bpda"], "--gradient and --eot-samples need --defense"),
     (["--defense", "jpeg", "--gradient", "exact"], "argument --gradient: invalid choice: 'exact'"),
 ])

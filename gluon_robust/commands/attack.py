@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional
 
 from ..cli import (
     add_data_args, add_model_args, add_run_args, command, data_from_args,
-    emit, model_from_args, parse_fraction,
+    emit, emit_warnings, model_from_args, parse_fraction,
 )
 from ..errors import ConfigError
 
@@ -77,6 +77,7 @@ def _configure_attack(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--targeted", action="store_true", help="targeted attack (see --target)")
     group.add_argument("--target", default=None, help="least-likely, random, or a class LABEL (default random)")
     group.add_argument("--max-images", type=int, default=100, help="PNG pairs to write for image data")
+    group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def attack_options(args: argparse.Namespace) -> Dict[str, Any]:
@@ -126,14 +127,16 @@ def run_attack(args: argparse.Namespace) -> int:
     summary = run_attack_job(
         model, source, attack, attack_name=args.attack.lower(), out_dir=args.out, batch_size=args.batch_size,
         target_mode=(args.target or "random") if args.targeted else None, seed=seed,
-        max_images=args.max_images, options=options,
+        max_images=args.max_images, options=options, progress=not args.no_progress,
     )
     keys = ("n", "clean_accuracy", "robust_accuracy", "success_rate", "max_perturbation", "seconds")
     printed = {k: summary[k] for k in keys}
     if "defense" in summary:
         printed["defense"] = summary["defense"]["spec"]
         printed["gradient"] = summary["defense"]["summary"]
+    printed["warnings"] = summary["warnings"]
     emit(json.dumps(printed, indent=2))
+    emit_warnings(summary["warnings"], stderr=True)  # stdout stays one JSON document
     return 0
 
 

@@ -26,8 +26,8 @@ from scipy.stats import norm
 from tqdm import tqdm
 
 from ..cli import (
-    add_data_args, add_model_args, add_run_args, command, data_from_args, emit, model_from_args, parse_count,
-    parse_floats, parse_fraction,
+    add_data_args, add_model_args, add_run_args, command, data_from_args, emit, emit_warnings, model_from_args,
+    parse_count, parse_floats, parse_fraction,
 )
 from ..validation import check_int, check_positive, check_probability, check_sample_count, check_source_labels
 
@@ -101,15 +101,21 @@ def certify_source(
     dict
         ``certified_accuracy`` (radius -> fraction), ``abstain_rate``,
         ``points`` (per sample: index, label, prediction, radius, p_lower,
-        correct, abstain) and the settings.
+        correct, abstain) and the settings; ``clean_accuracy`` of the base
+        classifier without noise and ``warnings`` (no samples, or that clean
+        accuracy at or below chance: see
+        :func:`gluon_robust.evaluation.sanity.accuracy_warnings`).
     """
     from ..defenses.smoothing import ABSTAIN, SmoothedClassifier, certified_accuracy
+    from ..evaluation.sanity import accuracy_warnings, emit as emit_sanity
 
     _check_options(sigma, n0, n, alpha, radii, batch_size)
     check_source_labels(source, getattr(model, "num_classes", None))
     smoothed = SmoothedClassifier(model, sigma=sigma, batch_size=batch_size, clip=clip, seed=seed)
     start = time.perf_counter()
-    preds, rad, plow, labels, index = [], [], [], [], []
+    preds, rad, plow, labels, index = [np.zeros(0, np.int64)], [np.zeros(0)], [np.zeros(0)], [np.zeros(0, np.int64)], [
+        np.zeros(0, np.int64)]  # an empty source gives empty arrays
+    clean_correct = 0
     bar = tqdm(total=len(source), desc="certify", unit="pt", disable=not progress, leave=False)
     try:
         for batch in source.batches(64):
@@ -119,6 +125,7 @@ def certify_source(
                 rad.append(cert.radii)
                 plow.append(cert.p_lower)
                 bar.update(1)
+            clean_correct += int((model.predict(batch.x).argmax(axis=1) == batch.y).sum())
             labels.append(batch.y.astype(np.int64))
             index.append(batch.index)
     finally:
@@ -134,13 +141,17 @@ def certify_source(
         for i in range(len(y))
     ]
     correct = predictions == y
+    warnings = accuracy_warnings(len(y), clean_correct, getattr(model, "num_classes", None),
+                                 "clean accuracy of the base classifier")
+    emit_sanity(warnings)
     return {
         "n_points": int(len(y)),
         "sigma": float(sigma), "n0": int(n0), "n": int(n), "alpha": float(alpha), "clip": bool(clip),
         "batch_size": int(batch_size), "seed": int(seed),
         "radii": [float(r) for r in radii],
         "certified_accuracy": {f"{r:g}": acc for r, acc in accuracy.items()},
-        "abstain_rate": float(abstain.mean()),
+        "clean_accuracy": clean_correct / len(y) if len(y) else 0.0,
+        "abstain_rate": float(abstain.mean()) if len(y) else 0.0,
         # every estimation sample agreeing: the largest radius n samples can certify at this alpha
         "max_certifiable_radius": float(sigma * norm.ppf(alpha ** (1.0 / n))),
         "average_certified_radius": float(np.where(correct, radius, 0.0).sum() / max(len(y), 1)),
@@ -148,6 +159,7 @@ def certify_source(
         "model": model.describe() if hasattr(model, "describe") else type(model).__name__,
         "data": getattr(source, "name", type(source).__name__),
         "points": points,
+        "warnings": warnings,
     }
 
 
@@ -186,5 +198,6 @@ def run_certify(args: argparse.Namespace) -> int:
          f"{100 * report['abstain_rate']:.1f}%; no radius above {report['max_certifiable_radius']:.3f} "
          f"is certifiable with n = {report['n']}\n")
     emit(_table(report))
+    emit_warnings(report["warnings"])
     emit(f"\nreport: {path}")
     return 0

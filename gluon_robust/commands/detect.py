@@ -13,7 +13,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from ..cli import add_model_args, command, emit, model_from_args, parse_fraction, parse_ctx
+from ..cli import add_model_args, command, emit, emit_warnings, model_from_args, parse_fraction, parse_ctx
 from ..errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -74,13 +74,15 @@ def _fit_and_calibrate(args: argparse.Namespace, detector: Any, model: Any) -> D
         fit_part = fit_source.subset(np.sort(order[held:]))
     if detector.trainable and not detector.fitted:
         detector.fit(model, fit_part)
-    x_calib, _ = calib_source.arrays()
+    x_calib, y_calib = calib_source.arrays()
     scores = detector.score(model, x_calib, batch_size=args.batch_size)
     detector.calibrate(scores, args.fpr)
+    correct = int((model.predict(x_calib, batch_size=args.batch_size).argmax(axis=1) == y_calib).sum())
     return {
         "fit_data": fit_source.name, "fit_samples": len(fit_part) if detector.trainable else 0,
         "calibration_data": calib_source.name, "calibration_samples": len(calib_source),
         "calibration_fpr": float(np.mean(scores > detector.threshold)),
+        "calibration_correct": correct,  # the model on the clean calibration data: a check of labels and weights
     }
 
 
@@ -138,6 +140,13 @@ def run_detect(args: argparse.Namespace) -> int:
         detector.save(params_file)
         logger.info("detector params written to %s", params_file)
 
+    warnings = []
+    if "calibration_correct" in calibration:  # clean, labelled data: the model must be far above chance on it
+        from ..evaluation import sanity
+
+        warnings = sanity.accuracy_warnings(calibration["calibration_samples"], calibration["calibration_correct"],
+                                            model.num_classes, "clean accuracy on the calibration data")
+        sanity.emit(warnings)
     rows = []
     for batch in source.batches(args.batch_size):
         scores = detector.score(model, batch.x, batch_size=args.batch_size)
@@ -150,10 +159,12 @@ def run_detect(args: argparse.Namespace) -> int:
         "detector": detector.name, "config": detector.config(), "threshold": detector.threshold,
         "target_fpr": detector.fpr, "data": source.name, "n": len(rows),
         "flagged": int(sum(r["flag"] for r in rows)), "calibration": calibration,
-        "seconds": round(time.perf_counter() - start, 3),
+        "seconds": round(time.perf_counter() - start, 3), "warnings": warnings,
     }
     with staged_output(out) as stage:  # replaces an earlier run's outputs in --out
         _write_csv(stage / "detections.csv", rows)
         atomic_write_json(stage / "detections.json", dict(summary, inputs=rows))
-    emit(json.dumps({k: summary[k] for k in ("detector", "threshold", "target_fpr", "n", "flagged")}, indent=2))
+    emit(json.dumps({k: summary[k] for k in ("detector", "threshold", "target_fpr", "n", "flagged", "warnings")},
+                    indent=2))
+    emit_warnings(warnings, stderr=True)  # stdout stays one JSON document
     return 0

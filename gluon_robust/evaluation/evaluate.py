@@ -225,7 +225,7 @@ def evaluate(
                      model=model.describe() if hasattr(model, "describe") else type(model).__name__,
                      data=source.name, args=args, shard=shard_info,
                      bounds=getattr(model, "bounds", (0.0, 1.0)), max_examples=max_examples,
-                     defense=_defense(model, built))
+                     defense=_defense(model, built), num_classes=getattr(model, "num_classes", None))
     sanity.emit(report["warnings"])
     if out_dir is not None:
         with staged_output(out_dir, replaces=(STATE_NAME,)) as stage:  # the finished run's state goes with it
@@ -238,9 +238,10 @@ def _finish(
     report: Dict[str, Any], *, stages: Sequence[Any], recipe: str, norm: str, eps: Sequence[float], seed: int,
     skipped: List[str], measurements: Dict[str, Any], probe_warnings: List[str], model: str, data: str,
     args: Optional[Dict[str, Any]], shard: Optional[Dict[str, Any]], bounds: Sequence[float], max_examples: int,
-    defense: Optional[Dict[str, Any]] = None,
+    defense: Optional[Dict[str, Any]] = None, num_classes: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Add the run's description and the sanity checks to a result's report."""
+    report["num_classes"] = num_classes  # before report_warnings, which checks clean accuracy against chance
     report.update({
         "defense": defense,
         "recipe": recipe,
@@ -360,7 +361,7 @@ def merge_reports(dirs: Sequence[str | Path], out_dir: Optional[str | Path] = No
     loaded.sort(key=lambda item: item[0]["shard"]["k"])
     first = loaded[0][0]
     keys = ("recipe", "stages", "norm", "eps", "seed", "model", "data", "skipped", "sanity", "bounds", "max_examples",
-            "defense")
+            "defense", "num_classes")
     total = first["shard"]["n"]
     for report, _, d in loaded:
         different = [k for k in keys if report.get(k) != first.get(k)]
@@ -378,7 +379,7 @@ def merge_reports(dirs: Sequence[str | Path], out_dir: Optional[str | Path] = No
         skipped=first["skipped"], measurements={k: v for k, v in first["sanity"].items() if k != "probe_warnings"},
         probe_warnings=first["sanity"]["probe_warnings"], model=first["model"], data=first["data"],
         args={"merged_from": [d for _, _, d in loaded]}, shard=None, bounds=first["bounds"],
-        max_examples=first["max_examples"], defense=first.get("defense"),
+        max_examples=first["max_examples"], defense=first.get("defense"), num_classes=first.get("num_classes"),
     )
     merged["stages"] = first["stages"]
     parts = [ex for _, ex, _ in loaded]

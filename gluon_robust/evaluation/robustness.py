@@ -275,6 +275,7 @@ def evaluate_attacks(
     on_batch: Optional[BatchHook] = None,
     progress: bool = True,
     checkpoint: Optional[Checkpoint] = None,
+    desc: str = "evaluate",
 ) -> RobustnessResult:
     """Attack every correctly classified point of ``source`` and combine the results.
 
@@ -297,10 +298,14 @@ def evaluate_attacks(
         adversarial examples); ``result`` is None and ``attacked`` all False when no sample of the
         batch was left to attack (none classified correctly, or every one already broken).
     progress : bool
-        Show a progress bar (per batch, with the running stage as its postfix).
+        Show a progress bar counted in samples: a batch's misclassified samples count as done once the
+        clean predictions are in, its attacked ones once the last attack of the batch ran on them;
+        the running stage is its postfix.
     checkpoint : Checkpoint, optional
         Saved after every batch; a run whose checkpoint holds progress skips
         the batches already done (``batch_size`` must be the same).
+    desc : str
+        Label of the progress bar (e.g. ``"attack pgd"``).
 
     Returns
     -------
@@ -328,7 +333,7 @@ def evaluate_attacks(
         previous = done.seconds
         logger.info("resuming after %d of %d samples", pos, n)
     start = time.perf_counter()
-    bar = tqdm(total=n, initial=pos, desc="evaluate", unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=n, initial=pos, desc=desc, unit="img", disable=not progress, leave=False)
     try:
         remaining = source.subset(slice(pos, None)) if pos else source
         for batch in remaining.batches(batch_size):
@@ -336,6 +341,7 @@ def evaluate_attacks(
             index[rows], labels[rows] = batch.index, batch.y
             clean_pred[rows] = model.predict(batch.x, batch_size=batch_size).argmax(axis=1)
             correct = clean_pred[rows] == batch.y
+            bar.update(int((~correct).sum()))  # nothing to attack on these: done
             still: Dict[Tuple[str, Optional[float]], np.ndarray] = {}
             for k, (name, attack) in enumerate(attacks):
                 tm = threat_model(attack)
@@ -369,7 +375,7 @@ def evaluate_attacks(
                     mask[sel] = True
                     on_batch(k, batch, attack_result, mask)
             pos += len(batch.y)
-            bar.update(len(batch.y))
+            bar.update(int(correct.sum()))
             result.seconds = previous + time.perf_counter() - start
             if checkpoint is not None:
                 checkpoint.save(pos, result)

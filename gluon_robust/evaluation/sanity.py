@@ -31,7 +31,8 @@ from mxnet import autograd, nd
 from ..attacks.base import input_gradient
 from ..attacks.losses import margin
 
-__all__ = ["SanityWarning", "probe_model", "report_warnings", "emit", "ZERO_GRADIENT_FRACTION", "UNBOUNDED_ACCURACY"]
+__all__ = ["SanityWarning", "probe_model", "report_warnings", "accuracy_warnings", "emit", "ZERO_GRADIENT_FRACTION",
+           "UNBOUNDED_ACCURACY"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,43 @@ UNBOUNDED_ACCURACY = 0.05
 
 
 class SanityWarning(UserWarning):
-    """An evaluation result that may be unreliable (possible gradient masking)."""
+    """An evaluation result that may be unreliable (possible gradient masking, accuracy at chance)."""
+
+
+def accuracy_warnings(n: int, correct: int, num_classes: Any, what: str = "clean accuracy") -> List[str]:
+    """Warnings for a clean accuracy that cannot be trusted: no samples, or at or below chance.
+
+    A trained classifier on its own kind of data is far above chance
+    (``1 / num_classes``); at or below it, the numbers measure a setup
+    mistake, not robustness. The rule is literal ("``correct / n <= 1 /
+    num_classes``"), so a few samples can trigger it by bad luck; it only warns.
+
+    Parameters
+    ----------
+    n : int
+        Samples evaluated.
+    correct : int
+        Samples classified correctly.
+    num_classes : int or None
+        Classes of the model; None skips the chance check.
+    what : str
+        What the accuracy is called in the message.
+
+    Returns
+    -------
+    list of str
+        Empty when nothing looks wrong.
+    """
+    if n == 0:
+        return ["no samples were evaluated (an empty data slice): every accuracy is reported as 0"]
+    if not num_classes or int(num_classes) < 2 or correct * int(num_classes) > n:
+        return []
+    return [
+        f"{what} {100 * correct / n:.1f}% ({correct} of {n}) is at or below chance (1/{int(num_classes)} = "
+        f"{100 / int(num_classes):.2g}%): the numbers are probably meaningless. Likely causes: the label mapping "
+        "(folder names or --labels do not match the model's classes), the preprocessing or normalisation "
+        "(--mean/--std/--bounds), or wrong or missing weights (--params/--pretrained)"
+    ]
 
 
 def emit(messages: Sequence[str]) -> None:
@@ -146,6 +183,9 @@ def report_warnings(report: Dict[str, Any]) -> List[str]:
     messages: List[str] = []
     attacks = report["attacks"]
     samples = report["per_sample"]
+    if "n" in report:  # clean accuracy at or below chance, or no samples at all
+        n = int(report["n"])
+        messages += accuracy_warnings(n, int(round(report["clean_accuracy"] * n)), report.get("num_classes"))
 
     # Black-box attacks that break points no white-box attack of the threat model broke.
     groups: Dict[Tuple[str, Any], List[int]] = defaultdict(list)

@@ -514,7 +514,10 @@ def train_adversarial(
                     seen += len(y_np)
                     run.global_step += 1
                     position = (epoch, step + 1)
-                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", eps=f"{getattr(method, 'eps', 0.0):.3g}")
+                    postfix = {"loss": f"{loss_sum / seen:.4f}"}
+                    if method.adversarial:
+                        postfix["eps"] = f"{getattr(method, 'eps', 0.0):.3g}"
+                    bar.set_postfix(**postfix)
                     if checkpoint_every and run.global_step % checkpoint_every == 0 and step + 1 < steps_per_epoch:
                         elapsed += time.perf_counter() - tic
                         tic = time.perf_counter()
@@ -528,9 +531,10 @@ def train_adversarial(
             _average_running_stats(net, ctx, reducer)
             metrics: Dict[str, Any] = {
                 "epoch": epoch + 1, "train_loss": float(epoch_loss) / max(epoch_seen, 1), "lr": trainer.learning_rate,
-                "eps": float(getattr(method, "eps", 0.0)), "steps": int(getattr(method, "steps", 0)),
-                "seconds": round(elapsed, 3),
             }
+            if method.adversarial:  # a method without an attack has no eps or steps to report
+                metrics.update(eps=float(getattr(method, "eps", 0.0)), steps=int(getattr(method, "steps", 0)))
+            metrics["seconds"] = round(elapsed, 3)
             if bn_stats == "clean":
                 clean = [train.subset(order[i * batch_size: (i + 1) * batch_size]).arrays()[0]
                          for i in range(min(_RECALIBRATION_BATCHES, steps_per_epoch))]
@@ -853,7 +857,8 @@ def run_training(cfg: TrainConfig, *, on_step: Optional[Callable[[int, int, int]
     if cfg.curriculum != "none":
         warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else max(1, cfg.epochs // 3)
         curriculum = Curriculum(eps=cfg.eps, steps=cfg.steps, warmup_epochs=warmup, kind=cfg.curriculum)
-    val_eps = cfg.val_eps if cfg.val_eps is not None else (cfg.eps or None)
+    # PGD validation by default only for methods that train against an attack (--val-eps asks for it anyway)
+    val_eps = cfg.val_eps if cfg.val_eps is not None else ((cfg.eps or None) if method.adversarial else None)
     checkable = val is not None and bool(val_eps)
     if cfg.guard and not checkable:
         raise ConfigError("the overfitting guard needs validation data (val_limit > 0) and a PGD eps")
