@@ -155,7 +155,7 @@ def _graph_bytes(symbol: mx.sym.Symbol, shape: Tuple[int, ...]) -> Tuple[int, in
     return outputs * _FLOAT_BYTES, params * _FLOAT_BYTES
 
 
-def estimate_memory(model: Any, sample_shape: Sequence[int]) -> MemoryEstimate:
+def estimate_memory(model: Any, sample_shape: Sequence[int], *, backward: bool = True) -> MemoryEstimate:
     """Estimate the memory of one forward and backward pass of ``model`` by symbolic shape inference.
 
     Parameters
@@ -166,6 +166,10 @@ def estimate_memory(model: Any, sample_shape: Sequence[int]) -> MemoryEstimate:
         ensemble) is the sum of the HybridBlocks among its children.
     sample_shape : sequence of int
         The shape of one input, e.g. ``(3, 224, 224)``.
+    backward : bool
+        Whether the run takes input gradients (attacks); False for forward
+        passes only (randomized smoothing): ``per_sample_bytes`` is then
+        ``activation_bytes + 2 * input_bytes`` (the input and its noisy copy).
 
     Returns
     -------
@@ -194,7 +198,10 @@ def estimate_memory(model: Any, sample_shape: Sequence[int]) -> MemoryEstimate:
     activations = two - one
     constant = max(one - activations, 0)
     input_bytes = int(np.prod(shape)) * _FLOAT_BYTES
-    per_sample = int(BACKWARD_FACTOR * activations) + INPUT_COPIES * input_bytes
+    if backward:
+        per_sample = int(BACKWARD_FACTOR * activations) + INPUT_COPIES * input_bytes
+    else:
+        per_sample = activations + 2 * input_bytes
     return MemoryEstimate(
         activation_bytes=activations, input_bytes=input_bytes, parameter_bytes=params,
         per_sample_bytes=per_sample, fixed_bytes=2 * params + constant + RUNTIME_BYTES,
@@ -203,11 +210,12 @@ def estimate_memory(model: Any, sample_shape: Sequence[int]) -> MemoryEstimate:
 
 def auto_batch_size(
     model: Any, sample_shape: Sequence[int], max_memory: int = DEFAULT_MAX_MEMORY, *, cap: int = MAX_AUTO_BATCH,
+    backward: bool = True,
 ) -> int:
     """The largest batch size, at most ``cap``, whose estimated memory fits ``max_memory`` bytes.
 
     ``clip(floor((max_memory - fixed) / per_sample), 1, cap)`` with the
-    costs of :func:`estimate_memory`.
+    costs of :func:`estimate_memory` (of a forward pass only when not ``backward``).
 
     Raises
     ------
@@ -218,7 +226,7 @@ def auto_batch_size(
     """
     max_memory = check_int("max_memory", max_memory)
     cap = check_int("cap", cap)
-    estimate = estimate_memory(model, sample_shape)
+    estimate = estimate_memory(model, sample_shape, backward=backward)
     fits = (max_memory - estimate.fixed_bytes) // estimate.per_sample_bytes
     if fits < 1:
         raise InvalidValue("max_memory", format_size(max_memory),
@@ -234,7 +242,7 @@ def auto_batch_size(
 
 def resolve_batch_size(
     model: Any, sample_shape: Sequence[int], batch_size: Optional[int] = None,
-    max_memory: Optional[int] = None,
+    max_memory: Optional[int] = None, *, cap: int = MAX_AUTO_BATCH, backward: bool = True,
 ) -> Tuple[int, str]:
     """The batch size to run with and where it came from: ``(batch_size, "given")`` or ``(auto, "auto")``.
 
@@ -248,10 +256,14 @@ def resolve_batch_size(
         The user's batch size; None chooses one with :func:`auto_batch_size`.
     max_memory : int, optional
         The budget in bytes for the automatic choice (default :data:`DEFAULT_MAX_MEMORY`).
+    cap : int
+        The largest automatic batch size.
+    backward : bool
+        Whether the run takes input gradients (see :func:`estimate_memory`).
     """
     if batch_size is not None:
         if max_memory is not None:
             logger.warning("max_memory is used only to choose the batch size; batch_size %s was given", batch_size)
         return check_int("batch_size", batch_size), "given"
     budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
-    return auto_batch_size(model, sample_shape, budget), "auto"
+    return auto_batch_size(model, sample_shape, budget, cap=cap, backward=backward), "auto"

@@ -392,6 +392,7 @@ def merge_reports(dirs: Sequence[str | Path], out_dir: Optional[str | Path] = No
         max_examples=first["max_examples"], defense=first.get("defense"),
     )
     merged["stages"] = first["stages"]
+    merged.update(batch_size=first.get("batch_size"), batch_size_source=first.get("batch_size_source"))
     parts = [ex for _, ex, _ in loaded]
     examples = {k: np.concatenate([p[k] for p in parts]) for k in EXAMPLE_KEYS}
     limit = int(first.get("max_examples", 8))
