@@ -127,7 +127,7 @@ def _hybrid_parts(block: Any) -> List[mx.gluon.HybridBlock]:
         return [block]
     parts: List[mx.gluon.HybridBlock] = []
     for child in getattr(block, "_children", {}).values():
-        parts.extend(_hybrid_parts(child() if callable(child) and not isinstance(child, mx.gluon.Block) else child))
+        parts.extend(_hybrid_parts(child))
     return parts
 
 

@@ -85,6 +85,23 @@ def test_estimate_of_a_classifier_includes_its_normalisation_and_scales_with_the
     assert small.parameter_bytes == large.parameter_bytes
 
 
+def test_wrappers_are_estimated_through_their_hybrid_children():
+    from gluon_robust.defenses import DefendedClassifier, parse_defense_spec
+    from gluon_robust.defenses.ensemble import Ensemble
+
+    defended = DefendedClassifier(counted_classifier(), parse_defense_spec("bitdepth:bits=4"))
+    estimate = estimate_memory(defended, (1, 8, 8))
+    assert (estimate.activation_bytes, estimate.per_sample_bytes) == (CLS_ACTIVATIONS, CLS_PER_SAMPLE)
+    both = estimate_memory(Ensemble([counted_classifier(), counted_classifier()]), (1, 8, 8))
+    assert both.activation_bytes == 2 * CLS_ACTIVATIONS and both.parameter_bytes == 2 * CLS_PARAMETERS
+    assert both.per_sample_bytes == int(BACKWARD_FACTOR * 2 * CLS_ACTIVATIONS) + INPUT_COPIES * INPUT  # one input
+
+
+def test_a_forward_only_estimate_keeps_the_input_and_its_noisy_copy():
+    estimate = estimate_memory(counted_classifier(), (1, 8, 8), backward=False)
+    assert estimate.per_sample_bytes == CLS_ACTIVATIONS + 2 * INPUT
+
+
 def test_a_block_that_cannot_be_traced_is_a_model_error():
     class Opaque(gluon.Block):
         def forward(self, x):
