@@ -16,16 +16,20 @@ graph (:func:`estimate_memory`), not from running it:
   per-sample part, the rest is fixed);
 * ``per_sample_bytes = BACKWARD_FACTOR * activation_bytes + INPUT_COPIES *
   input_bytes``: the forward's outputs are kept for the backward pass, which
-  writes a gradient of the same size, and MKLDNN adds reorder and workspace
-  buffers (``BACKWARD_FACTOR = 3``); an attack keeps a few copies of the
-  input (clean, adversarial, gradient, best so far, the random start:
-  ``INPUT_COPIES = 8``);
-* ``fixed_bytes = 2 * parameter_bytes + batch-independent outputs +
-  RUNTIME_BYTES``: the weights and the copy MKLDNN reorders them into, and the
-  Python, MXNet and GluonCV runtime (``RUNTIME_BYTES = 512 MiB``).
+  writes gradients of the same kind (``BACKWARD_FACTOR = 2``); an attack keeps
+  a few copies of the input (clean, adversarial, gradient, best so far, the
+  random start: ``INPUT_COPIES = 8``);
+* ``fixed_bytes = PARAMETER_COPIES * parameter_bytes + batch-independent
+  outputs + RUNTIME_BYTES``: the weights as GluonCV builds them, folded,
+  hybridised and reordered by MKLDNN (``PARAMETER_COPIES = 8``), and the
+  Python, MXNet and GluonCV runtime (``RUNTIME_BYTES = 256 MiB``).
 
-``benchmarks/bench_memory.py`` compares the estimate with the peak resident
-memory of real runs. A budget that cannot hold the fixed cost plus one sample
+The factors were calibrated on CPU (MXNet 1.9.1 with MKLDNN) at 224x224 by
+``benchmarks/bench_memory.py``, which compares the estimate with the peak
+resident memory of real runs: with PGD, a run grows by 0.5 to 1.3 times the
+activation bytes per sample (``mobilenet0.25``, ``resnet18_v1``,
+``resnet50_v1``) and loading a net peaks at about 260 MiB plus 6 to 7 times
+its parameter bytes, so the estimate errs on the safe side. A budget that cannot hold the fixed cost plus one sample
 is refused with an error naming ``max_memory`` (``--max-memory``).
 """
 
@@ -45,7 +49,7 @@ from .validation import InvalidValue, check_int
 
 __all__ = [
     "MemoryEstimate", "estimate_memory", "auto_batch_size", "resolve_batch_size", "parse_size", "format_size",
-    "DEFAULT_MAX_MEMORY", "MAX_AUTO_BATCH", "BACKWARD_FACTOR", "INPUT_COPIES", "RUNTIME_BYTES",
+    "DEFAULT_MAX_MEMORY", "MAX_AUTO_BATCH", "BACKWARD_FACTOR", "INPUT_COPIES", "PARAMETER_COPIES", "RUNTIME_BYTES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,11 +59,13 @@ DEFAULT_MAX_MEMORY = 4 * 2 ** 30
 #: The largest batch chosen automatically (the former fixed default): larger batches gain little speed on a CPU.
 MAX_AUTO_BATCH = 128
 #: Bytes per sample of forward plus backward, as a multiple of the forward's internal outputs.
-BACKWARD_FACTOR = 3.0
+BACKWARD_FACTOR = 2.0
 #: Copies of one input an attack holds per sample besides the graph's tensors.
 INPUT_COPIES = 8
+#: Copies of the parameters alive at the peak: built, folded, hybridised, reordered for forward and backward.
+PARAMETER_COPIES = 8
 #: Resident memory of the Python, MXNet and GluonCV runtime, counted as fixed cost.
-RUNTIME_BYTES = 512 * 2 ** 20
+RUNTIME_BYTES = 256 * 2 ** 20
 #: float32.
 _FLOAT_BYTES = 4
 
@@ -82,7 +88,7 @@ class MemoryEstimate:
     per_sample_bytes : int
         ``BACKWARD_FACTOR * activation_bytes + INPUT_COPIES * input_bytes``.
     fixed_bytes : int
-        ``2 * parameter_bytes`` + batch-independent outputs + ``RUNTIME_BYTES``.
+        ``PARAMETER_COPIES * parameter_bytes`` + batch-independent outputs + ``RUNTIME_BYTES``.
     """
 
     activation_bytes: int
@@ -204,7 +210,7 @@ def estimate_memory(model: Any, sample_shape: Sequence[int], *, backward: bool =
         per_sample = activations + 2 * input_bytes
     return MemoryEstimate(
         activation_bytes=activations, input_bytes=input_bytes, parameter_bytes=params,
-        per_sample_bytes=per_sample, fixed_bytes=2 * params + constant + RUNTIME_BYTES,
+        per_sample_bytes=per_sample, fixed_bytes=PARAMETER_COPIES * params + constant + RUNTIME_BYTES,
     )
 
 

@@ -82,7 +82,7 @@ class Registry(Generic[T]):
             raise MissingValue(missing[0], f"{self.kind} {self.resolve(name)}")
 
     def get(self, name: str, **kwargs: object) -> T:
-        """Build the item registered under ``name`` with keyword arguments (a missing required one is a MissingValue)."""
+        """Build the item registered under ``name`` with keyword arguments; a missing required one is a MissingValue."""
         self.check_required(name, kwargs)
         return self.factory(name)(**kwargs)
 

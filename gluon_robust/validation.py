@@ -37,8 +37,9 @@ import numpy as np
 from .errors import ConfigError, DataError
 
 __all__ = [
-    "InvalidValue", "MissingValue", "check_real", "check_positive", "check_int", "check_probability", "check_choice", "check_bool",
-    "check_labels", "check_sample_count", "check_eps", "check_out_dir", "check_distinct_paths", "check_file_name", "same_path",
+    "InvalidValue", "MissingValue", "check_real", "check_positive", "check_int", "check_probability", "check_choice",
+    "check_bool", "check_labels", "check_sample_count", "check_eps", "check_out_dir", "check_distinct_paths",
+    "check_file_name", "same_path",
     "check_contexts", "check_host", "check_source_labels", "flag_message", "FLAG_NAMES", "MAX_SAMPLE_COUNT", "FLOAT32_TINY",
 ]
 

@@ -24,8 +24,8 @@ from gluon_robust.data import ArraySource
 from gluon_robust.errors import ModelError
 from gluon_robust.evaluation import evaluate
 from gluon_robust.memory import (
-    BACKWARD_FACTOR, INPUT_COPIES, MAX_AUTO_BATCH, RUNTIME_BYTES, auto_batch_size, estimate_memory, parse_size,
-    resolve_batch_size,
+    BACKWARD_FACTOR, INPUT_COPIES, MAX_AUTO_BATCH, PARAMETER_COPIES, RUNTIME_BYTES, auto_batch_size, estimate_memory,
+    parse_size, resolve_batch_size,
 )
 from gluon_robust.model import Classifier
 from gluon_robust.validation import InvalidValue
@@ -41,7 +41,8 @@ INPUT = 1 * 8 * 8 * 4
 
 def counted_net() -> gluon.HybridBlock:
     net = gluon.nn.HybridSequential()
-    net.add(gluon.nn.Conv2D(4, 3, padding=1, in_channels=1), gluon.nn.Activation("relu"), gluon.nn.Dense(10, in_units=CONV_OUT))
+    net.add(gluon.nn.Conv2D(4, 3, padding=1, in_channels=1), gluon.nn.Activation("relu"),
+            gluon.nn.Dense(10, in_units=CONV_OUT))
     net.initialize(mx.init.Xavier())
     return net
 
@@ -55,7 +56,7 @@ def counted_classifier() -> Classifier:
 CLS_ACTIVATIONS = ACTIVATIONS + 2 * INPUT
 CLS_PARAMETERS = PARAMETERS + 2 * 4
 CLS_PER_SAMPLE = int(BACKWARD_FACTOR * CLS_ACTIVATIONS) + INPUT_COPIES * INPUT
-CLS_FIXED = 2 * CLS_PARAMETERS + RUNTIME_BYTES
+CLS_FIXED = PARAMETER_COPIES * CLS_PARAMETERS + RUNTIME_BYTES
 
 
 # ------------------------------------------------------------------ the estimate
@@ -64,8 +65,8 @@ def test_estimate_counts_every_internal_output_and_parameter():
     assert estimate.activation_bytes == ACTIVATIONS == 2088
     assert estimate.parameter_bytes == PARAMETERS == 10440
     assert estimate.input_bytes == INPUT
-    assert estimate.per_sample_bytes == 3 * 2088 + 8 * 256
-    assert estimate.fixed_bytes == 2 * 10440 + RUNTIME_BYTES
+    assert estimate.per_sample_bytes == int(BACKWARD_FACTOR * 2088) + INPUT_COPIES * 256
+    assert estimate.fixed_bytes == PARAMETER_COPIES * 10440 + RUNTIME_BYTES
     assert estimate.batch_bytes(5) == estimate.fixed_bytes + 5 * estimate.per_sample_bytes
 
 
@@ -119,7 +120,7 @@ def test_auto_batch_size_is_the_largest_that_fits_the_budget(caplog):
         assert auto_batch_size(model, (1, 8, 8), CLS_FIXED + (k + 1) * CLS_PER_SAMPLE - 1) == k
     assert auto_batch_size(model, (1, 8, 8), 4 * 2 ** 30) == MAX_AUTO_BATCH == 128  # capped
     assert auto_batch_size(model, (1, 8, 8), 4 * 2 ** 30, cap=7) == 7
-    with pytest.raises(InvalidValue, match=r"^max_memory must be at least 512\.0 MiB to fit one sample of \(1, 8, 8\)"):
+    with pytest.raises(InvalidValue, match=r"^max_memory must be at least 256\.1 MiB to fit one sample of \(1, 8, 8\)"):
         auto_batch_size(model, (1, 8, 8), CLS_FIXED + CLS_PER_SAMPLE - 1)
     with caplog.at_level("INFO", logger="gluon_robust.memory"):
         auto_batch_size(model, (1, 8, 8), CLS_FIXED + 3 * CLS_PER_SAMPLE)
@@ -135,8 +136,8 @@ def test_resolve_batch_size_says_where_the_batch_size_came_from():
         resolve_batch_size(model, (1, 8, 8), 0)
 
 
-@pytest.mark.parametrize("text, size", [("4G", 4 * 2 ** 30), ("512M", 512 * 2 ** 20), ("1000000", 10 ** 6),
-                                        ("1.5k", 1536), ("4GiB", 4 * 2 ** 30), ("2gb", 2 * 2 ** 30), ("64 MiB", 64 * 2 ** 20)])
+@pytest.mark.parametrize("text, size", [("4G", 4 * 2 ** 30), ("512M", 512 * 2 ** 20), ("1000000", 10 ** 6), ("1.5k", 1536),
+                                        ("4GiB", 4 * 2 ** 30), ("2gb", 2 * 2 ** 30), ("64 MiB", 64 * 2 ** 20)])
 def test_parse_size(text, size):
     assert parse_size(text) == size
 

@@ -98,8 +98,9 @@ def test_l2_and_l1_budgets_above_the_box_diameter_warn(caplog):
 # ------------------------------------------------------------------ the command line
 def test_eps_8_is_refused_with_the_hint_by_the_real_cli(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "gluon_robust.cli"] + attack_args(out, "--attack", "fgsm", "--eps", "8"),
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    args = attack_args(out, "--attack", "fgsm", "--eps", "8")
+    proc = subprocess.run([sys.executable, "-m", "gluon_robust.cli"] + args, capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
     lines = visible_lines(proc.stderr)
     assert proc.returncode == 2, proc.stderr
     assert lines == [f"gluon-robust: error: --eps must be at most 1 for the linf norm (the width of the model's input "
