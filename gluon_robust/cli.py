@@ -18,7 +18,7 @@ from .errors import ConfigError, GluonRobustError
 from .interrupts import handle_signals, interrupt_message
 from .validation import check_contexts, check_int, check_out_dir, flag_message
 
-__all__ = ["main", "emit", "parse_fraction", "parse_memory", "parse_count", "parse_floats", "check_common_args", "parse_ctx", "setup_logging", "build_parser"]
+__all__ = ["main", "emit", "parse_fraction", "parse_count", "parse_floats", "check_common_args", "parse_ctx", "setup_logging", "build_parser"]
 
 logger = logging.getLogger("gluon_robust")
 
