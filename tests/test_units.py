@@ -26,7 +26,7 @@ from gluon_robust.errors import ConfigError
 from gluon_robust.evaluation import evaluate
 from gluon_robust.jobs import run_attack_job
 from gluon_robust.model import Classifier
-from gluon_robust.training import get_method
+from gluon_robust.training import get_method, make_method
 from gluon_robust.training.loop import train_adversarial
 from gluon_robust.validation import InvalidValue, MissingValue, check_eps
 
@@ -151,6 +151,8 @@ def test_missing_hyperparameters_through_the_registry_are_config_errors():
         make_attack("apgd-ce", {"steps": 3})
     with pytest.raises(ConfigError, match="^eps is required by training method pgd-at"):
         get_method("pgd-at")
+    with pytest.raises(MissingValue, match="^eps is required by training method trades"):
+        make_method("trades", {"steps": 2})
     assert get_attack("deepfool").eps is None  # minimal-perturbation attacks need no eps
 
 
