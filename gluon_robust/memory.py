@@ -26,10 +26,11 @@ graph (:func:`estimate_memory`), not from running it:
 
 The factors were calibrated on CPU (MXNet 1.9.1 with MKLDNN) at 224x224 by
 ``benchmarks/bench_memory.py``, which compares the estimate with the peak
-resident memory of real runs: with PGD, a run grows by 0.5 to 1.3 times the
-activation bytes per sample (``mobilenet0.25``, ``resnet18_v1``,
-``resnet50_v1``) and loading a net peaks at about 260 MiB plus 6 to 7 times
-its parameter bytes, so the estimate errs on the safe side. A budget that cannot hold the fixed cost plus one sample
+resident memory of real runs: with PGD, a run grows by 0.5 to 1.75 times the
+activation bytes per sample (``resnet50_v1``, ``mobilenet0.25``,
+``resnet18_v1``) and loading a net peaks at about 260 MiB plus 6 to 7 times
+its parameter bytes, so the estimate errs on the safe side (``resnet18_v1`` at
+its automatic batch of 68: 3.2 GiB measured, 4.0 GiB estimated). A budget that cannot hold the fixed cost plus one sample
 is refused with an error naming ``max_memory`` (``--max-memory``).
 """
 
