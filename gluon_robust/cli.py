@@ -149,11 +149,24 @@ def add_data_args(parser: argparse.ArgumentParser, default: Optional[str] = None
     group.add_argument("--limit", type=int, help="use only the first N samples")
 
 
+def parse_memory(text: str) -> int:
+    """Parse a memory size for ``--max-memory``: ``4G``, ``512M``, ``4GiB`` or bytes."""
+    from .memory import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_run_args(parser: argparse.ArgumentParser, out_default: Optional[str] = None) -> None:
-    """``--ctx --batch-size --seed --out --debug``."""
+    """``--ctx --batch-size --max-memory --seed --out --debug``."""
     group = parser.add_argument_group("run")
     group.add_argument("--ctx", type=parse_ctx, default="cpu", help="cpu, gpu:0, or a comma-separated list")
-    group.add_argument("--batch-size", type=int, default=128)
+    group.add_argument("--batch-size", type=int, default=None,
+                       help="samples per batch (default: auto, the largest that fits --max-memory, at most 128)")
+    group.add_argument("--max-memory", type=parse_memory, default=None, metavar="SIZE",
+                       help="memory budget for the automatic batch size, e.g. 4G, 512M or bytes (default 4G)")
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--out", default=out_default, required=out_default is None, help="output directory")
 

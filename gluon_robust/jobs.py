@@ -21,6 +21,7 @@ from .interrupts import Interrupted
 from .io import StreamingNpzWriter, atomic_write_json, atomic_write_text
 from .model import Classifier, load_classifier
 from .reporting import format_table, save_png, staged_output, versions
+from .validation import check_eps
 
 __all__ = ["run_attack_job", "run_demo", "demo_table", "contrast_reports", "contrast_table", "DEMO_CONFIGS"]
 
@@ -69,7 +70,8 @@ def run_attack_job(
     *,
     attack_name: str,
     out_dir: str | Path,
-    batch_size: int = 128,
+    batch_size: Optional[int] = None,
+    max_memory: Optional[int] = None,
     target_mode: Optional[str] = None,
     seed: int = 0,
     max_images: int = 100,
@@ -91,18 +93,27 @@ def run_attack_job(
     :mod:`warnings` and listed under ``warnings`` in the summary (see
     :func:`gluon_robust.evaluation.sanity.accuracy_warnings`).
 
+    The attack's epsilon is checked against ``model.bounds`` first
+    (:func:`~gluon_robust.validation.check_eps`: ``eps=8`` for a ``[0, 1]``
+    model is refused). Without ``batch_size`` the batch size is the largest
+    that fits ``max_memory`` bytes (default 4 GiB, see :mod:`gluon_robust.memory`).
+
     Returns
     -------
     dict
         The summary: ``n``, ``clean_accuracy``, ``robust_accuracy``,
         ``success_rate`` (over attacked points), ``seconds``,
-        ``max_perturbation`` and more; for a defended model (see
+        ``max_perturbation``, ``batch_size`` and ``batch_size_source``
+        (``"given"`` or ``"auto"``) and more; for a defended model (see
         :mod:`gluon_robust.defenses`) also ``defense``: the chain, the gradient
         path of each defence and the EOT samples the attack used; ``warnings``.
     """
     from .attacks.targets import choose_targets
     from .evaluation import sanity
+    from .memory import resolve_batch_size
 
+    check_eps("eps", attack.eps, attack.norm.name, model.bounds, source.sample_shape)
+    batch_size, batch_source = resolve_batch_size(model, source.sample_shape, batch_size, max_memory)
     targets: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = (
         None if target_mode is None else functools.partial(choose_targets, model, mode=target_mode, seed=seed)
     )
@@ -148,6 +159,8 @@ def run_attack_job(
             "model": model.describe(),
             "data": source.name,
             "seed": seed,
+            "batch_size": batch_size,
+            "batch_size_source": batch_source,
             "versions": versions(),
             "warnings": sanity.accuracy_warnings(result.n, int(result.correct.sum()),
                                                  getattr(model, "num_classes", None)),

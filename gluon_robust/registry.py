@@ -8,6 +8,7 @@ from fractions import Fraction
 from typing import Any, Callable, Dict, Generic, List, TypeVar
 
 from .errors import ConfigError
+from .validation import MissingValue
 
 __all__ = ["Registry", "parse_value"]
 
@@ -74,8 +75,25 @@ class Registry(Generic[T]):
         """The names of the keyword parameters the factory registered under ``name`` takes."""
         return [p for p in inspect.signature(self.factory(name)).parameters if p != "self"]
 
+    def check_required(self, name: str, given: Any) -> None:
+        """Refuse options that lack a parameter the factory has no default for.
+
+        Raises
+        ------
+        MissingValue
+            Naming the first missing parameter (the CLI shows its flag, e.g.
+            ``--eps is required by attack pgd, which has no default for it``), instead of
+            the ``TypeError`` the factory would raise.
+        """
+        parameters = inspect.signature(self.factory(name)).parameters
+        missing = [p for p, spec in parameters.items() if p != "self" and spec.default is inspect.Parameter.empty
+                   and spec.kind in (spec.KEYWORD_ONLY, spec.POSITIONAL_OR_KEYWORD) and p not in given]
+        if missing:
+            raise MissingValue(missing[0], f"{self.kind} {self.resolve(name)}")
+
     def get(self, name: str, **kwargs: object) -> T:
-        """Build the item registered under ``name`` with keyword arguments."""
+        """Build the item registered under ``name`` with keyword arguments; a missing required one is a MissingValue."""
+        self.check_required(name, kwargs)
         return self.factory(name)(**kwargs)
 
     def __contains__(self, name: object) -> bool:

@@ -13,6 +13,7 @@ The checks:
 * labels: :func:`check_labels` (integers in ``[0, classes)``);
 * sizes: :func:`check_sample_count` (a count that cannot be processed in
   bounded memory, e.g. ``certify --n 1e11``, is refused up front);
+* budgets: :func:`check_eps` (an epsilon in the units of the model's bounds);
 * files and directories: :func:`check_out_dir`, :func:`check_distinct_paths`,
   :func:`check_file_name`, :func:`same_path`;
 * devices: :func:`check_contexts` (a device that does not exist, or more
@@ -25,6 +26,7 @@ import ipaddress
 import math
 import os
 import re
+import logging
 import socket
 import tempfile
 from pathlib import Path
@@ -35,10 +37,13 @@ import numpy as np
 from .errors import ConfigError, DataError
 
 __all__ = [
-    "InvalidValue", "check_real", "check_positive", "check_int", "check_probability", "check_choice", "check_bool",
-    "check_labels", "check_sample_count", "check_out_dir", "check_distinct_paths", "check_file_name", "same_path",
+    "InvalidValue", "MissingValue", "check_real", "check_positive", "check_int", "check_probability", "check_choice",
+    "check_bool", "check_labels", "check_sample_count", "check_eps", "check_out_dir", "check_distinct_paths",
+    "check_file_name", "same_path",
     "check_contexts", "check_host", "check_source_labels", "flag_message", "FLAG_NAMES", "MAX_SAMPLE_COUNT", "FLOAT32_TINY",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Parameters whose command-line flag is not ``--`` + the name with dashes.
 FLAG_NAMES: Dict[str, str] = {"out_dir": "--out"}
@@ -64,17 +69,40 @@ class InvalidValue(ConfigError):
         The value received.
     requirement : str
         What the value must be, completing "NAME must be ...".
+    hint : str, optional
+        A suggestion appended to the message ("did you mean 8/255 = 0.0314?").
     """
 
-    def __init__(self, name: str, value: Any, requirement: str) -> None:
+    def __init__(self, name: str, value: Any, requirement: str, *, hint: str = "") -> None:
         self.name = name
         self.value = value
         self.requirement = requirement
+        self.hint = hint
         super().__init__(self.render(name))
 
     def render(self, label: str) -> str:
         """The message with ``label`` (a parameter name or a flag) as its subject."""
-        return f"{label} must be {self.requirement}, got {_show(self.value)}"
+        message = f"{label} must be {self.requirement}, got {_show(self.value)}"
+        return f"{message}; {self.hint}" if self.hint else message
+
+
+class MissingValue(InvalidValue):
+    """A required parameter was not given (``--eps`` for ``attack --attack pgd``).
+
+    Parameters
+    ----------
+    name : str
+        The Python parameter name; the CLI shows its flag.
+    owner : str
+        What needs it ("attack pgd"), completing "NAME is required by ...".
+    """
+
+    def __init__(self, name: str, owner: str) -> None:
+        self.owner = owner
+        super().__init__(name, None, f"given ({owner} has no default for it)")
+
+    def render(self, label: str) -> str:
+        return f"{label} is required by {self.owner}, which has no default for it"
 
 
 def _show(value: Any) -> str:
@@ -249,6 +277,71 @@ def check_sample_count(name: str, value: Any, *, maximum: int = MAX_SAMPLE_COUNT
     if value > maximum:
         raise InvalidValue(name, value, f"an integer <= {maximum:,}")
     return int(value)
+
+
+# ------------------------------------------------------------------ budgets
+def check_eps(
+    name: str, eps: Any, norm: str, bounds: Sequence[float], sample_shape: Optional[Sequence[int]] = None,
+) -> Optional[float]:
+    """An attack budget in the units of the model's input range, checked before an attack runs.
+
+    Epsilons are in pixel units, the scale of ``bounds``: ``8/255`` for
+    ``[0, 1]`` images, ``8`` for ``[0, 255]`` images. The check catches the
+    commonest unit mistake, ``--eps 8`` for a ``[0, 1]`` model:
+
+    * ``linf``: an epsilon above ``high - low`` lets every pixel take any
+      value, so it is refused, with the hint ``did you mean 8/255 = 0.0314?``
+      when the number over 255 would fit;
+    * ``l2`` and ``l1``: an epsilon above the diameter of the input box,
+      ``sqrt(d) * (high - low)`` or ``d * (high - low)`` for ``d`` input values
+      (when ``sample_shape`` is known), can never bind. It is allowed (a large
+      budget is a legitimate way to ask for an unbounded attack) but logged as
+      a warning;
+    * ``l0`` budgets count pixels and are not checked here.
+
+    Parameters
+    ----------
+    name : str
+        The parameter (``eps``, ``val_eps``); the CLI shows its flag.
+    eps : float or None
+        The budget; None (a minimal-perturbation attack) passes unchecked.
+    norm : str
+        ``linf``, ``l2``, ``l1`` or ``l0`` (or an alias such as ``inf``).
+    bounds : (float, float)
+        The model's input range ``(low, high)``.
+    sample_shape : sequence of int, optional
+        The shape of one input, for the L2/L1 diameter.
+
+    Returns
+    -------
+    float or None
+        The budget as a float.
+
+    Raises
+    ------
+    InvalidValue
+        For a negative or non-finite budget, or an L-inf budget above ``high - low``.
+    """
+    if eps is None:
+        return None
+    value = check_positive(name, eps, allow_zero=True)
+    from .attacks.norms import get_norm  # late: the attacks import this module
+
+    kind = get_norm(norm).name
+    low, high = (float(b) for b in bounds)
+    width = high - low
+    if kind == "linf" and value > width * (1 + 1e-9):
+        fits = 0 < value / 255 <= width
+        hint = f"did you mean {value:g}/255 = {value / 255:.4f}?" if fits else ""
+        raise InvalidValue(name, eps, f"at most {width:g} for the linf norm (the width of the model's input range "
+                                      f"[{low:g}, {high:g}])", hint=hint)
+    if kind in ("l2", "l1") and sample_shape is not None:
+        d = int(np.prod(tuple(sample_shape)))
+        diameter = (math.sqrt(d) if kind == "l2" else d) * width
+        if value > diameter:
+            logger.warning("%s=%g can never bind: the %s diameter of the input range [%g, %g] over %d values is %.4g, "
+                           "so the attack is unbounded", name, value, kind, low, high, d, diameter)
+    return value
 
 
 # ------------------------------------------------------------------ files and directories

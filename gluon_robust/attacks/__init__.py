@@ -14,7 +14,6 @@ from typing import Any, Dict, List
 from ..errors import ConfigError
 
 from ..registry import Registry
-from ..validation import InvalidValue
 from .apgd import APGD
 from .bandits import Bandits
 from .boundary import BoundaryAttack
@@ -96,10 +95,7 @@ def make_attack(name: str, options: Dict[str, Any]) -> Attack:
         raise ConfigError(
             f"{ATTACKS.resolve(name)} does not take {', '.join(unknown)}; it accepts {', '.join(accepted)}"
         )
-    missing = [p for p, spec in parameters.items()
-               if spec.default is inspect.Parameter.empty and spec.kind is spec.KEYWORD_ONLY and p not in options]
-    if missing:
-        raise InvalidValue(missing[0], None, f"given: {ATTACKS.resolve(name)} has no default for it")
+    ATTACKS.check_required(name, options)
     return factory(**options)
 
 

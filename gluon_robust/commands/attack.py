@@ -126,7 +126,7 @@ def run_attack(args: argparse.Namespace) -> int:
     source = data_from_args(args, model)
     summary = run_attack_job(
         model, source, attack, attack_name=args.attack.lower(), out_dir=args.out, batch_size=args.batch_size,
-        target_mode=(args.target or "random") if args.targeted else None, seed=seed,
+        max_memory=args.max_memory, target_mode=(args.target or "random") if args.targeted else None, seed=seed,
         max_images=args.max_images, options=options, progress=not args.no_progress,
     )
     keys = ("n", "clean_accuracy", "robust_accuracy", "success_rate", "max_perturbation", "seconds")

@@ -36,13 +36,15 @@ __all__ = ["certify_source"]
 logger = logging.getLogger(__name__)
 
 _DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: The largest automatic --batch-size (noise samples per forward pass), the former fixed default.
+_MAX_AUTO_BATCH = 1000
 
 
 def _configure_certify(parser: argparse.ArgumentParser) -> None:
     add_model_args(parser)
     add_data_args(parser)
     add_run_args(parser)
-    parser.set_defaults(batch_size=1000)
+    parser.set_defaults(batch_size=None)  # noise samples per forward pass: auto, at most _MAX_AUTO_BATCH
     group = parser.add_argument_group("randomized smoothing")
     group.add_argument("--sigma", type=parse_fraction, default=0.25,
                        help="noise standard deviation in pixel units, e.g. 0.25 or 64/255 (default 0.25)")
@@ -178,13 +180,19 @@ def run_certify(args: argparse.Namespace) -> int:
     from ..io import atomic_write_json
     from ..reporting import staged_output, versions
 
-    _check_options(args.sigma, args.n0, args.n, args.alpha, args.radii, args.batch_size)
+    from ..memory import resolve_batch_size
+
+    _check_options(args.sigma, args.n0, args.n, args.alpha, args.radii,
+                   _MAX_AUTO_BATCH if args.batch_size is None else args.batch_size)
     model = model_from_args(args)
     source = data_from_args(args, model)
+    batch_size, batch_source = resolve_batch_size(model, source.sample_shape, args.batch_size, args.max_memory,
+                                                  cap=_MAX_AUTO_BATCH, backward=False)  # forward passes only
     report = certify_source(
         model, source, sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, radii=args.radii,
-        batch_size=args.batch_size, clip=args.clip_noise, seed=args.seed, progress=not args.no_progress,
+        batch_size=batch_size, clip=args.clip_noise, seed=args.seed, progress=not args.no_progress,
     )
+    report["batch_size_source"] = batch_source
     report["command"] = "certify"
     report["args"] = {k: ([str(c) for c in v] if k == "ctx" else list(v) if isinstance(v, tuple) else v)
                       for k, v in sorted(vars(args).items())}

@@ -55,7 +55,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     report = evaluate(
         model, source, recipe=args.recipe, attacks=attacks, eps=args.eps, norm=args.norm, batch_size=args.batch_size,
         seed=args.seed, out_dir=args.out, resume=args.resume, shard=shard, max_examples=args.max_examples,
-        progress=not args.no_progress, args=vars(args),
+        progress=not args.no_progress, args=vars(args), max_memory=args.max_memory,
     )
     _print_report(report, args.out)
     return 0

@@ -63,6 +63,7 @@ def make_detector(name: str, options: Dict[str, Any]) -> Detector:
     if unknown:
         taken = ", ".join(accepted) or "no options"
         raise ConfigError(f"detector {DETECTORS.resolve(name)} does not take {', '.join(unknown)}; it accepts {taken}")
+    DETECTORS.check_required(name, options)
     try:
         return factory(**options)
     except TypeError as err:  # a value of the wrong type for a keyword the constructor does not check

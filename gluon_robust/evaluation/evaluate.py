@@ -29,7 +29,8 @@ from ..errors import ConfigError
 from ..integrity import load_npz, refuse_pickle
 from ..interrupts import set_hint
 from ..reporting import prepare_output_dir, staged_output, versions
-from ..validation import check_distinct_paths, check_out_dir
+from ..memory import resolve_batch_size
+from ..validation import check_distinct_paths, check_eps, check_out_dir
 from . import sanity
 from .recipes import build_attacks, custom_recipe, describe, get_recipe
 from .report import EXAMPLE_KEYS, empty_examples, write_report
@@ -109,7 +110,7 @@ def evaluate(
     attacks: Optional[Sequence[str]] = None,
     eps: Sequence[float] = (8 / 255,),
     norm: str = "linf",
-    batch_size: int = 128,
+    batch_size: Optional[int] = None,
     seed: int = 0,
     out_dir: Optional[str | Path] = None,
     resume: bool = False,
@@ -118,6 +119,7 @@ def evaluate(
     max_examples: int = 8,
     progress: bool = True,
     args: Optional[Dict[str, Any]] = None,
+    max_memory: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Evaluate ``model`` on ``source`` with a recipe (or a custom list of attacks) over an epsilon sweep.
 
@@ -132,11 +134,13 @@ def evaluate(
     attacks : sequence of str, optional
         Registered attack names to run instead of the recipe, with default hyperparameters.
     eps : sequence of float
-        The budgets, in pixel units.
+        The budgets, in pixel units (the scale of ``model.bounds``: ``8/255``
+        for ``[0, 1]`` images); see :func:`~gluon_robust.validation.check_eps`.
     norm : str
         ``"linf"`` or ``"l2"``.
-    batch_size : int
-        Samples per batch (and per checkpoint).
+    batch_size : int, optional
+        Samples per batch (and per checkpoint); None: the largest that fits
+        ``max_memory`` (see :mod:`gluon_robust.memory`).
     seed : int
         Seed of every attack and of MXNet's and NumPy's global generators.
     out_dir : path, optional
@@ -154,20 +158,23 @@ def evaluate(
         Show progress bars.
     args : dict, optional
         The command-line arguments, recorded in the report.
+    max_memory : int, optional
+        Memory budget in bytes for the automatic batch size (default 4 GiB).
 
     Returns
     -------
     dict
         The report (see :meth:`RobustnessResult.to_report`) plus ``recipe``,
         ``stages``, ``norm``, ``eps``, ``seed``, ``versions``, ``sanity``,
-        ``warnings`` and more.
+        ``warnings``, ``batch_size``, ``batch_size_source`` (``"given"`` or
+        ``"auto"``) and more.
 
     Raises
     ------
     ConfigError
         For an unknown recipe or attack, a bad epsilon, norm, shard or batch size.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 1:
         raise ConfigError(f"probe_size must be a positive integer, got {probe_size!r}")
@@ -183,6 +190,9 @@ def evaluate(
     if not built:
         raise ConfigError(f"no attack of recipe {recipe_name!r} is registered")
     norm = built[0][1].norm.name
+    for value in eps:  # in the units of the model's bounds: 8 for a [0, 1] model is refused
+        check_eps("eps", value, norm, getattr(model, "bounds", (0.0, 1.0)), source.sample_shape)
+    batch_size, batch_source = resolve_batch_size(model, source.sample_shape, batch_size, max_memory)
     mx.random.seed(seed)
     np.random.seed(seed)
     random.seed(seed)
@@ -226,6 +236,7 @@ def evaluate(
                      data=source.name, args=args, shard=shard_info,
                      bounds=getattr(model, "bounds", (0.0, 1.0)), max_examples=max_examples,
                      defense=_defense(model, built), num_classes=getattr(model, "num_classes", None))
+    report.update(batch_size=batch_size, batch_size_source=batch_source)
     sanity.emit(report["warnings"])
     if out_dir is not None:
         with staged_output(out_dir, replaces=(STATE_NAME,)) as stage:  # the finished run's state goes with it
@@ -382,6 +393,7 @@ def merge_reports(dirs: Sequence[str | Path], out_dir: Optional[str | Path] = No
         max_examples=first["max_examples"], defense=first.get("defense"), num_classes=first.get("num_classes"),
     )
     merged["stages"] = first["stages"]
+    merged.update(batch_size=first.get("batch_size"), batch_size_source=first.get("batch_size_source"))
     parts = [ex for _, ex, _ in loaded]
     examples = {k: np.concatenate([p[k] for p in parts]) for k in EXAMPLE_KEYS}
     limit = int(first.get("max_examples", 8))

@@ -69,6 +69,7 @@ def make_method(name: str, options: Dict[str, Any]) -> TrainingMethod:
         raise ConfigError(
             f"{TRAINING_METHODS.resolve(name)} does not take {', '.join(unknown)}; it accepts {', '.join(accepted)}"
         )
+    TRAINING_METHODS.check_required(name, options)
     return factory(**options)
 
 

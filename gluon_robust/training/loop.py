@@ -61,10 +61,11 @@ from ..io import atomic_write_json
 from ..model import Classifier, load_classifier
 from ..reporting import record_outputs, versions
 from ..validation import (
-    InvalidValue, check_choice, check_contexts, check_file_name, check_int, check_out_dir, check_positive, check_real,
+    InvalidValue, check_choice, check_contexts, check_eps, check_file_name, check_int, check_out_dir, check_positive,
+    check_real,
 )
 from . import TRAINING_METHODS, make_method
-from .adversarial import AdversarialMethod, TrainingMethod
+from .adversarial import AdversarialMethod, TrainingMethod, bounds_of
 from .batchnorm import ATTACK_BN_MODES, folded_copy, recalibrate_batchnorm
 from .checkpoint import (
     CheckpointManager, init_trainer_store, join_arrays, restore_into, running_stats_arrays, split_arrays,
@@ -357,6 +358,9 @@ def train_adversarial(
                               f"{', '.join(refused)}; use dist_sync")
     if guard is not None and (val is None or not val_eps):
         raise ConfigError("the overfitting guard needs validation data and val_eps (a PGD check)")
+    attack_norm = method.norm.name if isinstance(method, AdversarialMethod) else "linf"
+    for eps_name, eps_value in (("eps", getattr(method, "eps", None)), ("val_eps", val_eps)):
+        check_eps(eps_name, eps_value, attack_norm, bounds_of(model), train.sample_shape)  # e.g. 8 for 8/255
     ctx = list(ctx) if ctx else [model.ctx]
     if resume and checkpoint_dir is None:
         raise ConfigError("resume needs a checkpoint directory")
@@ -369,7 +373,7 @@ def train_adversarial(
     net = model.net
     net.collect_params().setattr("grad_req", "write")  # non-differentiable BatchNorm statistics stay 'null'
     trainer = _make_trainer(net, optimizer, lr, wd, momentum, store, info)
-    norm = method.norm.name if isinstance(method, AdversarialMethod) else "linf"
+    norm = attack_norm
     n = len(train)
     steps_per_epoch = -(-n // batch_size)
     # A trailing batch too small to give every device a sample is dropped; with dist_async every partial
