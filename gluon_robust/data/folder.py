@@ -50,16 +50,24 @@ class FolderSource(DataSource):
     input_size : int or (int, int), optional
         ``(height, width)`` of the delivered images, or one int for square
         images; default (None) 224.
+    class_table : ClassTable, optional
+        The model's class table: folders are labelled by name through it.
+    num_classes : int, optional
+        The model's number of outputs: without a table, a different number of
+        folders is logged as a warning (their sorted-index labels may not be the
+        model's classes).
 
     Raises
     ------
     DataError
         If the folder is missing, has no class sub-folders or holds no images,
-        or `input_size` is invalid.
+        `input_size` is invalid, or a folder's name matches no class (or an
+        ambiguous one) of `class_table`.
     """
 
     def __init__(self, root: str | os.PathLike[str],
-                 input_size: InputSize | None = None) -> None:
+                 input_size: InputSize | None = None, *, class_table: ClassTable | None = None,
+                 num_classes: int | None = None) -> None:
         crop_hw = parse_input_size(DEFAULT_INPUT_SIZE if input_size is None else input_size)
         root = os.path.abspath(os.path.expanduser(os.fspath(root)))
         name = f"folder:{root}"
