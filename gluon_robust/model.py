@@ -184,6 +184,7 @@ def _resolve(
                 model=check_zoo_name(text), classes=classes or defaults["classes"], mean=defaults["mean"],
                 std=defaults["std"], input_size=defaults["input_size"],
             )
+    zoo_name = not isinstance(source, ModelConfig) and config.source is None  # a bare zoo name, not a config file
     net = build_zoo_net(config.model, classes or config.classes, pretrained and not (params or config.params), ctx)
     weights = params or config.params
     if weights:
@@ -198,6 +199,7 @@ def _resolve(
         "std": config.std,
         "bounds": config.bounds,
         "input_size": config.input_size,
+        "family_table": zoo_name,  # a config describes its own model, whose classes may not be the family's
     }
 
 
@@ -275,8 +277,9 @@ def load_classifier(
         The name of each output: a :class:`~gluon_robust.data.labels.ClassTable`,
         a list of names, or a JSON/text file of them (see
         :func:`~gluon_robust.data.labels.load_class_table`); its length must
-        be the number of outputs. Default: the zoo family's table (ImageNet
-        for 1,000 outputs, CIFAR-10 for a ``cifar_*`` net with 10), else none.
+        be the number of outputs. Default for a zoo name: the family's table
+        (ImageNet for 1,000 outputs, CIFAR-10 for a ``cifar_*`` net with 10);
+        for a config file, a block or a symbol file: none.
 
     Returns
     -------
@@ -312,7 +315,10 @@ def load_classifier(
     else:
         logger.warning("BatchNorm not folded: MXNet 1.9.1 computes wrong eval-mode input gradients through it")
         net.collect_params().setattr("grad_req", "null")
-    table = load_class_table(labels, actual) if labels is not None else class_table_for(defaults.get("arch"), actual)
+    if labels is not None:
+        table = load_class_table(labels, actual)
+    else:
+        table = class_table_for(defaults.get("arch"), actual) if defaults.get("family_table") else None
     model = Classifier(
         net,
         num_classes=actual,

@@ -87,6 +87,12 @@ def test_imagenet_table_lookup_by_synset_name_index_case_and_underscores():
     assert class_table_for("cifar_resnet20_v1", 100) is None and class_table_for("resnet18_v1", 7) is None
 
 
+def test_a_config_describes_its_own_classes_so_it_gets_no_family_table():
+    # mnist_resnet20 is a cifar_resnet20_v1 with 10 outputs trained on digits: CIFAR-10 names would be wrong
+    assert load_classifier("mnist_resnet20").class_table is None
+    assert load_classifier("mnist_resnet20", labels=[str(d) for d in range(10)]).class_names[3] == "3"
+
+
 def test_ambiguous_name_crane_is_an_error_suggesting_its_synsets(tmp_path):
     root = tmp_path / "photos"
     (root / "crane").mkdir(parents=True)
