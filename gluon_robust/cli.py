@@ -147,6 +147,9 @@ def add_data_args(parser: argparse.ArgumentParser, default: Optional[str] = None
     )
     group.add_argument("--split", default="test", choices=("train", "test"))
     group.add_argument("--limit", type=int, help="use only the first N samples")
+    group.add_argument("--labels", metavar="FILE|predicted",
+                       help="class names of the model's outputs (JSON list or {name: index}, or text, one name a "
+                            "line), or 'predicted': label each sample with the model's own clean prediction")
 
 
 def parse_memory(text: str) -> int:
@@ -203,6 +206,10 @@ def model_from_args(args: argparse.Namespace):
     if args.input_size is not None:
         size = tuple(args.input_size)  # parse_input_size rejects non-integers such as 64.5
         size = size[0] if len(size) == 1 else size
+    labels = getattr(args, "labels", None)
+    data_shape = _data_shape(args) if size is None and args.model else None
+    if data_shape is not None:
+        return _model_for_data(args, data_shape, labels)
     return load_classifier(
         load_config(args.config) if args.config else args.model,  # --config NAME is a config, never a zoo name
         params=args.params,
@@ -214,19 +221,73 @@ def model_from_args(args: argparse.Namespace):
         input_size=size,
         ctx=args.ctx[0],
         fold=not args.no_fold,
+        labels=None if labels == "predicted" else labels,
     )
 
 
+def _data_shape(args: argparse.Namespace) -> Optional[Tuple[int, int, int]]:
+    """The sample shape of ``--data`` when it decides the model's input size (array data), else None.
+
+    Opening a source decodes no image; an array source is kept on ``args`` for
+    :func:`data_from_args`. A folder is resized to the model's size instead.
+    """
+    from .data import FolderSource, load_data
+
+    if not getattr(args, "data", None):
+        return None
+    source = load_data(args.data, split=getattr(args, "split", "test"), limit=getattr(args, "limit", None))
+    if isinstance(source, FolderSource):
+        return None
+    args.opened_data = source
+    return tuple(source.sample_shape)
+
+
+def _model_for_data(args: argparse.Namespace, shape: Tuple[int, int, int], labels: Optional[str]):
+    """The ``--model`` classifier built for inputs of the data's ``shape``; a net that cannot take them is an error."""
+    from .errors import ModelError
+    from .model import load_classifier
+
+    try:
+        return load_classifier(
+            args.model, params=args.params, pretrained=args.pretrained, classes=args.classes, mean=args.mean,
+            std=args.std, bounds=args.bounds, input_size=shape, ctx=args.ctx[0], fold=not args.no_fold,
+            labels=None if labels == "predicted" else labels,
+        )
+    except ModelError as err:
+        if "does not accept inputs of size" not in str(err):
+            raise
+        raise ModelError(f"data {args.data} has samples of shape {shape} but model {args.model} does not accept "
+                         f"that input size ({str(err).split(': ', 1)[-1]}); resize the data to the model's size "
+                         "(e.g. 3,224,224) or pass --input-size") from None
+
+
 def data_from_args(args: argparse.Namespace, model=None):
-    """Open the data source the data flags describe, sized for ``model``."""
-    from .data import load_data
+    """Open the data source the data flags describe, sized and labelled for ``model``.
+
+    A folder's class sub-folders are labelled through the model's class table
+    (:mod:`gluon_robust.data.labels`); ``--labels predicted`` labels every
+    sample with the model's clean prediction instead.
+    """
+    from .data import PredictedLabels, load_data
 
     size = tuple(model.input_size[1:]) if model is not None and model.input_size else None
-    source = load_data(args.data, split=args.split, limit=args.limit, input_size=size)
+    table = getattr(model, "class_table", None)
+    predicted = getattr(args, "labels", None) == "predicted"
+    opened = getattr(args, "opened_data", None)
+    if opened is not None and (size is None or tuple(opened.sample_shape[1:]) == size):
+        source = opened
+    else:
+        source = load_data(args.data, split=args.split, limit=args.limit, input_size=size,
+                           class_table=None if predicted else table,
+                           num_classes=None if predicted else getattr(model, "num_classes", None))
     if model is not None and model.input_size and tuple(source.sample_shape) != tuple(model.input_size):
         raise ConfigError(
             f"data {source.name} has samples of shape {source.sample_shape} but the model expects {model.input_size}"
         )
+    if predicted:
+        if model is None:
+            raise ConfigError("--labels predicted needs a model")
+        source = PredictedLabels(source, model, batch_size=getattr(args, "batch_size", None) or 256)
     return source
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
@@ -31,7 +32,7 @@ class _AdversarialSink:
     """Collects per-sample attack outputs batch by batch and streams ``x_adv`` to disk."""
 
     def __init__(self, path: Path, n: int, sample_shape: Tuple[int, ...], images_dir: Optional[Path],
-                 max_images: int, bounds: Tuple[float, float]) -> None:
+                 max_images: int, bounds: Tuple[float, float], class_names: Optional[Sequence[str]] = None) -> None:
         self.writer = StreamingNpzWriter(path, "x_adv", (n,) + tuple(sample_shape), np.float32)
         self.success = np.zeros(n, bool)
         self.adv_pred = np.full(n, -1, np.int64)
@@ -39,7 +40,14 @@ class _AdversarialSink:
         self.images_dir = images_dir
         self.max_images = max_images
         self.bounds = bounds
+        self.class_names = class_names
         self._pos = 0
+
+    def _tag(self, label: int) -> str:
+        """``3`` or, with class names, ``3-tench`` (a file-name-safe form of the name)."""
+        if self.class_names is None or not 0 <= label < len(self.class_names):
+            return str(label)
+        return f"{label}-{_file_safe(self.class_names[label])}"
 
     def __call__(self, k: int, batch: Any, result: Any, attacked: np.ndarray) -> None:
         x_adv = batch.x.copy()
@@ -58,9 +66,20 @@ class _AdversarialSink:
             for j in np.flatnonzero(attacked):
                 if rows[j] >= self.max_images:
                     break
-                stem = f"{int(batch.index[j]):06d}_label{int(batch.y[j])}"
+                stem = f"{int(batch.index[j]):06d}_label{self._tag(int(batch.y[j]))}"
                 save_png(self.images_dir / f"{stem}_clean.png", batch.x[j], self.bounds)
-                save_png(self.images_dir / f"{stem}_adv_pred{int(self.adv_pred[rows[j]])}.png", x_adv[j], self.bounds)
+                save_png(self.images_dir / f"{stem}_adv_pred{self._tag(int(self.adv_pred[rows[j]]))}.png", x_adv[j],
+                         self.bounds)
+
+
+def _file_safe(name: str) -> str:
+    """A class name as a file-name part: letters, digits, ``-`` and ``_`` only (``great white shark`` -> ``great_white_shark``)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:40] or "class"
+
+
+def _csv_field(text: str) -> str:
+    """A CSV field, quoted when it holds a comma or a quote."""
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
 def run_attack_job(
@@ -123,7 +142,10 @@ def run_attack_job(
         images = stage / "images" if source.sample_shape[0] in (1, 3) and max_images > 0 else None
         if images is not None:
             images.mkdir()
-        sink = _AdversarialSink(stage / "adversarial.npz", len(source), source.sample_shape, images, max_images, model.bounds)
+        names = getattr(model, "class_table", None)
+        names = list(names.names) if names is not None else None
+        sink = _AdversarialSink(stage / "adversarial.npz", len(source), source.sample_shape, images, max_images,
+                                model.bounds, names)
         try:
             result = evaluate_attacks(model, source, [(attack_name, attack)], batch_size=batch_size, cascade=False,
                                       targets=targets, on_batch=sink, progress=progress,
@@ -169,13 +191,19 @@ def run_attack_job(
             summary["defense"] = dict(model.defense_report(), attack_eot_samples=getattr(attack, "eot_samples", None))
         atomic_write_json(stage / "summary.json", summary)
         lines = ["index,label,clean_prediction,attacked,adversarial_prediction,success,distance,target"]
+        if names is not None:  # class names: three more columns, after the original ones
+            lines[0] += ",label_name,clean_prediction_name,adversarial_prediction_name"
         for i in range(result.n):
             dist = "" if np.isnan(outcome.distance[i]) else f"{outcome.distance[i]:.6g}"
             target = "" if sink.targets[i] < 0 else str(sink.targets[i])
-            lines.append(
+            line = (
                 f"{result.index[i]},{result.labels[i]},{result.clean_pred[i]},{int(attacked[i])},"
                 f"{sink.adv_pred[i] if attacked[i] else ''},{int(sink.success[i])},{dist},{target}"
             )
+            if names is not None:
+                adv = names[sink.adv_pred[i]] if attacked[i] and 0 <= sink.adv_pred[i] < len(names) else ""
+                line += "," + ",".join(_csv_field(n) for n in (names[result.labels[i]], names[result.clean_pred[i]], adv))
+            lines.append(line)
         atomic_write_text(stage / "per_sample.csv", "\n".join(lines) + "\n")
     sanity.emit(summary["warnings"])
     logger.info(

@@ -22,6 +22,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
+from .data.labels import ClassTable, LabelsSpec, class_table_for, load_class_table
 from .config import ModelConfig, family_defaults, load_config, parse_input_size, resolve_config_path
 from .errors import ConfigError, ModelError
 from .folding import fold_batchnorm, symbol_block
@@ -72,6 +73,9 @@ class Classifier(gluon.HybridBlock):
         Whether the network computes the same function in train and eval mode
         (folded, with no BatchNorm or Dropout left); attacks then record
         gradients in train mode, see :func:`gluon_robust.attacks.base.gradient_recording`.
+    class_table : ClassTable or None
+        The name (and synset) of each output, when known (set by
+        :func:`load_classifier`); see :mod:`gluon_robust.data.labels`.
     """
 
     def __init__(
@@ -98,6 +102,7 @@ class Classifier(gluon.HybridBlock):
         self.ctx = ctx if ctx is not None else mx.cpu()
         self.folded = False
         self.mode_free = False
+        self.class_table: Optional[ClassTable] = None
         self.arch = arch or type(net).__name__
         channels = self.input_size[0] if self.input_size else max(np.size(mean), np.size(std))
         with self.name_scope():
@@ -109,6 +114,11 @@ class Classifier(gluon.HybridBlock):
 
     def hybrid_forward(self, F: Any, x: Any, mean: Any, std: Any) -> Any:  # noqa: N803 (Gluon's signature)
         return self.net(F.broadcast_div(F.broadcast_sub(x, mean), std))
+
+    @property
+    def class_names(self) -> Optional[list]:
+        """The name of each output (``model.class_names[3]``), or None when unknown."""
+        return list(self.class_table.names) if self.class_table is not None else None
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Logits for a NumPy batch, computed in eval mode in chunks of ``batch_size``."""
@@ -203,6 +213,7 @@ def _resolve(
                 model=check_zoo_name(text), classes=classes or defaults["classes"], mean=defaults["mean"],
                 std=defaults["std"], input_size=defaults["input_size"],
             )
+    zoo_name = not isinstance(source, ModelConfig) and config.source is None  # a bare zoo name, not a config file
     net = build_zoo_net(config.model, classes or config.classes, pretrained and not (params or config.params), ctx)
     weights = params or config.params
     if weights:
@@ -218,6 +229,7 @@ def _resolve(
         "std": config.std,
         "bounds": config.bounds,
         "input_size": config.input_size,
+        "family_table": zoo_name,  # a config describes its own model, whose classes may not be the family's
     }
 
 
@@ -284,6 +296,7 @@ def load_classifier(
     ctx: Optional[mx.Context] = None,
     fold: bool = True,
     hybridize: bool = True,
+    labels: Optional[LabelsSpec] = None,
 ) -> Classifier:
     """Build a :class:`Classifier` on pixel inputs from any model source.
 
@@ -315,6 +328,13 @@ def load_classifier(
         gradients are wrong.
     hybridize : bool
         Hybridise the classifier.
+    labels : ClassTable, sequence of str or path, optional
+        The name of each output: a :class:`~gluon_robust.data.labels.ClassTable`,
+        a list of names, or a JSON/text file of them (see
+        :func:`~gluon_robust.data.labels.load_class_table`); its length must
+        be the number of outputs. Default for a zoo name: the family's table
+        (ImageNet for 1,000 outputs, CIFAR-10 for a ``cifar_*`` net with 10);
+        for a config file, a block or a symbol file: none.
 
     Returns
     -------
@@ -354,22 +374,39 @@ def load_classifier(
     else:
         logger.warning("BatchNorm not folded: MXNet 1.9.1 computes wrong eval-mode input gradients through it")
         net.collect_params().setattr("grad_req", "null")
+    if labels is not None:
+        table = load_class_table(labels, actual)
+    else:
+        table = class_table_for(defaults.get("arch"), actual) if defaults.get("family_table") else None
     model = Classifier(
         net,
         num_classes=actual,
         input_size=size,
-        mean=mean if mean is not None else defaults.get("mean", 0.0),
-        std=std if std is not None else defaults.get("std", 1.0),
+        mean=mean if mean is not None else _family_stat(defaults.get("mean", 0.0), size),
+        std=std if std is not None else _family_stat(defaults.get("std", 1.0), size),
         bounds=bounds if bounds is not None else defaults.get("bounds", (0.0, 1.0)),
         ctx=ctx,
         arch=defaults.get("arch"),
     )
     model.folded = fold
     model.mode_free = fold and net.fold_report.mode_free
+    model.class_table = table
     if hybridize:
         model.hybridize(static_alloc=True)
     logger.info("model: %s", model.describe())
     return model
+
+
+def _family_stat(value: Sequence[float] | float, size: Optional[Tuple[int, int, int]]) -> Sequence[float] | float:
+    """A family's per-channel mean or std, averaged to one value for inputs of another channel count.
+
+    A zoo net given 1-channel data (a 1x28x28 npz for ``cifar_resnet20_v1``)
+    normalises it with the average of the family's three channel statistics.
+    """
+    values = np.atleast_1d(np.asarray(value, dtype=np.float64))
+    if size is not None and values.size not in (1, size[0]):
+        return float(values.mean())
+    return value
 
 
 def predict_in_chunks(

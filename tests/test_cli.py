@@ -78,9 +78,9 @@ def image_folder(tmp_path: Path, kind: str) -> str:
     if kind == "no_images":
         (root / "cat").mkdir()
         (root / "cat" / "notes.txt").write_text("not an image")
-    elif kind == "not_an_image":
-        (root / "cat").mkdir()
-        (root / "cat" / "0001.jpg").write_text("this is text, not a JPEG")
+    elif kind == "not_an_image":  # an ImageNet class name, so the 1,000-class model's table maps the folder
+        (root / "tabby").mkdir()
+        (root / "tabby" / "0001.jpg").write_text("this is text, not a JPEG")
     return f"folder:{root}"
 
 

@@ -50,7 +50,8 @@ def _open(spec: str, split: str, limit: Any, model: Any, what: str):
     from ..data import load_data
 
     size = tuple(model.input_size[1:]) if model.input_size else None
-    source = load_data(spec, split=split, limit=limit, input_size=size)
+    source = load_data(spec, split=split, limit=limit, input_size=size, class_table=getattr(model, "class_table", None),
+                       num_classes=getattr(model, "num_classes", None))
     if model.input_size and tuple(source.sample_shape) != tuple(model.input_size):
         raise DataError(f"{what} {source.name} has samples of shape {source.sample_shape} "
                         f"but the model expects {tuple(model.input_size)}")

@@ -8,7 +8,9 @@ and the samples' indices in the original source.
 """
 from gluon_robust.data.builtin import BUILTIN_DATASETS, builtin_cache_dir, load_builtin
 from gluon_robust.data.folder import FolderSource
+from gluon_robust.data.labels import ClassTable, class_table_for, load_class_table
 from gluon_robust.data.loader import InputSize, load_data
+from gluon_robust.data.predicted import PredictedLabels
 from gluon_robust.data.mnist_sample import build_mnist_sample, load_mnist_sample, mnist_sample_path
 from gluon_robust.data.sources import ArraySource, Batch, DataSource
 
@@ -16,12 +18,16 @@ __all__ = [
     "ArraySource",
     "BUILTIN_DATASETS",
     "Batch",
+    "ClassTable",
     "DataSource",
     "FolderSource",
     "InputSize",
+    "PredictedLabels",
+    "class_table_for",
     "build_mnist_sample",
     "builtin_cache_dir",
     "load_builtin",
+    "load_class_table",
     "load_data",
     "load_mnist_sample",
     "mnist_sample_path",

@@ -13,6 +13,7 @@ import numpy as np
 from mxnet.gluon.data.vision import ImageFolderDataset
 
 from gluon_robust.data._utils import InputSize, one_line, parse_input_size
+from gluon_robust.data.labels import ClassTable
 from gluon_robust.data.sources import DataSource
 from gluon_robust.errors import DataError
 
@@ -32,9 +33,12 @@ _BILINEAR = 1  # MXNet/OpenCV interpolation code, as in gluon's Resize and Cente
 class FolderSource(DataSource):
     """Images stored as ``root/<class name>/<image file>``, decoded lazily per batch.
 
-    Class folders are listed and labelled exactly as by
-    :class:`mxnet.gluon.data.vision.ImageFolderDataset` (sorted folder names;
-    label ``i`` is ``classes[i]``). Each image is decoded as RGB, resized so its
+    Class folders are listed as by
+    :class:`mxnet.gluon.data.vision.ImageFolderDataset`. With a `class_table`
+    (the model's, see :mod:`gluon_robust.data.labels`) each folder's name --
+    a class name, a synset such as ``n01440764`` or an index -- gives the
+    label of its images, the model's output index; without one, label ``i``
+    is the ``i``-th folder in sorted order. Each image is decoded as RGB, resized so its
     short side is ``round(max(height, width) / 0.875)`` and centre-cropped to
     ``(height, width)`` -- the geometry of GluonCV's ImageNet evaluation preset,
     without mean/std normalisation.
@@ -46,16 +50,24 @@ class FolderSource(DataSource):
     input_size : int or (int, int), optional
         ``(height, width)`` of the delivered images, or one int for square
         images; default (None) 224.
+    class_table : ClassTable, optional
+        The model's class table: folders are labelled by name through it.
+    num_classes : int, optional
+        The model's number of outputs: without a table, a different number of
+        folders is logged as a warning (their sorted-index labels may not be the
+        model's classes).
 
     Raises
     ------
     DataError
         If the folder is missing, has no class sub-folders or holds no images,
-        or `input_size` is invalid.
+        `input_size` is invalid, or a folder's name matches no class (or an
+        ambiguous one) of `class_table`.
     """
 
     def __init__(self, root: str | os.PathLike[str],
-                 input_size: InputSize | None = None) -> None:
+                 input_size: InputSize | None = None, *, class_table: ClassTable | None = None,
+                 num_classes: int | None = None) -> None:
         crop_hw = parse_input_size(DEFAULT_INPUT_SIZE if input_size is None else input_size)
         root = os.path.abspath(os.path.expanduser(os.fspath(root)))
         name = f"folder:{root}"
@@ -70,8 +82,21 @@ class FolderSource(DataSource):
             raise DataError(f"{name}: the class sub-folders hold no images with extension "
                             f"{', '.join(IMAGE_EXTENSIONS)}")
         super().__init__(name, len(dataset.items))
-        self._items: list[tuple[str, int]] = list(dataset.items)
-        self._classes: list[str] = list(dataset.synsets)
+        self._folders: list[str] = list(dataset.synsets)
+        if class_table is not None:
+            mapping = class_table.map_folders(self._folders, name)
+            self._items: list[tuple[str, int]] = [(path, mapping[label]) for path, label in dataset.items]
+            self._classes: list[str] = list(class_table.names)
+            logger.info("%s: %d class folders mapped to the %s classes by name", name, len(self._folders),
+                        class_table.name)
+        else:
+            self._items = list(dataset.items)
+            self._classes = list(self._folders)
+            if num_classes is not None and len(self._folders) != num_classes:
+                logger.warning("%s: %d class folders labelled 0..%d in sorted order, but the model has %d "
+                               "classes and no class names; give them with --labels FILE if the folders are "
+                               "not the model's classes in order", name, len(self._folders),
+                               len(self._folders) - 1, num_classes)
         self._crop_hw: tuple[int, int] = crop_hw
         self._short_side = int(round(max(self._crop_hw) / CROP_RATIO))
         logger.debug("%s: %d images in %d classes", name, len(self._items), len(self._classes))
@@ -83,8 +108,13 @@ class FolderSource(DataSource):
 
     @property
     def classes(self) -> list[str]:
-        """Class folder names; label ``i`` is ``classes[i]``."""
+        """Class names; label ``i`` is ``classes[i]`` (the table's names, or the sorted folder names)."""
         return list(self._classes)
+
+    @property
+    def folders(self) -> list[str]:
+        """The class folder names, sorted."""
+        return list(self._folders)
 
     def _labels(self, index: np.ndarray) -> np.ndarray:
         return np.array([self._items[i][1] for i in index], dtype=np.int64)

@@ -7,6 +7,7 @@ import os
 from gluon_robust.data._utils import InputSize, is_int, parse_input_size
 from gluon_robust.data.builtin import BUILTIN_DATASETS, load_builtin
 from gluon_robust.data.folder import FolderSource
+from gluon_robust.data.labels import ClassTable
 from gluon_robust.data.mnist_sample import SPLITS, load_mnist_sample
 from gluon_robust.data.sources import ArraySource, DataSource
 from gluon_robust.errors import DataError
@@ -20,7 +21,8 @@ _SPEC_FORMS = ("mnist-sample, " + ", ".join(BUILTIN_DATASETS)
 
 
 def load_data(spec: str, *, split: str = "test", limit: int | None = None,
-              input_size: InputSize | None = None) -> DataSource:
+              input_size: InputSize | None = None, class_table: ClassTable | None = None,
+              num_classes: int | None = None) -> DataSource:
     """Open the data source described by `spec`.
 
     Parameters
@@ -45,6 +47,14 @@ def load_data(spec: str, *, split: str = "test", limit: int | None = None,
         Image ``(height, width)``, or one int for square images. Folders are
         cropped to it (default 224); array data must already have it, since
         arrays are never resized.
+    class_table : ClassTable, optional
+        The model's class table (``model.class_table``): a folder's images are
+        labelled by the folder's name through it (``tench/``, ``n01440764/``),
+        and a folder naming no class is an error. Array data is labelled
+        already and ignores it.
+    num_classes : int, optional
+        The model's number of outputs: without a table, a folder source with
+        another number of class folders logs a warning.
 
     Returns
     -------
@@ -62,7 +72,7 @@ def load_data(spec: str, *, split: str = "test", limit: int | None = None,
         raise DataError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if limit is not None and (not is_int(limit) or limit < 1):
         raise DataError(f"limit must be a positive integer, got {limit!r}")
-    source = _open(spec, split, size)
+    source = _open(spec, split, size, class_table, num_classes)
     if size is not None and not isinstance(source, FolderSource):
         height, width = source.sample_shape[1:]
         if (height, width) != size:
@@ -75,7 +85,8 @@ def load_data(spec: str, *, split: str = "test", limit: int | None = None,
     return source
 
 
-def _open(spec: str, split: str, size: tuple[int, int] | None) -> DataSource:
+def _open(spec: str, split: str, size: tuple[int, int] | None, table: ClassTable | None = None,
+          num_classes: int | None = None) -> DataSource:
     """Dispatch `spec` to the matching source."""
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"the data spec must be a non-empty string, got {spec!r}; "
@@ -90,11 +101,11 @@ def _open(spec: str, split: str, size: tuple[int, int] | None) -> DataSource:
             raise DataError(f"data spec {spec!r} names no path after '{kind}:'")
         if kind == "npz":
             return ArraySource.from_npz(path)
-        return FolderSource(path, size)
+        return FolderSource(path, size, class_table=table, num_classes=num_classes)
     if spec.lower().endswith(".npz"):
         return ArraySource.from_npz(spec)
     if os.path.isdir(os.path.expanduser(spec)):
-        return FolderSource(spec, size)
+        return FolderSource(spec, size, class_table=table, num_classes=num_classes)
     raise DataError(f"unknown data spec {spec!r} (not a known dataset, an .npz path or an "
                     f"existing directory); use one of: {_SPEC_FORMS}")
 

@@ -314,6 +314,7 @@ class DefendedClassifier(gluon.Block):
         self.folded = bool(getattr(model, "folded", False))
         self.mode_free = bool(getattr(model, "mode_free", False))
         self.arch = getattr(model, "arch", type(model).__name__)
+        self.class_table = getattr(model, "class_table", None)  # the names of the outputs, for data and reports
         logger.info("defended model: %s, gradient %s (%s), EOT samples %d", self.chain.spec, mode,
                     ", ".join(self.backwards), self.eot_samples)
 

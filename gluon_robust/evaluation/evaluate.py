@@ -235,7 +235,8 @@ def evaluate(
                      model=model.describe() if hasattr(model, "describe") else type(model).__name__,
                      data=source.name, args=args, shard=shard_info,
                      bounds=getattr(model, "bounds", (0.0, 1.0)), max_examples=max_examples,
-                     defense=_defense(model, built), num_classes=getattr(model, "num_classes", None))
+                     defense=_defense(model, built), num_classes=getattr(model, "num_classes", None),
+                     class_names=_class_names(model))
     report.update(batch_size=batch_size, batch_size_source=batch_source)
     sanity.emit(report["warnings"])
     if out_dir is not None:
@@ -245,15 +246,23 @@ def evaluate(
     return report
 
 
+def _class_names(model: Any) -> Optional[List[str]]:
+    """The name of each output of ``model`` (its class table), or None when unknown."""
+    table = getattr(model, "class_table", None)
+    return list(table.names) if table is not None else None
+
+
 def _finish(
     report: Dict[str, Any], *, stages: Sequence[Any], recipe: str, norm: str, eps: Sequence[float], seed: int,
     skipped: List[str], measurements: Dict[str, Any], probe_warnings: List[str], model: str, data: str,
     args: Optional[Dict[str, Any]], shard: Optional[Dict[str, Any]], bounds: Sequence[float], max_examples: int,
     defense: Optional[Dict[str, Any]] = None, num_classes: Optional[int] = None,
+    class_names: Optional[List[str]] = None,
 ) -> Dict[str, Any]:
     """Add the run's description and the sanity checks to a result's report."""
     report["num_classes"] = num_classes  # before report_warnings, which checks clean accuracy against chance
     report.update({
+        "class_names": class_names,
         "defense": defense,
         "recipe": recipe,
         "stages": describe(stages),
@@ -391,6 +400,7 @@ def merge_reports(dirs: Sequence[str | Path], out_dir: Optional[str | Path] = No
         probe_warnings=first["sanity"]["probe_warnings"], model=first["model"], data=first["data"],
         args={"merged_from": [d for _, _, d in loaded]}, shard=None, bounds=first["bounds"],
         max_examples=first["max_examples"], defense=first.get("defense"), num_classes=first.get("num_classes"),
+        class_names=first.get("class_names"),
     )
     merged["stages"] = first["stages"]
     merged.update(batch_size=first.get("batch_size"), batch_size_source=first.get("batch_size_source"))

@@ -16,7 +16,7 @@ import io
 import logging
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -121,7 +121,16 @@ def _histogram_plot(report: Dict[str, Any]) -> Optional[str]:
     return _png(fig)
 
 
-def _grid_plot(examples: Dict[str, np.ndarray], names: List[str], bounds: tuple) -> Optional[str]:
+def class_label(value: int, class_names: Optional[Sequence[str]]) -> str:
+    """``'3'``, or ``'3 (tench)'`` when the model's class names are known."""
+    value = int(value)
+    if class_names is None or not 0 <= value < len(class_names):
+        return str(value)
+    return f"{value} ({class_names[value]})"
+
+
+def _grid_plot(examples: Dict[str, np.ndarray], names: List[str], bounds: tuple,
+               class_names: Optional[Sequence[str]] = None) -> Optional[str]:
     import matplotlib.pyplot as plt
 
     count = len(examples["y"])
@@ -140,8 +149,9 @@ def _grid_plot(examples: Dict[str, np.ndarray], names: List[str], bounds: tuple)
         x, adv = examples["x"][i], examples["x_adv"][i]
         diff = adv - x
         scale = float(np.abs(diff).max()) or 1.0
-        show(axes[i][0], x, f"#{int(examples['index'][i])} clean: {int(examples['y'][i])}")
-        show(axes[i][1], adv, f"{names[int(examples['attack'][i])]}: {int(examples['pred'][i])}")
+        show(axes[i][0], x, f"#{int(examples['index'][i])} label {class_label(examples['y'][i], class_names)}")
+        show(axes[i][1], adv, f"{names[int(examples['attack'][i])]}: pred "
+                              f"{class_label(examples['pred'][i], class_names)}")
         show(axes[i][2], low + (high - low) * (0.5 + 0.5 * diff / scale), f"diff x{0.5 / scale:.0f}")
     fig.tight_layout()
     return _png(fig)
@@ -159,7 +169,17 @@ def _defense_facts(report: Dict[str, Any]) -> List[tuple]:
             ("gradient path", f"{defense['gradient']}: {paths}" + (f"; EOT over {eot} samples" if eot > 1 else ""))]
 
 
-def _markdown(report: Dict[str, Any]) -> str:
+def _example_lines(report: Dict[str, Any], examples: Optional[Dict[str, np.ndarray]]) -> List[str]:
+    """One line per adversarial example of the grid: ``#12 label 0 (tench) -> pgd: pred 1 (goldfish)``."""
+    if examples is None or not len(examples["y"]):
+        return []
+    names = [a["name"] for a in report["attacks"]]
+    class_names = report.get("class_names")
+    return [f"#{int(i)}: label {class_label(y, class_names)} \u2192 {names[int(a)]}: pred {class_label(p, class_names)}"
+            for i, y, p, a in zip(examples["index"], examples["y"], examples["pred"], examples["attack"])]
+
+
+def _markdown(report: Dict[str, Any], examples: Optional[Dict[str, np.ndarray]] = None) -> str:
     lines = [
         "# Robustness report",
         "",
@@ -187,6 +207,9 @@ def _markdown(report: Dict[str, Any]) -> str:
         lines += ["", f"Skipped stages (attack not registered): {', '.join(report['skipped'])}"]
     lines += ["", "## Versions", ""]
     lines += [f"- {k}: {v}" for k, v in report.get("versions", {}).items()]
+    shown = _example_lines(report, examples)
+    if shown:
+        lines += ["", "## Adversarial examples", ""] + [f"- {line}" for line in shown]
     lines += ["", "Plots and example images: report.html", ""]
     return "\n".join(lines)
 
@@ -197,7 +220,7 @@ def _table(header: List[str], rows: List[List[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _html(report: Dict[str, Any], plots: Dict[str, Optional[str]]) -> str:
+def _html(report: Dict[str, Any], plots: Dict[str, Optional[str]], examples: Sequence[str] = ()) -> str:
     esc = html.escape
     facts = [
         ("model", report.get("model", "?")), ("data", f"{report.get('data', '?')} ({report['n']} samples)"),
@@ -225,6 +248,8 @@ def _html(report: Dict[str, Any], plots: Dict[str, Optional[str]]) -> str:
     for title, data in plots.items():
         if data:
             parts.append(f'<h2>{esc(title)}</h2><img alt="{esc(title)}" src="data:image/png;base64,{data}"/>')
+    if examples:
+        parts.append("<h2>Adversarial examples</h2><ul>" + "".join(f"<li>{esc(e)}</li>" for e in examples) + "</ul>")
     parts.append("<h2>Versions</h2><ul>")
     parts += [f"<li>{esc(k)}: {esc(str(v))}</li>" for k, v in report.get("versions", {}).items()]
     parts.append("</ul>")
@@ -252,11 +277,11 @@ def write_report(
     out = Path(out_dir)
     atomic_write_json(out / "report.json", report)
     atomic_save_npz(out / "examples.npz", **examples)
-    atomic_write_text(out / "report.md", _markdown(report))
+    atomic_write_text(out / "report.md", _markdown(report, examples))
     names = [a["name"] for a in report["attacks"]]
     plots = {
         "Robust accuracy against epsilon": _accuracy_plot(report),
         "Perturbation norms": _histogram_plot(report),
-        "Clean / adversarial / amplified difference": _grid_plot(examples, names, bounds),
+        "Clean / adversarial / amplified difference": _grid_plot(examples, names, bounds, report.get("class_names")),
     }
-    atomic_write_text(out / "report.html", _html(report, plots))
+    atomic_write_text(out / "report.html", _html(report, plots, _example_lines(report, examples)))

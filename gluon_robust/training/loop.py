@@ -838,6 +838,15 @@ def _pretrained_with_new_output(arch: str, classes: int, ctx: mx.Context) -> glu
     return net
 
 
+def _pretrained_class_table(cfg: TrainConfig) -> Optional[Any]:
+    """The class table of a pretrained zoo net fine-tuned on its own classes (folders then map by name), or None."""
+    from ..data import class_table_for
+
+    if not (cfg.pretrained and cfg.model and not cfg.classes and not cfg.params and not cfg.config):
+        return None
+    return class_table_for(cfg.model, family_defaults(cfg.model)["classes"])
+
+
 def run_training(cfg: TrainConfig, *, on_step: Optional[Callable[[int, int, int], None]] = None) -> Dict[str, Any]:
     """Fine-tune a zoo network as ``cfg`` says and write ``NAME.params``, ``NAME.yaml`` and ``metrics.json``.
 
@@ -845,10 +854,11 @@ def run_training(cfg: TrainConfig, *, on_step: Optional[Callable[[int, int, int]
     """
     ctx = parse_contexts(cfg.ctx)
     save_dir = Path(cfg.save_dir)
-    train = load_data(cfg.data, split="train", limit=cfg.limit)
+    table = _pretrained_class_table(cfg)
+    train = load_data(cfg.data, split="train", limit=cfg.limit, class_table=table)
     val = None
     if cfg.val_limit > 0:
-        val = load_data(cfg.val_data or cfg.data, split="test", limit=cfg.val_limit)
+        val = load_data(cfg.val_data or cfg.data, split="test", limit=cfg.val_limit, class_table=table)
         if tuple(val.sample_shape) != tuple(train.sample_shape):
             raise ConfigError(f"validation samples {val.sample_shape} differ from training samples {train.sample_shape}")
         if val.name == train.name:
