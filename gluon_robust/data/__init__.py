@@ -6,6 +6,7 @@
 float32 NCHW images in ``[0, 1]`` (pixel space, not normalised), int64 labels
 and the samples' indices in the original source.
 """
+from gluon_robust.data.convert import DatasetSource, as_source
 from gluon_robust.data.builtin import BUILTIN_DATASETS, builtin_cache_dir, load_builtin
 from gluon_robust.data.folder import FolderSource
 from gluon_robust.data.loader import InputSize, load_data
@@ -17,8 +18,10 @@ __all__ = [
     "BUILTIN_DATASETS",
     "Batch",
     "DataSource",
+    "DatasetSource",
     "FolderSource",
     "InputSize",
+    "as_source",
     "build_mnist_sample",
     "builtin_cache_dir",
     "load_builtin",

@@ -47,6 +47,7 @@ from mxnet import autograd, gluon, nd
 
 from ..attacks.norms import Norm, get_norm
 from ..errors import ConfigError, DataError
+from ..model import check_trainable
 from ..validation import check_choice, check_int, check_positive
 from .batchnorm import ATTACK_BN_MODES, EvalMirror, preserve_running_stats
 
@@ -130,6 +131,7 @@ class TrainingMethod(abc.ABC):
             Per-sample loss (N,) on ``x.context``: pass it to ``backward`` and
             call ``trainer.step(batch_size)``.
         """
+        check_trainable(model)
         if not isinstance(x, nd.NDArray):
             raise DataError(f"x must be an mxnet NDArray on the shard's context, got {type(x).__name__}")
         if x.ndim < 2 or x.shape[0] == 0:
