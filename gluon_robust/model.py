@@ -218,7 +218,7 @@ def _initialise_missing(net: gluon.Block, initializer: mx.init.Initializer, ctx:
         try:
             param.list_ctx()
         except RuntimeError:  # "Parameter ... has not been initialized"
-            param.initialize(initializer, ctx=ctx)
+            param.initialize(default_init=initializer, ctx=ctx)  # its own init (zeros for biases) first
 
 
 def _is_bundled_config(name: str) -> bool:
