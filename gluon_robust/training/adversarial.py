@@ -119,7 +119,10 @@ class TrainingMethod(abc.ABC):
         ----------
         model : Block
             The model under training (a :class:`~gluon_robust.model.Classifier`
-            around the unfolded network, or any block on pixel inputs).
+            from :func:`~gluon_robust.model.trainable_classifier`, or any block
+            on pixel inputs). A frozen evaluation model (from
+            :func:`~gluon_robust.model.load_classifier`) is refused with a
+            :class:`~gluon_robust.errors.ModelError` saying what to use instead.
         x : NDArray
             Clean inputs (N, ...) inside ``model.bounds``, on one context.
         y : NDArray
