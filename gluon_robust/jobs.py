@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
@@ -15,7 +16,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from .attacks import Attack
-from .data import DataSource, load_data
+from .data import as_source, load_data
 from .evaluation.robustness import evaluate_attacks
 from .errors import ConfigError
 from .interrupts import Interrupted
@@ -84,11 +85,11 @@ def _csv_field(text: str) -> str:
 
 def run_attack_job(
     model: Classifier,
-    source: DataSource,
+    source: Any,
     attack: Attack,
     *,
     attack_name: str,
-    out_dir: str | Path,
+    out_dir: Optional[str | Path],
     batch_size: Optional[int] = None,
     max_memory: Optional[int] = None,
     target_mode: Optional[str] = None,
@@ -117,6 +118,11 @@ def run_attack_job(
     model is refused). Without ``batch_size`` the batch size is the largest
     that fits ``max_memory`` bytes (default 4 GiB, see :mod:`gluon_robust.memory`).
 
+    ``source`` may be anything :func:`~gluon_robust.data.as_source` takes (a
+    DataSource, an ``(x, y)`` pair of arrays, a Gluon DataLoader). With
+    ``out_dir=None`` nothing is kept: the outputs go to a temporary directory
+    that is removed, and only the summary is returned.
+
     Returns
     -------
     dict
@@ -137,6 +143,12 @@ def run_attack_job(
         None if target_mode is None else functools.partial(choose_targets, model, mode=target_mode, seed=seed)
     )
 
+    source = as_source(source)
+    if out_dir is None:
+        with tempfile.TemporaryDirectory(prefix="gluon_robust_attack_") as scratch:
+            return run_attack_job(model, source, attack, attack_name=attack_name, out_dir=Path(scratch) / "out",
+                                  batch_size=batch_size, target_mode=target_mode, seed=seed, max_images=0,
+                                  options=options)
     start = time.perf_counter()
     with staged_output(out_dir) as stage:
         images = stage / "images" if source.sample_shape[0] in (1, 3) and max_images > 0 else None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import mxnet as mx
 import numpy as np
@@ -27,9 +27,13 @@ from .config import ModelConfig, family_defaults, load_config, parse_input_size,
 from .errors import ConfigError, ModelError
 from .folding import fold_batchnorm, symbol_block
 from .integrity import refuse_pickle
+from .validation import InvalidValue, check_int
 from .zoo import build_zoo_net, check_zoo_name, load_params_into, zoo_names
 
-__all__ = ["Classifier", "FirstOutput", "load_classifier", "ModelSource", "predict_in_chunks"]
+__all__ = [
+    "Classifier", "FirstOutput", "load_classifier", "trainable_classifier", "replace_head", "check_trainable",
+    "HEAD_ATTRIBUTES", "ModelSource", "predict_in_chunks",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +73,10 @@ class Classifier(gluon.HybridBlock):
     ----------
     folded : bool
         Whether BatchNorm was folded away (set by :func:`load_classifier`).
+    frozen : bool
+        Whether the classifier was built for evaluation only (every parameter
+        ``grad_req='null'``; set by :func:`load_classifier`). Training helpers
+        refuse it (see :func:`check_trainable`).
     mode_free : bool
         Whether the network computes the same function in train and eval mode
         (folded, with no BatchNorm or Dropout left); attacks then record
@@ -101,6 +109,7 @@ class Classifier(gluon.HybridBlock):
         self.bounds = (low, high)
         self.ctx = ctx if ctx is not None else mx.cpu()
         self.folded = False
+        self.frozen = False
         self.mode_free = False
         self.class_table: Optional[ClassTable] = None
         self.arch = arch or type(net).__name__
@@ -186,12 +195,21 @@ def _symbol_source(path: Path, params: Optional[str], ctx: mx.Context) -> gluon.
 
 
 def _resolve(
-    source: ModelSource, classes: Optional[int], params: Optional[str], pretrained: bool, ctx: mx.Context
+    source: ModelSource, classes: Optional[int], params: Optional[str], pretrained: bool, ctx: mx.Context,
+    initializer: Optional[mx.init.Initializer] = None,
 ) -> Tuple[gluon.HybridBlock, dict]:
-    """Build the network and the defaults (mean, std, input size, classes) its source implies."""
+    """Build the network and the defaults (mean, std, input size, classes) its source implies.
+
+    Without weights, a zoo network is initialised with ``initializer`` (default
+    ``Xavier()``, with a warning: evaluating random weights is rarely meant);
+    given one (training from scratch), a user block's uninitialised parameters
+    are initialised with it too.
+    """
     if isinstance(source, gluon.HybridBlock):
         if params:
             load_params_into(source, params, ctx)
+        elif initializer is not None:
+            _initialise_missing(source, initializer, ctx)
         elif any(p._deferred_init for p in source.collect_params().values()):  # noqa: SLF001 -- no public flag
             # shapes still unknown: the weights only come into being at the first forward pass, so they are
             # the initialiser's random draw, not trained ones
@@ -219,9 +237,12 @@ def _resolve(
     if weights:
         load_params_into(net, weights, ctx)
     elif not pretrained:
-        logger.warning("no weights given for %s: the model is freshly initialised with random weights and its "
-                       "accuracy will be at chance; pass --params FILE or --pretrained", config.model)
-        net.initialize(mx.init.Xavier(), ctx=ctx)
+        if initializer is None:
+            logger.warning("no weights given for %s: the model is freshly initialised with random weights and its "
+                           "accuracy will be at chance; pass --params FILE or --pretrained", config.model)
+        else:
+            logger.info("no weights given for %s: training starts from fresh weights", config.model)
+        net.initialize(initializer or mx.init.Xavier(), ctx=ctx)
     return net, {
         "arch": config.model,
         "classes": config.classes,
@@ -252,6 +273,15 @@ def _check_finite_weights(net: gluon.Block, params: Optional[str | os.PathLike])
         count = f"{len(bad)} parameter{'s' if len(bad) > 1 else ''}"
         raise ModelError(f"{where} hold NaN or infinite values ({count}: {shown}), so every prediction would be "
                          "wrong; the training that wrote them probably diverged: use other weights (--params)")
+
+
+def _initialise_missing(net: gluon.Block, initializer: mx.init.Initializer, ctx: mx.Context) -> None:
+    """Initialise the parameters of ``net`` that are not initialised yet (deferred ones count as initialised)."""
+    for param in net.collect_params().values():
+        try:
+            param.list_ctx()
+        except RuntimeError:  # "Parameter ... has not been initialized"
+            param.initialize(default_init=initializer, ctx=ctx)  # its own init (zeros for biases) first
 
 
 def _is_bundled_config(name: str) -> bool:
@@ -389,11 +419,219 @@ def load_classifier(
         arch=defaults.get("arch"),
     )
     model.folded = fold
+    model.frozen = True
     model.mode_free = fold and net.fold_report.mode_free
     model.class_table = table
     if hybridize:
         model.hybridize(static_alloc=True)
     logger.info("model: %s", model.describe())
+    return model
+
+#: Attributes under which GluonCV classification networks keep their last (class-score) layer, in lookup order.
+HEAD_ATTRIBUTES = ("output", "fc", "classifier")
+
+#: What a frozen evaluation model passed to training gets told.
+FROZEN_MESSAGE = (
+    "this model was loaded for evaluation (BatchNorm folded, parameters frozen) and cannot be trained; "
+    "build a trainable one with gluon_robust.trainable_classifier(...)"
+)
+
+
+def check_trainable(model: Any) -> None:
+    """Refuse a model built for evaluation before a training step touches it.
+
+    A :func:`load_classifier` model has BatchNorm folded into constants and
+    every parameter frozen (``grad_req='null'``); ``gluon.Trainer`` and
+    ``backward`` would fail on it with MXNet errors that do not say why.
+
+    Raises
+    ------
+    ModelError
+        If ``model`` (or the classifier a defence wraps) is frozen or folded.
+    """
+    inner = getattr(model, "model", None)  # a DefendedClassifier wraps the classifier it defends
+    for block in (model, inner):
+        if block is None:
+            continue
+        if getattr(block, "frozen", False) or getattr(block, "folded", False) or hasattr(
+            getattr(block, "net", None), "fold_report"
+        ):
+            raise ModelError(FROZEN_MESSAGE)
+
+
+def replace_head(net: gluon.HybridBlock, classes: int, *, ctx: Optional[mx.Context] = None) -> str:
+    """Replace a classification network's last layer by a fresh ``classes``-way one, for fine-tuning.
+
+    The layer found first among :data:`HEAD_ATTRIBUTES` (``net.output`` for
+    most GluonCV classifiers, ``net.fc`` for ResNet-V1b, ResNeSt and Xception,
+    ``net.classifier`` elsewhere) must be a ``Dense`` layer; it is replaced by
+    a new ``nn.Dense(classes)`` created under the network's name scope and
+    initialised with ``Xavier()`` (drawn from MXNet's global generator at the
+    first forward pass: seed it with ``mx.random.seed`` for a reproducible head).
+
+    Parameters
+    ----------
+    net : mxnet.gluon.HybridBlock
+        A (typically pretrained) classification network.
+    classes : int
+        Number of classes of the new head (at least 2).
+    ctx : mxnet.Context, optional
+        Where the new head's parameters live; default CPU.
+
+    Returns
+    -------
+    str
+        The attribute that was replaced.
+
+    Raises
+    ------
+    ModelError
+        If the network has no Dense head under a known attribute (e.g.
+        SqueezeNet and MobileNetV2/V3 end with a 1x1 convolution).
+
+    Examples
+    --------
+    >>> net = gluoncv.model_zoo.get_model("resnet18_v1", pretrained=True)
+    >>> replace_head(net, 5)
+    'output'
+    """
+    classes = check_int("new_classes", classes, minimum=2)
+    for attribute in HEAD_ATTRIBUTES:
+        layer = getattr(net, attribute, None)
+        if isinstance(layer, gluon.nn.Dense):
+            with net.name_scope():
+                head = gluon.nn.Dense(classes)
+            setattr(net, attribute, head)
+            head.initialize(mx.init.Xavier(), ctx=ctx if ctx is not None else mx.cpu())
+            logger.info("replaced %s.%s by a fresh %d-class Dense layer", type(net).__name__, attribute, classes)
+            return attribute
+    found = {a: type(getattr(net, a)).__name__ for a in HEAD_ATTRIBUTES if getattr(net, a, None) is not None}
+    raise ModelError(
+        f"cannot replace the head of {type(net).__name__}: it has no Dense layer under "
+        f"{', '.join(HEAD_ATTRIBUTES)} (found {found or 'none'}); replace its last layer yourself and pass the block"
+    )
+
+
+def _context_list(ctx: Optional[mx.Context | Sequence[mx.Context]]) -> List[mx.Context]:
+    if ctx is None:
+        return [mx.cpu()]
+    contexts = [ctx] if isinstance(ctx, mx.Context) else list(ctx)
+    if not contexts or not all(isinstance(c, mx.Context) for c in contexts):
+        raise InvalidValue("ctx", ctx, "an mxnet Context or a non-empty list of them")
+    return contexts
+
+
+def trainable_classifier(
+    source: ModelSource,
+    *,
+    params: Optional[str | os.PathLike] = None,
+    pretrained: bool = False,
+    classes: Optional[int] = None,
+    new_classes: Optional[int] = None,
+    mean: Optional[Sequence[float] | float] = None,
+    std: Optional[Sequence[float] | float] = None,
+    bounds: Optional[Tuple[float, float]] = None,
+    input_size: Optional[int | Sequence[int]] = None,
+    ctx: Optional[mx.Context | Sequence[mx.Context]] = None,
+    seed: int = 0,
+    hybridize: bool = True,
+) -> Classifier:
+    """Build a :class:`Classifier` to *train*: BatchNorm kept, parameters trainable, normalisation inside.
+
+    The training counterpart of :func:`load_classifier`: the same sources and
+    the same defaults (mean, std, bounds and input size from the config or
+    the zoo family), but nothing is folded or frozen, so the result goes
+    straight into ``gluon.Trainer(model.collect_params(), ...)``, a training
+    method (:func:`gluon_robust.training.get_method`) or
+    :func:`~gluon_robust.training.loop.train_adversarial`. ``gluon-robust
+    train`` builds its model with it.
+
+    Parameters
+    ----------
+    source : str, path, ModelConfig or mxnet.gluon.HybridBlock
+        A ``gluoncv.model_zoo`` name, a config YAML or bundled config name, an
+        exported ``net-symbol.json``, or a Gluon block (its uninitialised
+        parameters are initialised).
+    params : str or path, optional
+        Starting weights (``.params``); overrides the config's.
+    pretrained : bool
+        Start from GluonCV's published weights (offline cache).
+    classes : int, optional
+        Number of classes the network is built with (default: the config's
+        or the zoo family's).
+    new_classes : int, optional
+        Fine-tuning: replace the network's last layer by a fresh
+        ``new_classes``-way Dense layer (see :func:`replace_head`) after the
+        weights are loaded.
+    mean, std, bounds, input_size
+        As for :func:`load_classifier`.
+    ctx : mxnet.Context or list of them, optional
+        Device(s) the parameters live on; default CPU. The first is
+        ``model.ctx``; a list prepares data-parallel training with
+        ``split_and_load``.
+    seed : int
+        Seeds MXNet's generator before any weight is drawn (fresh weights and
+        the new head), so that the same call gives the same model.
+    hybridize : bool
+        Hybridise the classifier (``static_alloc``).
+
+    Returns
+    -------
+    Classifier
+        With ``folded = False`` and ``frozen = False``; every parameter that
+        has a gradient has ``grad_req='write'``.
+
+    Raises
+    ------
+    ModelError, ConfigError
+        For an unknown name, missing or unfitting weights, a wrong class
+        count or a head that cannot be replaced.
+
+    Examples
+    --------
+    Fine-tune a pretrained ImageNet network on a 5-class image folder:
+
+    >>> model = trainable_classifier("resnet18_v1", pretrained=True, new_classes=5)
+    >>> trainer = gluon.Trainer(model.collect_params(), "adam", {"learning_rate": 1e-4})
+    """
+    contexts = _context_list(ctx)
+    seed = check_int("seed", seed, minimum=0, maximum=2 ** 32 - 1)
+    if new_classes is not None:
+        new_classes = check_int("new_classes", new_classes, minimum=2)
+    if isinstance(source, str) and not source.strip():
+        raise ModelError("no model given: pass a zoo name, a config file, a symbol file or a block")
+    mx.random.seed(seed)
+    net, defaults = _resolve(source, classes, str(params) if params else None, pretrained, contexts[0],
+                             initializer=mx.init.Xavier(magnitude=2.0))
+    if new_classes is not None:
+        replace_head(net, new_classes, ctx=contexts[0])
+    size = parse_input_size(input_size) if input_size is not None else defaults.get("input_size")
+    expected = new_classes or classes or defaults.get("classes")
+    if size is not None:
+        with mx.autograd.pause():
+            actual = _infer_classes(net, size, contexts[0])  # also finishes deferred initialisation
+        if expected is not None and actual != expected:
+            raise ModelError(f"the model outputs {actual} class scores but {expected} classes were expected")
+    elif expected is None:
+        raise ModelError("cannot tell the number of classes: pass classes= or input_size=")
+    else:
+        actual = expected
+    net.collect_params().setattr("grad_req", "write")  # BatchNorm running statistics stay 'null'
+    model = Classifier(
+        net,
+        num_classes=actual,
+        input_size=size,
+        mean=mean if mean is not None else defaults.get("mean", 0.0),
+        std=std if std is not None else defaults.get("std", 1.0),
+        bounds=bounds if bounds is not None else defaults.get("bounds", (0.0, 1.0)),
+        ctx=contexts[0],
+        arch=defaults.get("arch"),
+    )
+    if len(contexts) > 1:
+        model.collect_params().reset_ctx(contexts)
+    if hybridize:
+        model.hybridize(static_alloc=True)
+    logger.info("trainable model: %s", model.describe())
     return model
 
 

@@ -89,8 +89,9 @@ def certify_source(
     ----------
     model : Classifier
         The base classifier.
-    source : DataSource
-        The samples; read in chunks of 64, certified one at a time.
+    source : DataSource, (x, y) arrays or Gluon DataLoader
+        The samples (see :func:`~gluon_robust.data.as_source`); read in chunks
+        of 64, certified one at a time.
     sigma, n0, n, alpha, batch_size, clip, seed
         See :class:`~gluon_robust.defenses.smoothing.SmoothedClassifier` and its ``certify``.
     radii : sequence of float
@@ -111,7 +112,10 @@ def certify_source(
     from ..defenses.smoothing import ABSTAIN, SmoothedClassifier, certified_accuracy
     from ..evaluation.sanity import accuracy_warnings, emit as emit_sanity
 
+    from ..data import as_source
+
     _check_options(sigma, n0, n, alpha, radii, batch_size)
+    source = as_source(source)
     check_source_labels(source, getattr(model, "num_classes", None))
     smoothed = SmoothedClassifier(model, sigma=sigma, batch_size=batch_size, clip=clip, seed=seed)
     start = time.perf_counter()

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import mxnet as mx
 import numpy as np
 
-from ..data import DataSource
+from ..data import as_source
 from ..errors import ConfigError
 from ..integrity import load_npz, refuse_pickle
 from ..interrupts import set_hint
@@ -104,7 +104,8 @@ class _Examples:
 
 def evaluate(
     model: Any,
-    source: DataSource,
+    source: Any,
+    labels: Any = None,
     *,
     recipe: str = "standard",
     attacks: Optional[Sequence[str]] = None,
@@ -127,8 +128,12 @@ def evaluate(
     ----------
     model : Classifier
         The model under evaluation (pixel inputs inside ``model.bounds``).
-    source : DataSource
-        The evaluation data; with ``shard`` only its slice is attacked.
+    source : DataSource, arrays, DataLoader or Dataset
+        The evaluation data; with ``shard`` only its slice is attacked. Image
+        arrays (NumPy or NDArray) take their ``labels``; see
+        :func:`~gluon_robust.data.as_source`.
+    labels : array-like, optional
+        The labels of image arrays.
     recipe : str
         ``"standard"``, ``"plus"``, ``"rand"`` or ``"fast"`` (see :data:`~gluon_robust.evaluation.recipes.RECIPES`).
     attacks : sequence of str, optional
@@ -176,6 +181,7 @@ def evaluate(
     """
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    source = as_source(source, labels)
     if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 1:
         raise ConfigError(f"probe_size must be a positive integer, got {probe_size!r}")
     if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 0:

@@ -47,6 +47,7 @@ from mxnet import autograd, gluon, nd
 
 from ..attacks.norms import Norm, get_norm
 from ..errors import ConfigError, DataError
+from ..model import check_trainable
 from ..validation import check_choice, check_int, check_positive
 from .batchnorm import ATTACK_BN_MODES, EvalMirror, preserve_running_stats
 
@@ -118,7 +119,10 @@ class TrainingMethod(abc.ABC):
         ----------
         model : Block
             The model under training (a :class:`~gluon_robust.model.Classifier`
-            around the unfolded network, or any block on pixel inputs).
+            from :func:`~gluon_robust.model.trainable_classifier`, or any block
+            on pixel inputs). A frozen evaluation model (from
+            :func:`~gluon_robust.model.load_classifier`) is refused with a
+            :class:`~gluon_robust.errors.ModelError` saying what to use instead.
         x : NDArray
             Clean inputs (N, ...) inside ``model.bounds``, on one context.
         y : NDArray
@@ -130,6 +134,7 @@ class TrainingMethod(abc.ABC):
             Per-sample loss (N,) on ``x.context``: pass it to ``backward`` and
             call ``trainer.step(batch_size)``.
         """
+        check_trainable(model)
         if not isinstance(x, nd.NDArray):
             raise DataError(f"x must be an mxnet NDArray on the shard's context, got {type(x).__name__}")
         if x.ndim < 2 or x.shape[0] == 0:

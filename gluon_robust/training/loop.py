@@ -58,7 +58,7 @@ from ..errors import ConfigError, ModelError, TrainingDiverged
 from ..evaluation.robustness import evaluate_attacks
 from ..interrupts import Interrupted, deferred, set_hint
 from ..io import atomic_write_json
-from ..model import Classifier, load_classifier
+from ..model import Classifier, check_trainable, load_classifier, trainable_classifier
 from ..reporting import record_outputs, versions
 from ..validation import (
     InvalidValue, check_choice, check_contexts, check_eps, check_file_name, check_int, check_out_dir, check_positive,
@@ -348,8 +348,7 @@ def train_adversarial(
     val_steps = check_int("val_steps", val_steps)
     bn_stats = check_choice("bn_stats", bn_stats, BN_STATS_MODES)
     kvstore = check_kvstore(kvstore)
-    if getattr(model, "folded", False):
-        raise ConfigError("cannot train a folded model; build the Classifier around the unfolded network")
+    check_trainable(model)
     if kvstore == "dist_async":
         refused = [name for name, given in (("lr_decay_epochs", bool(lr_decay_epochs)), ("guard", guard is not None),
                                             ("checkpoint_every", bool(checkpoint_every)), ("resume", resume)) if given]
@@ -772,9 +771,10 @@ def _data_statistics(source: DataSource) -> Tuple[Tuple[float, ...], Tuple[float
 
 
 def build_model(cfg: TrainConfig, ctx: List[mx.Context], train: DataSource) -> Tuple[Classifier, ModelConfig]:
-    """The unfolded, hybridised training model on every context, and the config it will be saved with."""
-    from ..zoo import build_zoo_net, load_params_into
+    """The unfolded, hybridised training model on every context, and the config it will be saved with.
 
+    The model comes from :func:`~gluon_robust.model.trainable_classifier`, like any trainable model.
+    """
     size = tuple(train.sample_shape)
     if cfg.config:
         base = load_config(cfg.config)
@@ -801,41 +801,17 @@ def build_model(cfg: TrainConfig, ctx: List[mx.Context], train: DataSource) -> T
             mean, std = mean or default_mean, std or default_std
     config = ModelConfig(model=arch, classes=int(classes), mean=tuple(mean), std=tuple(std), bounds=tuple(bounds),
                          input_size=size)
-    mx.random.seed(cfg.seed)
     pretrained = cfg.pretrained and not params
+    options = dict(params=params, mean=config.mean, std=config.std, bounds=config.bounds, input_size=size, ctx=ctx,
+                   seed=cfg.seed)
     try:
-        net = build_zoo_net(arch, config.classes, pretrained, ctx[0])
+        model = trainable_classifier(arch, pretrained=pretrained, classes=config.classes, **options)
     except ModelError:
         if not pretrained:
             raise
-        net = _pretrained_with_new_output(arch, config.classes, ctx[0])
-    if params:
-        load_params_into(net, params, ctx[0])
-    elif not pretrained:
-        net.initialize(mx.init.Xavier(magnitude=2.0), ctx=ctx[0])
-    model = Classifier(net, num_classes=config.classes, input_size=size, mean=config.mean, std=config.std,
-                       bounds=config.bounds, ctx=ctx[0], arch=arch)
-    with autograd.pause():
-        model(nd.zeros((1,) + size, ctx=ctx[0]))  # finish deferred initialisation (seeded above)
-    model.collect_params().reset_ctx(ctx)
-    model.hybridize(static_alloc=True)
+        # the published weights have another number of classes: keep them and fine-tune a fresh output layer
+        model = trainable_classifier(arch, pretrained=True, new_classes=config.classes, **options)
     return model, config
-
-
-def _pretrained_with_new_output(arch: str, classes: int, ctx: mx.Context) -> gluon.HybridBlock:
-    """A pretrained zoo network whose output layer is replaced by a fresh one with ``classes`` outputs."""
-    from ..zoo import build_zoo_net
-
-    net = build_zoo_net(arch, None, True, ctx)
-    output = getattr(net, "output", None)
-    if not isinstance(output, gluon.nn.Dense):
-        raise ModelError(f"{arch}'s pretrained weights have another number of classes and its output layer "
-                         f"cannot be replaced automatically; pass --params or fine-tune without --classes")
-    with net.name_scope():
-        net.output = gluon.nn.Dense(classes)
-    net.output.initialize(mx.init.Xavier(), ctx=ctx)
-    logger.info("replaced %s's pretrained output layer by a fresh %d-class one", arch, classes)
-    return net
 
 
 def _pretrained_class_table(cfg: TrainConfig) -> Optional[Any]:

@@ -20,10 +20,9 @@ from tqdm import tqdm
 
 from ..config import ModelConfig, save_config
 from ..data import DataSource
-from ..errors import ConfigError
 from ..evaluation.accuracy import accuracy
 from ..io import atomic_save
-from ..model import Classifier
+from ..model import Classifier, check_trainable, trainable_classifier
 from ..validation import check_int, check_positive
 from .adversarial import TrainingMethod, cross_entropy
 
@@ -115,8 +114,7 @@ def fit_classifier(
     batch_size = check_int("batch_size", batch_size)
     lr = check_positive("lr", lr)
     wd = check_positive("wd", wd, allow_zero=True)
-    if model.folded:
-        raise ConfigError("cannot train a folded model; build the Classifier around the unfolded network")
+    check_trainable(model)
     mx.random.seed(seed)
     rng = np.random.RandomState(seed)
     params = model.net.collect_params()
@@ -190,18 +188,13 @@ def train_zoo_model(
     validation. Returns the config path and the metrics.
     """
     from ..data import load_data
-    from ..zoo import build_zoo_net
-
     ctx = ctx or mx.cpu()
     train = load_data(data, split="train")
     val = load_data(data, split="test")
     input_size = train.sample_shape
     config = ModelConfig(model=model_name, classes=classes, mean=tuple(mean), std=tuple(std), input_size=input_size)
-    mx.random.seed(seed)
-    net = build_zoo_net(model_name, classes, pretrained=False, ctx=ctx)
-    net.initialize(mx.init.Xavier(magnitude=2.0), ctx=ctx)
-    model = Classifier(net, num_classes=classes, input_size=input_size, mean=config.mean, std=config.std, ctx=ctx, arch=model_name)
-    model.hybridize(static_alloc=True)
+    model = trainable_classifier(model_name, classes=classes, mean=config.mean, std=config.std,
+                                 input_size=input_size, ctx=ctx, seed=seed)
     result = fit_classifier(
         model, train, val=val, epochs=epochs, batch_size=batch_size, lr=lr, wd=wd, optimizer=optimizer,
         lr_decay_epochs=lr_decay_epochs, seed=seed,
