@@ -40,7 +40,8 @@ def attack(
     eps: Optional[float] = None,
     target: Optional[Union[int, str]] = None,
     out_dir: Optional[Union[str, Path]] = None,
-    batch_size: int = 128,
+    batch_size: Optional[int] = None,
+    max_memory: Optional[int] = None,
     seed: int = 0,
     max_images: int = 100,
     **options: Any,
@@ -65,8 +66,13 @@ def attack(
     out_dir : str or path, optional
         Write ``summary.json``, ``adversarial.npz``, ``per_sample.csv`` and
         PNG pairs here (all or nothing); None keeps nothing.
-    batch_size, seed, max_images : int
-        As the flags ``--batch-size``, ``--seed``, ``--max-images``.
+    batch_size : int, optional
+        As ``--batch-size``; None (default) picks the largest batch that fits
+        ``max_memory`` bytes (default 4 GiB, see :mod:`gluon_robust.memory`).
+    max_memory : int, optional
+        As ``--max-memory``, in bytes.
+    seed, max_images : int
+        As the flags ``--seed`` and ``--max-images``.
     **options
         Any other hyperparameter of the attack (``steps=40``, ``norm="l2"``...);
         an option the attack does not take is a ConfigError listing those it does.
@@ -82,7 +88,8 @@ def attack(
     from .jobs import run_attack_job
 
     seed = check_int("seed", seed, minimum=0, maximum=2 ** 32 - 1)
-    batch_size = check_int("batch_size", batch_size)
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size)
     max_images = check_int("max_images", max_images, minimum=0)
     if eps is not None:
         options["eps"] = eps
@@ -92,7 +99,7 @@ def attack(
     source = as_source(data, labels)
     return run_attack_job(
         model, source, built, attack_name=attack.strip().lower(), out_dir=out_dir, batch_size=batch_size,
-        target_mode=target, seed=seed, max_images=max_images, options=options,
+        max_memory=max_memory, target_mode=target, seed=seed, max_images=max_images, options=options,
     )
 
 

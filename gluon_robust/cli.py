@@ -268,7 +268,7 @@ def data_from_args(args: argparse.Namespace, model=None):
     (:mod:`gluon_robust.data.labels`); ``--labels predicted`` labels every
     sample with the model's clean prediction instead.
     """
-    from .data import PredictedLabels, load_data
+    from .data import PredictedLabels, check_fits, load_data
 
     size = tuple(model.input_size[1:]) if model is not None and model.input_size else None
     table = getattr(model, "class_table", None)
@@ -280,10 +280,8 @@ def data_from_args(args: argparse.Namespace, model=None):
         source = load_data(args.data, split=args.split, limit=args.limit, input_size=size,
                            class_table=None if predicted else table,
                            num_classes=None if predicted else getattr(model, "num_classes", None))
-    if model is not None and model.input_size and tuple(source.sample_shape) != tuple(model.input_size):
-        raise ConfigError(
-            f"data {source.name} has samples of shape {source.sample_shape} but the model expects {model.input_size}"
-        )
+    if model is not None:
+        check_fits(model, source)
     if predicted:
         if model is None:
             raise ConfigError("--labels predicted needs a model")

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from .attacks import Attack
-from .data import as_source, load_data
+from .data import as_source, check_fits, load_data
 from .evaluation.robustness import evaluate_attacks
 from .errors import ConfigError
 from .interrupts import Interrupted
@@ -137,18 +137,18 @@ def run_attack_job(
     from .evaluation import sanity
     from .memory import resolve_batch_size
 
+    source = as_source(source)
+    check_fits(model, source)
     check_eps("eps", attack.eps, attack.norm.name, model.bounds, source.sample_shape)
+    if out_dir is None:  # run in a scratch directory that goes away: only the summary is kept
+        with tempfile.TemporaryDirectory(prefix="gluon_robust_attack_") as scratch:
+            return run_attack_job(model, source, attack, attack_name=attack_name, out_dir=Path(scratch) / "out",
+                                  batch_size=batch_size, max_memory=max_memory, target_mode=target_mode, seed=seed,
+                                  max_images=0, options=options, progress=progress)
     batch_size, batch_source = resolve_batch_size(model, source.sample_shape, batch_size, max_memory)
     targets: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = (
         None if target_mode is None else functools.partial(choose_targets, model, mode=target_mode, seed=seed)
     )
-
-    source = as_source(source)
-    if out_dir is None:
-        with tempfile.TemporaryDirectory(prefix="gluon_robust_attack_") as scratch:
-            return run_attack_job(model, source, attack, attack_name=attack_name, out_dir=Path(scratch) / "out",
-                                  batch_size=batch_size, target_mode=target_mode, seed=seed, max_images=0,
-                                  options=options)
     start = time.perf_counter()
     with staged_output(out_dir) as stage:
         images = stage / "images" if source.sample_shape[0] in (1, 3) and max_images > 0 else None

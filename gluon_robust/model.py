@@ -313,6 +313,52 @@ def _infer_classes(net: gluon.HybridBlock, input_size: Tuple[int, int, int], ctx
     return int(out.shape[1]), outputs
 
 
+def _class_scores(
+    net: gluon.HybridBlock, size: Optional[Tuple[int, int, int]], expected: Optional[int], ctx: mx.Context
+) -> Tuple[gluon.HybridBlock, int]:
+    """The network to wrap (its first output when it returns several) and its number of class scores.
+
+    With an input size, one forward pass on zeros tells the number of scores
+    (and finishes deferred initialisation), which must equal ``expected``
+    when that is known; without one, ``expected`` is taken on trust.
+    """
+    if size is None:
+        if expected is None:
+            raise ModelError("cannot tell the number of classes: pass classes= or input_size=")
+        return net, expected
+    with mx.autograd.pause():
+        actual, outputs = _infer_classes(net, size, ctx)
+    if outputs > 1:
+        logger.info("the model returns %d outputs; the first (the classifier's logits) is used", outputs)
+        net = FirstOutput(net)
+    if expected is not None and actual != expected:
+        raise ModelError(f"the model outputs {actual} class scores but {expected} classes were expected")
+    return net, actual
+
+
+def _wrap(
+    net: gluon.HybridBlock, num_classes: int, size: Optional[Tuple[int, int, int]], defaults: dict, *,
+    mean: Optional[Sequence[float] | float], std: Optional[Sequence[float] | float],
+    bounds: Optional[Tuple[float, float]], labels: Optional[Any], ctx: mx.Context,
+) -> Classifier:
+    """The Classifier around ``net``: explicit preprocessing, else the source's defaults; its class table."""
+    model = Classifier(
+        net,
+        num_classes=num_classes,
+        input_size=size,
+        mean=mean if mean is not None else _family_stat(defaults.get("mean", 0.0), size),
+        std=std if std is not None else _family_stat(defaults.get("std", 1.0), size),
+        bounds=bounds if bounds is not None else defaults.get("bounds", (0.0, 1.0)),
+        ctx=ctx,
+        arch=defaults.get("arch"),
+    )
+    if labels is not None:
+        model.class_table = load_class_table(labels, num_classes)
+    elif defaults.get("family_table"):
+        model.class_table = class_table_for(defaults.get("arch"), num_classes)
+    return model
+
+
 def load_classifier(
     source: ModelSource,
     *,
@@ -387,41 +433,16 @@ def load_classifier(
     net, defaults = _resolve(source, classes, str(params) if params else None, pretrained, ctx)
     _check_finite_weights(net, params)
     size = parse_input_size(input_size) if input_size is not None else defaults.get("input_size")
-    if size is not None:
-        actual, outputs = _infer_classes(net, size, ctx)
-        if outputs > 1:
-            logger.info("the model returns %d outputs; the first (the classifier's logits) is used", outputs)
-            net = FirstOutput(net)
-        expected = classes or defaults.get("classes")
-        if expected is not None and actual != expected:
-            raise ModelError(f"the model outputs {actual} class scores but {expected} classes were expected")
-    else:
-        actual = classes
-        if actual is None:
-            raise ModelError("cannot tell the number of classes: pass classes= or input_size=")
+    net, actual = _class_scores(net, size, classes or defaults.get("classes"), ctx)
     if fold:
         net = fold_batchnorm(net, input_shape=(1,) + tuple(size) if size else None, ctx=ctx, hybridize=False)
     else:
         logger.warning("BatchNorm not folded: MXNet 1.9.1 computes wrong eval-mode input gradients through it")
         net.collect_params().setattr("grad_req", "null")
-    if labels is not None:
-        table = load_class_table(labels, actual)
-    else:
-        table = class_table_for(defaults.get("arch"), actual) if defaults.get("family_table") else None
-    model = Classifier(
-        net,
-        num_classes=actual,
-        input_size=size,
-        mean=mean if mean is not None else _family_stat(defaults.get("mean", 0.0), size),
-        std=std if std is not None else _family_stat(defaults.get("std", 1.0), size),
-        bounds=bounds if bounds is not None else defaults.get("bounds", (0.0, 1.0)),
-        ctx=ctx,
-        arch=defaults.get("arch"),
-    )
+    model = _wrap(net, actual, size, defaults, mean=mean, std=std, bounds=bounds, labels=labels, ctx=ctx)
     model.folded = fold
     model.frozen = True
     model.mode_free = fold and net.fold_report.mode_free
-    model.class_table = table
     if hybridize:
         model.hybridize(static_alloc=True)
     logger.info("model: %s", model.describe())
@@ -533,6 +554,7 @@ def trainable_classifier(
     bounds: Optional[Tuple[float, float]] = None,
     input_size: Optional[int | Sequence[int]] = None,
     ctx: Optional[mx.Context | Sequence[mx.Context]] = None,
+    labels: Optional[LabelsSpec] = None,
     seed: int = 0,
     hybridize: bool = True,
 ) -> Classifier:
@@ -563,7 +585,7 @@ def trainable_classifier(
         Fine-tuning: replace the network's last layer by a fresh
         ``new_classes``-way Dense layer (see :func:`replace_head`) after the
         weights are loaded.
-    mean, std, bounds, input_size
+    mean, std, bounds, input_size, labels
         As for :func:`load_classifier`.
     ctx : mxnet.Context or list of them, optional
         Device(s) the parameters live on; default CPU. The first is
@@ -605,28 +627,11 @@ def trainable_classifier(
                              initializer=mx.init.Xavier(magnitude=2.0))
     if new_classes is not None:
         replace_head(net, new_classes, ctx=contexts[0])
+    _check_finite_weights(net, params)
     size = parse_input_size(input_size) if input_size is not None else defaults.get("input_size")
-    expected = new_classes or classes or defaults.get("classes")
-    if size is not None:
-        with mx.autograd.pause():
-            actual = _infer_classes(net, size, contexts[0])  # also finishes deferred initialisation
-        if expected is not None and actual != expected:
-            raise ModelError(f"the model outputs {actual} class scores but {expected} classes were expected")
-    elif expected is None:
-        raise ModelError("cannot tell the number of classes: pass classes= or input_size=")
-    else:
-        actual = expected
+    net, actual = _class_scores(net, size, new_classes or classes or defaults.get("classes"), contexts[0])
     net.collect_params().setattr("grad_req", "write")  # BatchNorm running statistics stay 'null'
-    model = Classifier(
-        net,
-        num_classes=actual,
-        input_size=size,
-        mean=mean if mean is not None else defaults.get("mean", 0.0),
-        std=std if std is not None else defaults.get("std", 1.0),
-        bounds=bounds if bounds is not None else defaults.get("bounds", (0.0, 1.0)),
-        ctx=contexts[0],
-        arch=defaults.get("arch"),
-    )
+    model = _wrap(net, actual, size, defaults, mean=mean, std=std, bounds=bounds, labels=labels, ctx=contexts[0])
     if len(contexts) > 1:
         model.collect_params().reset_ctx(contexts)
     if hybridize:

@@ -133,3 +133,17 @@ def test_certify_takes_arrays_and_writes_only_when_asked(tiny_model, half_right,
     assert [p["prediction"] for p in by_arrays["points"]] == [p["prediction"] for p in by_source["points"]]
     written = json.loads((tmp_path / "cert" / "certify.json").read_text())
     assert written["certified_accuracy"] == by_source["certified_accuracy"] and written["n_points"] == 4
+
+
+def test_data_of_another_shape_is_refused_before_any_work(tmp_path):
+    """The Python API checks the sample shape against the model as the CLI does: one DataError, nothing written."""
+    model = gr.load_classifier("mnist_resnet20")
+    x = np.zeros((2, 1, 32, 32), np.float32)  # the model takes 1x28x28
+    y = np.zeros(2, np.int64)
+    out = tmp_path / "out"
+    for call in (lambda: gr.attack(model, x, y, attack="fgsm", eps=0.1, out_dir=out),
+                 lambda: gr.evaluate(model, (x, y), attacks=["fgsm"], eps=[0.1], out_dir=out),
+                 lambda: gr.certify(model, x, y, n0=10, n=20, out_dir=out)):
+        with pytest.raises(DataError, match=r"shape \(1, 32, 32\) but the model expects \(1, 28, 28\)"):
+            call()
+        assert not out.exists()

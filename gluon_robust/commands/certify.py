@@ -112,10 +112,11 @@ def certify_source(
     from ..defenses.smoothing import ABSTAIN, SmoothedClassifier, certified_accuracy
     from ..evaluation.sanity import accuracy_warnings, emit as emit_sanity
 
-    from ..data import as_source
+    from ..data import as_source, check_fits
 
     _check_options(sigma, n0, n, alpha, radii, batch_size)
     source = as_source(source)
+    check_fits(model, source)
     check_source_labels(source, getattr(model, "num_classes", None))
     smoothed = SmoothedClassifier(model, sigma=sigma, batch_size=batch_size, clip=clip, seed=seed)
     start = time.perf_counter()

@@ -6,7 +6,7 @@
 float32 NCHW images in ``[0, 1]`` (pixel space, not normalised), int64 labels
 and the samples' indices in the original source.
 """
-from gluon_robust.data.convert import DatasetSource, as_source
+from gluon_robust.data.convert import DatasetSource, as_source, check_fits
 from gluon_robust.data.builtin import BUILTIN_DATASETS, builtin_cache_dir, load_builtin
 from gluon_robust.data.folder import FolderSource
 from gluon_robust.data.labels import ClassTable, class_table_for, load_class_table
@@ -27,6 +27,7 @@ __all__ = [
     "PredictedLabels",
     "class_table_for",
     "as_source",
+    "check_fits",
     "build_mnist_sample",
     "builtin_cache_dir",
     "load_builtin",

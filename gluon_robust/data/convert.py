@@ -22,7 +22,7 @@ import numpy as np
 from gluon_robust.data.sources import ArraySource, DataSource, _as_labels, _as_nchw_images
 from gluon_robust.errors import DataError
 
-__all__ = ["as_source", "DatasetSource"]
+__all__ = ["as_source", "check_fits", "DatasetSource"]
 
 logger = logging.getLogger(__name__)
 
@@ -172,3 +172,17 @@ def _no_labels(labels: Any, what: str) -> None:
     if labels is not None:
         raise DataError(f"labels were given with {what}, which holds its own; drop the labels argument")
 
+
+
+def check_fits(model: Any, source: DataSource) -> None:
+    """Refuse data whose samples are not the shape ``model`` takes, before any work starts.
+
+    Raises
+    ------
+    DataError
+        If ``model.input_size`` is known and differs from ``source.sample_shape``.
+    """
+    expected = getattr(model, "input_size", None)
+    if expected and tuple(source.sample_shape) != tuple(expected):
+        raise DataError(f"data {source.name} has samples of shape {tuple(source.sample_shape)} but the model "
+                        f"expects {tuple(expected)}; resize the data or load the model with that input size")

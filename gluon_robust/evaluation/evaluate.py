@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import mxnet as mx
 import numpy as np
 
-from ..data import as_source
+from ..data import as_source, check_fits
 from ..errors import ConfigError
 from ..integrity import load_npz, refuse_pickle
 from ..interrupts import set_hint
@@ -182,6 +182,7 @@ def evaluate(
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     source = as_source(source, labels)
+    check_fits(model, source)
     if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 1:
         raise ConfigError(f"probe_size must be a positive integer, got {probe_size!r}")
     if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 0:
