@@ -632,12 +632,28 @@ def trainable_classifier(
     net, actual = _class_scores(net, size, new_classes or classes or defaults.get("classes"), contexts[0])
     net.collect_params().setattr("grad_req", "write")  # BatchNorm running statistics stay 'null'
     model = _wrap(net, actual, size, defaults, mean=mean, std=std, bounds=bounds, labels=labels, ctx=contexts[0])
-    if len(contexts) > 1:
-        model.collect_params().reset_ctx(contexts)
+    _plain_layout(model, contexts)
     if hybridize:
         model.hybridize(static_alloc=True)
     logger.info("trainable model: %s", model.describe())
     return model
+
+
+def _plain_layout(block: gluon.Block, contexts: Sequence[mx.Context]) -> None:
+    """Put every initialised parameter of ``block`` on ``contexts`` as a fresh array in MXNet's default layout.
+
+    The forward pass that infers the number of classes runs in inference
+    mode, where MKLDNN reorders convolution weights in place into its blocked
+    layout. Such an array trains locally but cannot be broadcast through a
+    distributed kvstore (the server never stores it: "init N first"), so a
+    trainable model hands its optimizer plain copies.
+    """
+    for param in block.collect_params().values():
+        if param._data is None:  # noqa: SLF001 -- deferred, drawn later in the default layout
+            continue
+        values = param.data(param.list_ctx()[0]).asnumpy()
+        param.reset_ctx(list(contexts))
+        param.set_data(mx.nd.array(values, ctx=contexts[0], dtype=param.dtype))
 
 
 def _family_stat(value: Sequence[float] | float, size: Optional[Tuple[int, int, int]]) -> Sequence[float] | float:
