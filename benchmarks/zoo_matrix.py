@@ -245,12 +245,19 @@ def check_network(name: str, workdir: Path, seed: int) -> Dict[str, Any]:
         folded_exact = folded_copy(mx.nd.array(x, dtype=dtype)).asnumpy().astype(np.float64)
         row["logits_rel_err"] = float(np.abs(folded_exact - exact).max()) / max(float(np.abs(exact).max()), 1e-30)
         row["logits_dtype"] = dtype
-        analytic = np.array([g[c] for c in coords], np.float64)
         denom = float(np.abs(fd).max())
         if denom == 0.0:
             raise RuntimeError("degenerate network: every finite difference is zero")
-        row.update(grad_rel_err=float(np.abs(analytic - fd).max()) / denom, fd_dtype=dtype, fd_step=FD_STEP[dtype],
-                   fd_coords=len(coords), grad_max_abs=float(np.abs(g).max()))
+        # The fold's gradient in the finite differences' dtype decides (like the logits); the
+        # float32 gradient the attacks use is recorded beside it.
+        exact_grad, _, _ = input_gradient(folded_copy, mx.nd.array(x[:1], dtype=dtype), mx.nd.zeros((1,)), None,
+                                          lambda logits, y, t: (logits * w.astype(dtype)).sum(axis=1))
+        g_exact = exact_grad.asnumpy()[0].astype(np.float64)
+        analytic = np.array([g_exact[c] for c in coords], np.float64)
+        analytic32 = np.array([g[c] for c in coords], np.float64)
+        row.update(grad_rel_err=float(np.abs(analytic - fd).max()) / denom,
+                   grad_rel_err_float32=float(np.abs(analytic32 - fd).max()) / denom, grad_dtype=dtype,
+                   fd_dtype=dtype, fd_step=FD_STEP[dtype], fd_coords=len(coords), grad_max_abs=float(np.abs(g).max()))
 
         stage = "pgd"
         labels = folded.argmax(axis=1).astype(np.int64)
