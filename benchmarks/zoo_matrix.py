@@ -21,10 +21,12 @@ in a subprocess of its own (a crash or a hang costs one row, not the sweep):
    apart from float32 rounding; ``logits_rel_err_float32`` is the float32 folded
    model (the one attacks use) against the float32 unfolded net;
 4. ``grad_rel_err``: the folded model's input gradient of ``w . logits`` (``w``
-   random; the attacks' own :func:`gluon_robust.attacks.base.input_gradient`) against
-   central finite differences of the unfolded GluonCV net cast to float64, on random
-   coordinates plus the two largest, as the max absolute difference over the max
-   absolute finite difference;
+   random; the attacks' own :func:`gluon_robust.attacks.base.input_gradient`), computed
+   in the finite differences' dtype, against central finite differences of the unfolded
+   GluonCV net cast to float64, on random coordinates plus the two largest, as the max
+   absolute difference over the max absolute finite difference; ``grad_rel_err_float32``
+   is the float32 gradient the attacks use (rows written before it existed were judged
+   on that float32 gradient, a stricter test);
 5. one PGD step through the CLI: ``gluon_robust.cli.main(["attack", "--model", NAME,
    "--params", FILE, "--data", "npz:FILE", ...])`` on two images;
 6. forward plus input-backward time of the folded model at batch 1, and the
@@ -447,7 +449,8 @@ def markdown(results: Dict[str, Any]) -> str:
         "at its family's input size, loaded as `--model NAME --params FILE` does, then checked: folded against "
         f"unfolded eval-mode logits (max relative error, tolerance {LOGITS_TOL:g}), the folded model's input "
         "gradient against float64 central finite differences of the unfolded net (relative error, tolerance "
-        f"{GRAD_TOL:g}), and one PGD step through the CLI. Time is one forward plus input-backward pass of the "
+        f"{GRAD_TOL:g}; the folded gradient in float64 where the row has `grad_rel_err_float32` beside it, "
+        "else the stricter float32 one the attacks use), and one PGD step through the CLI. Time is one forward plus input-backward pass of the "
         f"folded model at batch 1 on {meta.get('cpu_count', '?')} CPU cores "
         f"(OMP_NUM_THREADS={meta.get('threads', {}).get('OMP_NUM_THREADS')}), revision {meta.get('revision', '?')}.",
         "",
@@ -466,6 +469,8 @@ def markdown(results: Dict[str, Any]) -> str:
             notes = f"{row['outputs']} outputs, first used"
         if row["status"] == "supported" and row.get("fd_dtype") == "float32":
             notes = (notes + "; " if notes else "") + "float32 finite differences"
+        if row["status"] == "supported" and row.get("grad_rel_err_float32") is not None:
+            notes = (notes + "; " if notes else "") + f"float32 gradient {row['grad_rel_err_float32']:.1e}"
         lines.append("| {} | {} | {} | {} | {} | {} | {} | {} |".format(
             f"`{name}`", size, row["status"], _fmt(row.get("logits_rel_err"), "{:.1e}"),
             _fmt(row.get("grad_rel_err"), "{:.1e}"), _fmt(row.get("fwd_bwd_ms"), "{:.0f}"),

@@ -15,6 +15,7 @@ test marked ``slow``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -33,7 +34,7 @@ from gluon_robust.config import IMAGENET_MEAN, IMAGENET_STD, family_defaults
 from gluon_robust.errors import ModelError
 from gluon_robust.folding import block_to_symbol, fold_batchnorm
 from gluon_robust.model import load_classifier
-from gluon_robust.zoo import classifier_names, refusal_reason, zoo_names, zoo_task
+from gluon_robust.zoo import classifier_names, mkldnn_active, refusal_reason, zoo_names, zoo_task
 
 warnings.filterwarnings("ignore", message="Cannot decide type", category=UserWarning)
 
@@ -326,6 +327,54 @@ def test_committed_matrix_rows_are_consistent():
             assert row["reason"] == refusal_reason(name) and row["reason"] in row["cli_message"], name
         else:
             assert row["stage"] and row["error"], name
+
+
+def test_nasnet_6_4032_is_refused_only_while_mkldnn_runs(monkeypatch, tmp_path, capsys):
+    """The refusal names the workaround, the CLI prints it in one line, and MXNET_MKLDNN_ENABLED=0 lifts it."""
+    monkeypatch.delenv("MXNET_MKLDNN_ENABLED", raising=False)
+    if not mx.runtime.Features().is_enabled("MKLDNN"):
+        assert refusal_reason("nasnet_6_4032") is None
+        return
+    assert mkldnn_active() and "MXNET_MKLDNN_ENABLED=0" in refusal_reason("nasnet_6_4032")
+    assert refusal_reason("nasnet_4_1056") is None  # its siblings are not refused
+    rc = cli_main(["attack", "--model", "nasnet_6_4032", "--data", "mnist-sample", "--attack", "pgd", "--eps", "8/255",
+                   "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "could not construct a sub-memory" in err[0]
+    monkeypatch.setenv("MXNET_MKLDNN_ENABLED", "0")
+    assert not mkldnn_active() and refusal_reason("nasnet_6_4032") is None
+
+
+_NASNET_GRADIENT = """
+import sys, numpy as np, mxnet as mx
+from gluon_robust.attacks.base import input_gradient
+from gluon_robust.model import load_classifier
+from gluon_robust.zoo import build_zoo_net
+mx.random.seed(0)
+net = build_zoo_net("nasnet_6_4032", 1000, pretrained=False, ctx=mx.cpu())
+net.initialize(mx.init.Xavier(magnitude=2.0))
+net(mx.nd.zeros((1, 3, 224, 224)))
+net.save_parameters(sys.argv[1])
+model = load_classifier(net, input_size=(3, 224, 224))
+grad, _, _ = input_gradient(model, mx.nd.array(np.random.rand(1, 3, 224, 224)), mx.nd.zeros((1,)), None,
+                            lambda logits, y, t: logits.sum(axis=1))
+print("finite gradient:", bool(np.isfinite(grad.asnumpy()).all()))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mkldnn", ["1", "0"])
+def test_the_mkldnn_refusal_is_still_needed(mkldnn, tmp_path):
+    """MXNet's MKLDNN backward still fails on nasnet_6_4032 (else drop the refusal), and works without MKLDNN."""
+    if not mx.runtime.Features().is_enabled("MKLDNN"):
+        pytest.skip("this MXNet build has no MKLDNN: the refusal does not apply")
+    env = dict(os.environ, MXNET_MKLDNN_ENABLED=mkldnn, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", _NASNET_GRADIENT, str(tmp_path / "w.params")], capture_output=True,
+                          text=True, env=env, timeout=900)
+    if mkldnn == "1":
+        assert proc.returncode != 0 and "could not construct a sub-memory" in proc.stderr
+    else:
+        assert proc.returncode == 0 and "finite gradient: True" in proc.stdout, proc.stderr[-2000:]
 
 
 @pytest.mark.slow
