@@ -40,6 +40,7 @@ warnings.filterwarnings("ignore", message="Cannot decide type", category=UserWar
 
 REPO = Path(__file__).resolve().parent.parent
 LOGITS_TOL = 1e-4
+ROUNDING_FACTOR = 4.0  # benchmarks/zoo_matrix.py's factor over the float32 rounding floor
 GRAD_TOL = 5e-2
 FD_STEP = 1e-5
 MEAN = np.asarray(IMAGENET_MEAN, np.float64).reshape(1, 3, 1, 1)
@@ -321,7 +322,11 @@ def test_committed_matrix_rows_are_consistent():
     for name, row in results["networks"].items():
         assert row["status"] in ("supported", "refused", "failed"), name
         if row["status"] == "supported":
-            assert row["logits_rel_err"] <= LOGITS_TOL and row["grad_rel_err"] <= GRAD_TOL, name
+            # a deep net may use a larger logits tolerance only when float32 rounding of its weights was measured
+            # to move its logits that far (see benchmarks/zoo_matrix.py), and never beyond 10x the base one
+            floor = row.get("logits_rounding_floor", 0.0)
+            assert row["logits_rel_err"] <= min(max(LOGITS_TOL, ROUNDING_FACTOR * floor), 10 * LOGITS_TOL), name
+            assert row["grad_rel_err"] <= GRAD_TOL, name
             assert row["pgd"]["n"] == 2 and row["fwd_bwd_ms"] > 0 and row["params"] > 0, name
         elif row["status"] == "refused":
             assert row["reason"] == refusal_reason(name) and row["reason"] in row["cli_message"], name
