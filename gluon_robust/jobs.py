@@ -234,7 +234,7 @@ def run_demo(
     out_dir: str | Path,
     *,
     configs: Sequence[str] = DEMO_CONFIGS,
-    recipe: str = "demo",
+    recipe: str = "standard-lite",
     eps: Sequence[float] = (0.1, 0.3),
     limit: int = 100,
     batch_size: int = 100,
@@ -244,7 +244,7 @@ def run_demo(
 ) -> Dict[str, Any]:
     """Evaluate bundled models on the same bundled digits with one recipe, and contrast them.
 
-    Runs :func:`gluon_robust.evaluation.evaluate` (the ``demo`` recipe by
+    Runs :func:`gluon_robust.evaluation.evaluate` (the ``standard-lite`` recipe by
     default: PGD-40, then a lighter version of AutoAttack's ``standard`` stages, L-inf) on each
     model and writes its ``report.json``, ``report.md`` and ``report.html``
     into ``out_dir/CONFIG/``, then ``contrast.json`` and ``contrast.md`` (one

@@ -368,7 +368,7 @@ def test_demo_writes_a_report(tmp_path, capsys):
 def test_demo_contrasts_the_standard_and_the_pgd_at_models(tmp_path, capsys):
     """The default demo evaluates both bundled models on the same digits; adversarial training shows at eps 0.3."""
     out = tmp_path / "demo"
-    code = main(["demo", "--recipe", "fast", "--eps", "0.3", "--limit", "20", "--out", str(out)])
+    code = main(["demo", "--recipe", "apgd-lite", "--eps", "0.3", "--limit", "20", "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     contrast = json.loads((out / "contrast.json").read_text())

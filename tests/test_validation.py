@@ -199,7 +199,7 @@ def test_output_directory_problems(capsys: pytest.CaptureFixture, tmp_path: Path
 
 def test_labels_outside_the_model_classes(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     data = digits(tmp_path / "bad.npz", label_at_3=12)
-    for command in (ATTACK, ["evaluate", "--config", "mnist_resnet20", "--recipe", "fast", "--eps", "0.1"],
+    for command in (ATTACK, ["evaluate", "--config", "mnist_resnet20", "--recipe", "apgd-lite", "--eps", "0.1"],
                     ["certify", "--config", "mnist_resnet20", "--n0", "10", "--n", "10"]):
         out = tmp_path / command[0]
         line = assert_refused(capsys, command + ["--data", data, "--out", str(out)], f"labels of {data}", out)

@@ -32,9 +32,9 @@ def _configure_evaluate(parser: argparse.ArgumentParser) -> None:
 
 
 def _print_report(report: dict, out: str) -> None:
-    from ..evaluation.report import summary_table
+    from ..evaluation.report import recipe_line, summary_table
 
-    emit(f"{report['model']}\n{report['data']}: {report['n']} samples, recipe {report['recipe']}\n")
+    emit(f"{report['model']}\n{report['data']}: {report['n']} samples, recipe {recipe_line(report)}\n")
     if report.get("defense"):
         emit(f"defence {report['defense']['spec']}, gradient {report['defense']['summary']}\n")
     emit(summary_table(report))

@@ -30,9 +30,9 @@ def _names(what: str) -> List[str]:
 
         return detector_names()
     if what == "recipes":
-        from ..evaluation.recipes import recipe_names
+        from ..evaluation.recipes import RECIPE_SUMMARIES, recipe_names
 
-        return recipe_names()
+        return [f"{name}: {RECIPE_SUMMARIES[name]}" for name in recipe_names()]
     from ..config import config_dir
 
     return sorted(p.stem for p in config_dir().glob("*.yaml"))

@@ -32,7 +32,7 @@ from ..reporting import prepare_output_dir, staged_output, versions
 from ..memory import resolve_batch_size
 from ..validation import check_distinct_paths, check_eps, check_out_dir
 from . import sanity
-from .recipes import build_attacks, custom_recipe, describe, get_recipe
+from .recipes import build_attacks, custom_recipe, describe, deviations, get_recipe
 from .report import EXAMPLE_KEYS, empty_examples, write_report
 from .robustness import RobustnessResult, evaluate_attacks
 from .state import STATE_NAME, StateFile
@@ -135,7 +135,8 @@ def evaluate(
     labels : array-like, optional
         The labels of image arrays.
     recipe : str
-        ``"standard"``, ``"plus"``, ``"rand"`` or ``"fast"`` (see :data:`~gluon_robust.evaluation.recipes.RECIPES`).
+        A name of :data:`~gluon_robust.evaluation.recipes.RECIPES`: ``"standard"`` (AutoAttack's standard
+        version), ``"plus"``, ``"rand"``, or a lighter ``"standard-lite"`` or ``"apgd-lite"``.
     attacks : sequence of str, optional
         Registered attack names to run instead of the recipe, with default hyperparameters.
     eps : sequence of float
@@ -193,9 +194,8 @@ def evaluate(
     recipe_name = "custom" if attacks is not None else str(recipe).strip().lower()
     stages = _with_eot(stages, int(getattr(model, "eot_samples", 1)))
     eps = [float(e) for e in eps] if not isinstance(eps, (int, float)) else [float(eps)]
-    built, skipped = build_attacks(stages, eps=eps, norm=norm, seed=seed)
-    if not built:
-        raise ConfigError(f"no attack of recipe {recipe_name!r} is registered")
+    built = build_attacks(stages, eps=eps, norm=norm, seed=seed)
+    differs = deviations(stages) if attacks is None else ["a custom list of attacks, not AutoAttack's standard version"]
     norm = built[0][1].norm.name
     for value in eps:  # in the units of the model's bounds: 8 for a [0, 1] model is refused
         check_eps("eps", value, norm, getattr(model, "bounds", (0.0, 1.0)), source.sample_shape)
@@ -238,7 +238,7 @@ def evaluate(
                           f"resume with the same command plus --resume")
         raise
     report = _finish(result.to_report(), stages=stages, recipe=recipe_name, norm=norm, eps=eps, seed=seed,
-                     skipped=skipped, measurements=measurements, probe_warnings=probe_warnings,
+                     differs=differs, measurements=measurements, probe_warnings=probe_warnings,
                      model=model.describe() if hasattr(model, "describe") else type(model).__name__,
                      data=source.name, args=args, shard=shard_info,
                      bounds=getattr(model, "bounds", (0.0, 1.0)), max_examples=max_examples,
@@ -261,7 +261,7 @@ def _class_names(model: Any) -> Optional[List[str]]:
 
 def _finish(
     report: Dict[str, Any], *, stages: Sequence[Any], recipe: str, norm: str, eps: Sequence[float], seed: int,
-    skipped: List[str], measurements: Dict[str, Any], probe_warnings: List[str], model: str, data: str,
+    differs: List[str], measurements: Dict[str, Any], probe_warnings: List[str], model: str, data: str,
     args: Optional[Dict[str, Any]], shard: Optional[Dict[str, Any]], bounds: Sequence[float], max_examples: int,
     defense: Optional[Dict[str, Any]] = None, num_classes: Optional[int] = None,
     class_names: Optional[List[str]] = None,
@@ -273,7 +273,7 @@ def _finish(
         "defense": defense,
         "recipe": recipe,
         "stages": describe(stages),
-        "skipped": list(skipped),
+        "differs_from_standard": list(differs),
         "norm": norm,
         "eps": list(eps),
         "seed": seed,
@@ -387,7 +387,7 @@ def merge_reports(dirs: Sequence[str | Path], out_dir: Optional[str | Path] = No
         loaded.append((report, ex, str(d)))
     loaded.sort(key=lambda item: item[0]["shard"]["k"])
     first = loaded[0][0]
-    keys = ("recipe", "stages", "norm", "eps", "seed", "model", "data", "skipped", "sanity", "bounds", "max_examples",
+    keys = ("recipe", "stages", "norm", "eps", "seed", "model", "data", "differs_from_standard", "sanity", "bounds", "max_examples",
             "defense", "num_classes")
     total = first["shard"]["n"]
     for report, _, d in loaded:
@@ -403,7 +403,7 @@ def merge_reports(dirs: Sequence[str | Path], out_dir: Optional[str | Path] = No
     result = RobustnessResult.concatenate([RobustnessResult.from_report(r) for r, _, _ in loaded])
     merged = _finish(
         result.to_report(), stages=[], recipe=first["recipe"], norm=first["norm"], eps=first["eps"], seed=first["seed"],
-        skipped=first["skipped"], measurements={k: v for k, v in first["sanity"].items() if k != "probe_warnings"},
+        differs=first["differs_from_standard"], measurements={k: v for k, v in first["sanity"].items() if k != "probe_warnings"},
         probe_warnings=first["sanity"]["probe_warnings"], model=first["model"], data=first["data"],
         args={"merged_from": [d for _, _, d in loaded]}, shard=None, bounds=first["bounds"],
         max_examples=first["max_examples"], defense=first.get("defense"), num_classes=first.get("num_classes"),

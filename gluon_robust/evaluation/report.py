@@ -23,7 +23,7 @@ import numpy as np
 from ..io import atomic_save_npz, atomic_write_json, atomic_write_text
 from ..reporting import format_table
 
-__all__ = ["write_report", "summary_table", "EXAMPLE_KEYS", "TIMING_KEYS", "comparable"]
+__all__ = ["write_report", "summary_table", "recipe_line", "EXAMPLE_KEYS", "TIMING_KEYS", "comparable"]
 
 logger = logging.getLogger(__name__)
 
@@ -179,13 +179,25 @@ def _example_lines(report: Dict[str, Any], examples: Optional[Dict[str, np.ndarr
             for i, y, p, a in zip(examples["index"], examples["y"], examples["pred"], examples["attack"])]
 
 
+def recipe_line(report: Dict[str, Any]) -> str:
+    """The recipe's name and how it differs from AutoAttack's standard version, in one line."""
+    name = report.get("recipe", "?")
+    differs = report.get("differs_from_standard")
+    if differs is None:
+        return str(name)
+    if not differs:
+        return f"{name} (AutoAttack's standard version, parameter for parameter)"
+    return f"{name} (differs from AutoAttack's standard version: {'; '.join(differs)})"
+
+
 def _markdown(report: Dict[str, Any], examples: Optional[Dict[str, np.ndarray]] = None) -> str:
     lines = [
         "# Robustness report",
         "",
         f"- model: {report.get('model', '?')}",
         f"- data: {report.get('data', '?')} ({report['n']} samples)",
-        f"- recipe: {report.get('recipe', '?')}, norm {report.get('norm', '?')}, eps {report.get('eps', '?')}",
+        f"- recipe: {recipe_line(report)}",
+        f"- norm {report.get('norm', '?')}, eps {report.get('eps', '?')}",
         f"- seed: {report.get('seed')}; mode: {report.get('mode')}",
         f"- clean accuracy: {100 * report['clean_accuracy']:.2f}%",
     ]
@@ -203,8 +215,6 @@ def _markdown(report: Dict[str, Any], examples: Optional[Dict[str, np.ndarray]] 
     lines += [f"| {w['norm']} | {w['eps']} | {100 * w['robust_accuracy']:.2f}% |" for w in report["worst_case"]]
     lines += ["", "## Warnings", ""]
     lines += [f"- {w}" for w in report.get("warnings", [])] or ["none"]
-    if report.get("skipped"):
-        lines += ["", f"Skipped stages (attack not registered): {', '.join(report['skipped'])}"]
     lines += ["", "## Versions", ""]
     lines += [f"- {k}: {v}" for k, v in report.get("versions", {}).items()]
     shown = _example_lines(report, examples)
@@ -224,7 +234,7 @@ def _html(report: Dict[str, Any], plots: Dict[str, Optional[str]], examples: Seq
     esc = html.escape
     facts = [
         ("model", report.get("model", "?")), ("data", f"{report.get('data', '?')} ({report['n']} samples)"),
-        ("recipe", f"{report.get('recipe', '?')}, norm {report.get('norm', '?')}, eps {report.get('eps', '?')}"),
+        ("recipe", recipe_line(report)), ("threat model", f"{report.get('norm', '?')}, eps {report.get('eps', '?')}"),
         ("seed", report.get("seed")), ("mode", report.get("mode")),
         ("clean accuracy", f"{100 * report['clean_accuracy']:.2f}%"),
     ] + _defense_facts(report)
@@ -243,8 +253,6 @@ def _html(report: Dict[str, Any], plots: Dict[str, Optional[str]], examples: Seq
     parts.append("<h2>Warnings</h2><ul>")
     parts += [f"<li>{esc(w)}</li>" for w in report.get("warnings", [])] or ["<li>none</li>"]
     parts.append("</ul>")
-    if report.get("skipped"):
-        parts.append(f"<p>Skipped stages (attack not registered): {esc(', '.join(report['skipped']))}</p>")
     for title, data in plots.items():
         if data:
             parts.append(f'<h2>{esc(title)}</h2><img alt="{esc(title)}" src="data:image/png;base64,{data}"/>')
