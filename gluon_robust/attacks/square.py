@@ -133,8 +133,8 @@ class SquareAttack(BlackBoxAttack):
       sign per channel, so every point is a vertex of the eps-box (clipped to
       the bounds). As in AutoAttack the signs are not redrawn when they leave
       the window unchanged (the paper's original code redraws them).
-    * L2: the start is a grid of random-signed pseudo-Gaussian tiles scaled to
-      ``eps``; an update moves the energy of a second random window, plus the
+    * L2: the start is the reference's grid of random-signed pseudo-Gaussian
+      tiles of side ``H // 5`` (see ``_start_l2``), scaled to ``eps``; an update moves the energy of a second random window, plus the
       unused budget, into the first window, channel by channel: per channel
       the new window is a fresh pseudo-Gaussian square
       (:func:`square_pattern`, random sign) plus the window's old content
@@ -300,14 +300,18 @@ class SquareAttack(BlackBoxAttack):
 
     # ---------------------------------------------------------------------- L2
     def _start_l2(self, shape: tuple, rng: np.random.Generator) -> np.ndarray:
+        # The reference's grid: tiles of side s = H // 5 from row and column (H - 5 s) // 2, H // s rows of
+        # W // s tiles; a tile reaching past the image is cut (and still draws), as the reference's slices do.
         c, h, w = shape
-        tile = max(min(h, w) // 5, 1)
+        tile = max(h // 5, 1)
+        first = max((h - 5 * tile) // 2, 0)
         delta = np.zeros(shape)
-        top, left = (h - tile * (h // tile)) // 2, (w - tile * (w // tile)) // 2
-        for r in range(top, top + tile * (h // tile), tile):
-            for q in range(left, left + tile * (w // tile), tile):
-                pattern = square_pattern(tile, rng)
-                delta[:, r : r + tile, q : q + tile] += pattern[None] * _signs(rng, (c, 1, 1))
+        for a in range(h // tile):
+            for b in range(w // tile):
+                r, q = first + a * tile, first + b * tile
+                pattern = square_pattern(tile, rng)[None] * _signs(rng, (c, 1, 1))
+                block = delta[:, r : r + tile, q : q + tile]
+                block += pattern[:, : block.shape[1], : block.shape[2]]
         return delta * self.eps / (np.linalg.norm(delta) + _TINY)
 
     def _update_l2(
