@@ -44,6 +44,7 @@ class SoftmaxLinear:
         self.bias = np.asarray(bias, np.float64)
         self.shape = tuple(shape)
         self.bounds = bounds
+        self.centre = np.zeros(len(self.bias))
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return self.weight @ np.asarray(x, np.float64).reshape(-1) + self.bias
@@ -52,7 +53,9 @@ class SoftmaxLinear:
         """The loss to ascend, its input gradient and the logits at ``x``.
 
         ``ce``: cross-entropy of ``y`` (targeted: log-probability of ``target``);
-        ``dlr``: the DLR loss of the APGD paper (targeted: its targeted form).
+        ``dlr``: the DLR loss of the APGD paper (targeted: its targeted form);
+        ``quadratic``: ``-||z - centre||^2`` for the attribute ``centre`` (K,), a
+        concave objective with an interior maximum when ``centre`` is reachable.
         """
         z = self.logits(x)
         k = len(z)
@@ -78,6 +81,8 @@ class SoftmaxLinear:
                 den = z[order[0]] - 0.5 * (z[order[2]] + z[order[3]]) + TINY
                 value = -num / den
                 dz = -(e[y] - e[target]) / den + num / den**2 * (e[order[0]] - 0.5 * e[order[2]] - 0.5 * e[order[3]])
+        elif loss == "quadratic":
+            value, dz = -float(((z - self.centre) ** 2).sum()), -2.0 * (z - self.centre)
         else:
             raise ValueError(f"unknown loss {loss!r}")
         return float(value), (self.weight.T @ dz).reshape(self.shape), z
@@ -116,6 +121,9 @@ class APGDRun:
     sign_margin: float = math.inf
     #: Checkpoints whose count of increasing steps equals ``rho * gap`` exactly (where ``<=`` and ``<`` differ).
     boundary_checks: int = 0
+    #: First checkpoints where the best loss had not improved but the loss had risen often enough: only the
+    #: "not halved at the previous checkpoint" state (set at the start) keeps the step size there.
+    first_check_unimproved: int = 0
 
 
 def checkpoint_gaps(steps: int) -> List[int]:
@@ -199,6 +207,7 @@ def _apgd_run(model: SoftmaxLinear, x0: np.ndarray, y: int, aim: Optional[int], 
             window = gaps[gap_index]
             oscillating = increases <= rho * window
             out.boundary_checks += increases == rho * window
+            out.first_check_unimproved += gap_index == 0 and best_at_check >= f_best and not oscillating
             no_improvement = (not reduced_at_check) and best_at_check >= f_best
             halve = oscillating or no_improvement
             reduced_at_check, best_at_check = halve, f_best

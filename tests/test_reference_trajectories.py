@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pytest
+from mxnet import nd
 
 from gluon_robust.attacks.apgd import APGD, APGDStep
 from gluon_robust.attacks.apgdt import APGDT
@@ -103,6 +104,30 @@ def test_apgd_follows_the_reference_iterate_by_iterate(norm: str, loss: str, eps
     assert 0 < found < len(x)
     if rho == 0.5:
         assert stats["boundary"] > 0
+
+
+def test_apgd_on_a_concave_objective_keeps_the_step_at_the_first_unimproved_checkpoint() -> None:
+    # Starts next to the maximum of -||z - c||^2: the best loss often does not improve before the first checkpoint.
+    # There the no-improvement test must be off (the reference starts with "halved at the last check" set).
+    shape, eps, steps, rho = (2, 5, 5), 0.05, 20, 0.1
+    ref = random_softmax_linear(5, shape, 3, scale=16.0)
+    rng = np.random.default_rng(103)
+    base = rng.uniform(0.3, 0.7, size=shape)
+    x = np.clip(base + rng.uniform(-0.03, 0.03, size=(8,) + shape), 0, 1).astype(np.float32)
+    ref.centre = ref.logits(base)
+    y = np.array([int(np.argmax(ref.logits(xi))) for xi in x])
+    centre = nd.array(ref.centre[None].astype(np.float32))
+
+    def quadratic(logits: nd.NDArray, labels: nd.NDArray, target: Optional[nd.NDArray]) -> nd.NDArray:
+        return -nd.sum(nd.square(nd.broadcast_sub(logits, centre)), axis=1)
+
+    model = load_classifier(ref.gluon(), input_size=shape, bounds=(0.0, 1.0))
+    events: List[APGDStep] = []
+    attack = APGD(eps=eps, steps=steps, loss=quadratic, rho=rho, seed=7, trace=events.append)
+    expected, runs = apgd_reference(ref, x, y, eps=eps, steps=steps, loss="quadratic", rho=rho, seed=7)
+    stats = _check_apgd(attack, runs, expected, model, x, y, events, "linf")
+    assert sum(r.first_check_unimproved for rs in runs for r in rs) > 0
+    assert stats["halvings"] > 0 and stats["kept"] > 0
 
 
 def test_apgdt_follows_the_reference_iterate_by_iterate() -> None:
