@@ -35,6 +35,24 @@ def _distance(norm: str, delta: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ schedule
+def _reference_checkpoints(steps: int) -> List[int]:
+    """The reference code's schedule: a step counter that fires after a gap of k steps, k shrinking.
+
+    k starts at floor(0.22 N), shrinks by floor(0.03 N) after each check and never goes below
+    floor(0.06 N) (each at least 1), all from exact fractions.
+    """
+    k = max(math.floor(Fraction(22, 100) * steps), 1)
+    shrink = max(math.floor(Fraction(3, 100) * steps), 1)
+    floor = max(math.floor(Fraction(6, 100) * steps), 1)
+    out, counter = [], 0
+    for step in range(1, steps + 1):
+        counter += 1
+        if counter == k:
+            out.append(step)
+            k, counter = max(k - shrink, floor), 0
+    return out
+
+
 def _paper_checkpoints(steps: int) -> List[int]:
     """ceil(p_j * steps) for p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), in exact fractions."""
     p = [Fraction(0), Fraction(22, 100)]
@@ -43,9 +61,14 @@ def _paper_checkpoints(steps: int) -> List[int]:
     return sorted({math.ceil(pj * steps) for pj in p[1:]} & set(range(1, steps)))
 
 
-@pytest.mark.parametrize("steps", [100, 10, 37, 250, 1000])
-def test_checkpoints_follow_the_paper_formula(steps: int) -> None:
-    assert apgd_checkpoints(steps) == _paper_checkpoints(steps)
+@pytest.mark.parametrize("steps", [100, 10, 37, 50, 250, 1000, 1, 2, 3])
+def test_checkpoints_follow_the_reference_counter(steps: int) -> None:
+    assert apgd_checkpoints(steps) == _reference_checkpoints(steps)
+
+
+def test_checkpoints_equal_the_paper_formula_at_100_steps_only_where_the_floors_agree() -> None:
+    assert apgd_checkpoints(100) == _paper_checkpoints(100)
+    assert apgd_checkpoints(50)[:3] == [11, 21, 30] != _paper_checkpoints(50)[:3]  # floors against ceil(p_j * N)
 
 
 def test_checkpoints_for_100_steps() -> None:
@@ -104,9 +127,14 @@ def _identity_model(d: int) -> Classifier:
 
 
 def _reference_apgd(x: np.ndarray, y: np.ndarray, c: np.ndarray, eps: float, steps: int, rho: float) -> np.ndarray:
-    """Algorithm 1 of Croce & Hein (2020), one sample at a time, for f(z) = -||z - c||^2, L-inf, no random start."""
+    """Algorithm 1 of Croce & Hein (2020) with the reference code's decisions, one sample at a time.
+
+    For f(z) = -||z - c||^2, L-inf, no random start. The reference's decisions: the count of increasing steps
+    is compared with <=, each step with the raw loss of the step before (the first with 0), and the
+    no-improvement test is off at the first checkpoint.
+    """
     alpha = 0.75
-    checks = set(_paper_checkpoints(steps))
+    checks = set(_reference_checkpoints(steps))
     out = []
     for x0, label in zip(x, y):
         f = lambda z: -np.sum((z - c) ** 2)  # noqa: E731
@@ -115,22 +143,22 @@ def _reference_apgd(x: np.ndarray, y: np.ndarray, c: np.ndarray, eps: float, ste
         f_cur = f(cur)
         best, f_best = cur, f_cur
         found = cur if np.argmax(cur) != label else None
-        increases, last, f_at_check, halved = 0, 0, f_best, False
+        increases, last, f_at_check, halved, f_prev = 0, 0, f_best, True, 0.0
         for k in range(1, steps + 1):
             a = 1.0 if k == 1 else alpha
             z = proj(cur + eta * np.sign(-2 * (cur - c)))
             prev, cur = cur, proj(cur + a * (z - cur) + (1 - a) * (cur - prev))
-            f_new = f(cur)
-            increases += f_new > f_cur
-            f_cur = f_new
+            f_cur = f(cur)
+            increases += f_cur > f_prev
+            f_prev = f_cur
             if f_cur > f_best:
                 best, f_best = cur, f_cur
             if np.argmax(cur) != label:
                 found = cur
             if k in checks:
-                halve = increases < rho * (k - last) or (not halved and f_best <= f_at_check)
+                halve = increases <= rho * (k - last) or (not halved and f_at_check >= f_best)
                 if halve:
-                    eta, cur, f_cur = eta / 2, best, f_best
+                    eta, cur = eta / 2, best
                 halved, f_at_check, increases, last = halve, f_best, 0, k
         out.append(best if found is None else found)
     return np.stack(out)

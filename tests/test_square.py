@@ -10,13 +10,23 @@ from gluon_robust.attacks.square import SquareAttack, p_schedule, pseudo_gaussia
 from conftest import linear_classifier
 
 
-def test_p_is_halved_on_the_papers_schedule():
-    assert p_schedule(0.8, 10, 10000) == 0.8
+def test_p_is_halved_at_raw_iterations_as_autoattack_runs_it():
+    # 0-based iterations 0..10 use p_init, 11..50 p_init / 2, ..., beyond 8000 p_init / 512 (reference p_selection).
+    assert p_schedule(0.8, 0) == 0.8
+    assert p_schedule(0.8, 10) == 0.8
+    assert p_schedule(0.8, 11) == 0.4
+    assert p_schedule(0.8, 50) == 0.4
+    assert p_schedule(0.8, 51) == 0.2
+    assert p_schedule(0.8, 8000) == 0.8 / 256
+    assert p_schedule(0.8, 8001) == 0.8 / 512
+    assert p_schedule(0.8, 999) == 0.8 / 16  # not rescaled: a 1,000-iteration run never goes below p_init / 16
+
+
+def test_rescaled_schedule_stretches_to_the_budget():
     assert p_schedule(0.8, 11, 10000) == 0.4
-    assert p_schedule(0.8, 50, 10000) == 0.4
-    assert p_schedule(0.8, 51, 10000) == 0.2
-    assert p_schedule(0.8, 9999, 10000) == 0.8 / 512
     assert p_schedule(0.8, 2, 1000) == 0.4  # iteration 2 of 1,000 is iteration 20 of 10,000
+    assert p_schedule(0.8, 1, 1000) == 0.8  # iteration 10 of 10,000
+    assert p_schedule(0.8, 999, 1000) == 0.8 / 512
 
 
 def test_pseudo_gaussian_is_nested_squares_of_unit_norm():
@@ -53,6 +63,10 @@ def test_finds_a_near_optimal_perturbation_of_a_linear_model(norm, optimum, slac
     # logits [0, w.x + b]: the minimal distance to the boundary is |f(x)| / ||w||_dual, in an unclipped domain.
     rng = np.random.default_rng(0)
     w = rng.normal(size=(4, 4)).astype(np.float32)
+    # As in the reference code, a window of side s < 4 starts at rows/columns 0 .. 3 - s, never 4 - s: the last
+    # row and column change only with the start or a whole-image square, so the model ignores them.
+    w[-1, :] = 0.0
+    w[:, -1] = 0.0
     model = linear_classifier(w, b=0.0)
     x = rng.normal(size=(3, 1, 4, 4)).astype(np.float32)
     f = (x.reshape(3, -1) @ w.reshape(-1)).astype(np.float64)

@@ -2,7 +2,7 @@
 
 Croce & Hein (2020), "Reliable evaluation of adversarial robustness with an
 ensemble of diverse parameter-free attacks", ICML,
-https://arxiv.org/abs/2003.01690.
+https://arxiv.org/abs/2003.01690 (Algorithm 1, Section 3).
 
 APGD replaces PGD's fixed step size by a budget-aware schedule: it starts
 with a step of ``2 * eps``, adds momentum, and at precomputed checkpoints
@@ -10,34 +10,50 @@ halves the step of every sample whose loss has stopped improving, restarting
 that sample from the best point found so far. Distance: L-inf or L2.
 Targeted and untargeted; the targeted-DLR variant that picks its own targets
 is :class:`~gluon_robust.attacks.apgdt.APGDT`.
+
+The algorithm follows the authors' reference implementation (AutoAttack,
+``autopgd_base.py``) decision for decision, wherever that is more specific
+than the paper's pseudo-code: see :class:`APGD` for the list, and
+``tests/test_reference_trajectories.py`` for the iterate-by-iterate check
+against an independent NumPy implementation.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+import logging
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import mxnet as mx
 import numpy as np
 from mxnet import nd
 
+from ..errors import ConfigError
 from ..validation import check_int, check_positive
 from .base import Attack, input_gradient
 from .losses import LossFn, get_loss
 
-__all__ = ["APGD", "apgd_checkpoints"]
+__all__ = ["APGD", "APGDStep", "apgd_checkpoints", "apgd_random_start"]
 
-# The checkpoint schedule of the paper in hundredths of the budget, so that it
-# is exact in integer arithmetic: p_1 = 0.22, the gap shrinks by 0.03 per
-# checkpoint and never falls below 0.06.
-_FIRST, _SHRINK, _MIN_GAP = 22, 3, 6
+logger = logging.getLogger(__name__)
+
+_TINY = 1e-12
 
 
 def apgd_checkpoints(steps: int) -> List[int]:
-    """The iterations at which APGD may halve its step size.
+    """The iterations after which APGD may halve its step size.
 
-    ``w_j = ceil(p_j * steps)`` with ``p_0 = 0``, ``p_1 = 0.22`` and
-    ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``, keeping the distinct
-    values in ``(0, steps)`` (a check at the last step could change nothing).
+    The paper (Section 3.2) places the checkpoints at ``w_j = ceil(p_j *
+    N_iter)`` with ``p_0 = 0``, ``p_1 = 0.22`` and ``p_{j+1} = p_j +
+    max(p_j - p_{j-1} - 0.03, 0.06)``. The reference implementation realises
+    this with whole-step gaps, which is what runs in AutoAttack and what we
+    follow: the first gap is ``floor(0.22 * N_iter)`` steps, each later gap is
+    ``floor(0.03 * N_iter)`` steps shorter, and no gap is shorter than
+    ``n_iter_min = floor(0.06 * N_iter)`` (each of the three at least 1).
+    The two agree for ``N_iter = 100``; for other budgets the floors make the
+    reference's checkpoints differ from ``ceil(p_j * N_iter)`` (50 steps:
+    11, 21, 30, 38, 45 against 11, 21, 29, 35, 40, ...). A checkpoint at the
+    very last step is kept, as in the reference: it changes nothing returned.
 
     Parameters
     ----------
@@ -47,7 +63,7 @@ def apgd_checkpoints(steps: int) -> List[int]:
     Returns
     -------
     list of int
-        Increasing checkpoint iterations.
+        Increasing checkpoint iterations (1-based step counts) in ``[1, steps]``.
 
     Examples
     --------
@@ -55,39 +71,130 @@ def apgd_checkpoints(steps: int) -> List[int]:
     [22, 41, 57, 70, 80, 87, 93, 99]
     """
     steps = check_int("steps", steps)
+    gap = max(22 * steps // 100, 1)  # integer arithmetic equals int(0.22 * steps) in floats (checked to 1e5)
+    shrink = max(3 * steps // 100, 1)
+    floor = max(6 * steps // 100, 1)
     out: List[int] = []
-    prev, cur = 0, _FIRST  # p_{j-1}, p_j in hundredths
-    while True:
-        w = -(-cur * steps // 100)  # ceil(p_j * steps), exact
-        if w >= steps:
-            return out
-        if not out or w > out[-1]:
-            out.append(w)
-        prev, cur = cur, cur + max(cur - prev - _SHRINK, _MIN_GAP)
+    at = gap
+    while at <= steps:
+        out.append(at)
+        gap = max(gap - shrink, floor)
+        at += gap
+    return out
+
+
+def apgd_random_start(
+    rngs: Sequence[np.random.Generator], shape: Tuple[int, ...], eps: float, norm: str
+) -> np.ndarray:
+    """APGD's random starting perturbation, one per sample, float32 (N, *shape).
+
+    As in the reference implementation: L-inf draws ``t ~ U[-1, 1]^d``
+    (one ``rng.uniform(-1, 1, size=shape)``) and returns
+    ``eps * t / ||t||_inf``, so that the largest coordinate is exactly
+    ``eps``; L2 draws ``t ~ N(0, I)`` (one ``rng.standard_normal(shape)``)
+    and returns ``eps * t / ||t||_2``, a point of the sphere. Both divide by
+    the norm plus ``1e-12``. The caller clips ``x + delta`` to the bounds.
+    """
+    out = []
+    for rng in rngs:
+        if norm == "linf":
+            t = rng.uniform(-1.0, 1.0, size=shape)
+            out.append(eps * t / (np.abs(t).max() + _TINY))
+        else:
+            t = rng.standard_normal(shape)
+            out.append(eps * t / (np.sqrt((t**2).sum()) + _TINY))
+    return np.stack(out).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class APGDStep:
+    """One observation of an APGD run, handed to the ``trace`` hook (host copies).
+
+    Attributes
+    ----------
+    run : int
+        Index of the run: restart ``r`` of :class:`APGD`, or ``j * restarts + r``
+        for target ``j`` of :class:`~gluon_robust.attacks.apgdt.APGDT`.
+    step : int
+        0 for the starting point, ``k`` after gradient step ``k`` (and its checkpoint, if any).
+    samples : numpy.ndarray of int, (M,)
+        Rows of the (padded) batch taking part in this run.
+    x : numpy.ndarray, (M, ...)
+        The iterate ``x^(k)`` the step produced, before any checkpoint reset.
+    loss : numpy.ndarray, (M,)
+        The loss at ``x``.
+    x_best, loss_best : numpy.ndarray
+        The highest-loss point of the run so far and its loss.
+    eta : numpy.ndarray, (M,)
+        The step size of the next step (after this step's checkpoint).
+    found : numpy.ndarray of bool, (M,)
+        Whether an iterate of this run (the start included) has succeeded.
+    """
+
+    run: int
+    step: int
+    samples: np.ndarray
+    x: np.ndarray
+    loss: np.ndarray
+    x_best: np.ndarray
+    loss_best: np.ndarray
+    eta: np.ndarray
+    found: np.ndarray
+
+
+#: The type of the ``trace`` hook.
+TraceFn = Callable[[APGDStep], None]
 
 
 class APGD(Attack):
     """Auto-PGD with the cross-entropy or DLR loss (Croce & Hein 2020).
 
-    Each run starts at a random point of the eps-ball (``x_0``), takes one
-    plain step ``x_1 = P(x_0 + eta * d(grad))`` with ``eta = 2 * eps`` and
-    then momentum steps ::
+    Each run starts at a random point ``x^(0)`` (:func:`apgd_random_start`),
+    takes one plain step ``x^(1) = P(x^(0) + eta * d(grad))`` with
+    ``eta = 2 * eps`` and then momentum steps ::
 
-        z       = P(x_k + eta * d(grad f(x_k)))
-        x_{k+1} = P(x_k + alpha * (z - x_k) + (1 - alpha) * (x_k - x_{k-1}))
+        z       = P(x^(k) + eta * d(grad f(x^(k))))
+        x^(k+1) = P(x^(k) + alpha * (z - x^(k)) + (1 - alpha) * (x^(k) - x^(k-1)))
 
-    where ``d`` is the norm's steepest-ascent direction and ``P`` the
-    projection onto the eps-ball and the bounds. At each checkpoint of
-    :func:`apgd_checkpoints` a sample's step size is halved and its iterate
-    reset to its best point when either fewer than a ``rho`` fraction of the
-    steps since the last checkpoint increased the loss, or its step size was
-    not halved at the last checkpoint and its best loss has not improved
-    since. Every decision is a per-sample mask: the step loop never waits on
-    the device.
+    where ``d`` is the norm's steepest-ascent direction (sign, or the
+    L2-normalised gradient) and ``P`` the projection onto the eps-ball and
+    the bounds. After each step the run keeps the point of highest loss
+    (``x_best``, its gradient and loss; strictly higher replaces it) and the
+    last iterate that succeeded.
 
-    Per sample the result is the last successful iterate if any run
-    succeeded, else the point of highest loss. Restarts run only on the
-    samples not yet fooled (one device sync per restart to find them).
+    Checkpoints (:func:`apgd_checkpoints`), exactly as the reference
+    implementation decides them (the paper's Section 3.2 where it agrees):
+
+    1. *Oscillation*: the number of steps since the last checkpoint whose loss
+       is strictly higher than the previous step's is compared with ``<=``
+       (reference; the paper writes ``<``) against ``rho * gap``. Every
+       comparison is between the raw losses of consecutive iterates: after a
+       reset to ``x_best`` the next step is compared with the loss of the
+       iterate before the reset, not with the best loss. The first step of a
+       run is compared with 0, the reference's zero-initialised loss history
+       (the paper compares with ``f(x^(0))``); with a single-step budget the
+       step is compared with itself.
+    2. *No improvement*: the step was not halved at the previous checkpoint
+       and the best loss has not risen since, ``best_at_last_check >= best``.
+       At the first checkpoint this condition is off (the reference starts
+       with "halved at the last check" set for every sample).
+
+    Where either holds the step size is halved and the iterate and its
+    gradient are reset to ``x_best`` (the previous iterate, for the next
+    momentum term, stays the one before the reset). Every decision is a
+    per-sample mask: the step loop never waits on the device.
+
+    Per sample the result is the last successful iterate of the first run
+    that succeeded (the start counts), else the highest-loss point over all
+    runs (the reference's ``perturb`` returns the clean input there; its
+    ``best_loss`` mode the highest-loss point, which we keep). Restarts
+    (``restarts``) run only on the samples not yet fooled (one device sync
+    per run to find them), each from a fresh random start. Unlike the
+    reference, samples the model already misclassifies are attacked too.
+
+    Random draws: per run, each sample taking part draws its start from its
+    own generator (see :func:`apgd_random_start` for the exact calls); the
+    step loop draws nothing.
 
     Parameters
     ----------
@@ -106,14 +213,21 @@ class APGD(Attack):
     rho : float
         Checkpoint threshold on the fraction of loss-increasing steps (0.75).
     alpha : float
-        Weight of the new gradient step against the momentum term (0.75).
+        Weight of the new gradient step against the momentum term (0.75, the
+        reference's fixed value).
     random_start : bool
-        Start each run from a uniform point of the ball (default True);
-        without it every restart repeats the first.
+        Start each run from a random point (default True); without it every
+        restart repeats the first.
     eot_samples : int
-        Gradients averaged per step, for randomised models (EOT).
+        Gradients averaged per step, for randomised models (EOT). The loss
+        that drives the checkpoints is averaged too (the reference uses the
+        last pass's).
     seed : int
         Seed of the random starts.
+    trace : callable, optional
+        Keyword-only hook called with an :class:`APGDStep` at the start point
+        and after every step of every run, for tests and diagnostics. It
+        costs a device sync per step, so it is None by default.
 
     Notes
     -----
@@ -146,6 +260,7 @@ class APGD(Attack):
         random_start: bool = True,
         eot_samples: int = 1,
         seed: int = 0,
+        trace: Optional[TraceFn] = None,
     ) -> None:
         super().__init__(norm=norm, eps=eps, seed=seed)
         self.steps = check_int("steps", steps)
@@ -155,6 +270,9 @@ class APGD(Attack):
         self.alpha = check_positive("alpha", alpha, upper=1.0)
         self.random_start = bool(random_start)
         self.eot_samples = check_int("eot_samples", eot_samples)
+        if trace is not None and not callable(trace):
+            raise ConfigError(f"trace must be a callable or None, got {trace!r}")
+        self._trace: Optional[TraceFn] = trace
 
     # ------------------------------------------------------------ contract
     def _run(
@@ -205,7 +323,7 @@ class APGD(Attack):
                 index = nd.array(todo, ctx=x.context, dtype="int64")
                 xs, ys, prev_x, prev_loss = x.take(index), y.take(index), best_x.take(index), best_loss.take(index)
                 aim_s = None if aim is None else aim.take(index)
-            adv, loss, found = self._optimize(model, xs, ys, aim_s, targeted, [rngs[j] for j in todo])
+            adv, loss, found = self._optimize(model, xs, ys, aim_s, targeted, [rngs[j] for j in todo], i, todo)
             iterations[todo] += self.steps
             keep = nd.maximum(found, loss > prev_loss)
             merged_x = nd.where(keep, adv, prev_x)
@@ -228,12 +346,15 @@ class APGD(Attack):
         aim: Optional[nd.NDArray],
         targeted: bool,
         rngs: Sequence[np.random.Generator],
+        run: int = 0,
+        samples: Optional[np.ndarray] = None,
     ) -> Tuple[nd.NDArray, nd.NDArray, nd.NDArray]:
         """One APGD run; returns ``(x_adv, best_loss, found)``, all on the device."""
         low, high = model.bounds
         n = x.shape[0]
         ctx = x.context
         checkpoints = set(apgd_checkpoints(self.steps))
+        rows = np.arange(n) if samples is None else np.asarray(samples)
 
         def project(point: nd.NDArray) -> nd.NDArray:
             return nd.clip(x + self.norm.project(point - x, self.eps), low, high)
@@ -246,7 +367,7 @@ class APGD(Attack):
 
         start = x
         if self.random_start:
-            noise = self.norm.random_start(rngs, tuple(x.shape[1:]), self.eps)
+            noise = apgd_random_start(rngs, tuple(x.shape[1:]), self.eps, self.norm.name)
             start = nd.clip(x + nd.array(noise, ctx=ctx, dtype="float32"), low, high)
         x_cur = x_prev = start
         grad, loss, found = evaluate(x_cur)
@@ -255,19 +376,22 @@ class APGD(Attack):
 
         eta = nd.full((n,), 2.0 * self.eps, ctx=ctx)
         increases = nd.zeros((n,), ctx=ctx)
-        loss_at_check = loss_best
-        halved_at_check = nd.zeros((n,), ctx=ctx)
+        loss_prev = nd.zeros((n,), ctx=ctx)  # the reference's loss history starts at zero
+        best_at_check = loss_best
+        halved_at_check = nd.ones((n,), ctx=ctx)  # switches the no-improvement test off at the first checkpoint
         last_check = 0
         per_sample = (-1,) + (1,) * (x.ndim - 1)
+        self._observe(run, 0, rows, x_cur, loss, x_best, loss_best, eta, found)
 
         for k in range(1, self.steps + 1):
             z = project(x_cur + eta.reshape(per_sample) * self.norm.direction(grad))
             if k > 1:  # the first step has no momentum: x_1 = z
                 z = project(x_cur + self.alpha * (z - x_cur) + (1.0 - self.alpha) * (x_cur - x_prev))
             x_prev, x_cur = x_cur, z
-            grad, new_loss, success = evaluate(x_cur)
-            increases = increases + (new_loss > loss)
-            loss = new_loss
+            grad, loss, success = evaluate(x_cur)
+            if self.steps > 1:  # one step: the reference compares the step's loss with itself
+                increases = increases + (loss > loss_prev)
+            loss_prev = loss
 
             improved = loss > loss_best
             x_best = nd.where(improved, x_cur, x_best)
@@ -275,17 +399,39 @@ class APGD(Attack):
             loss_best = nd.where(improved, loss, loss_best)
             x_found = nd.where(success, x_cur, x_found)
             found = nd.maximum(found, success)
+            x_seen = x_cur
 
             if k in checkpoints:
-                oscillating = increases < self.rho * (k - last_check)
-                stuck = (1 - halved_at_check) * (loss_best <= loss_at_check)
+                oscillating = increases <= self.rho * (k - last_check)
+                stuck = (1 - halved_at_check) * (best_at_check >= loss_best)
                 halve = nd.maximum(oscillating, stuck)
                 eta = nd.where(halve, 0.5 * eta, eta)
                 x_cur = nd.where(halve, x_best, x_cur)
                 grad = nd.where(halve, grad_best, grad)
-                loss = nd.where(halve, loss_best, loss)
-                halved_at_check, loss_at_check = halve, loss_best
+                halved_at_check, best_at_check = halve, loss_best
                 increases = nd.zeros_like(increases)
                 last_check = k
+            self._observe(run, k, rows, x_seen, loss, x_best, loss_best, eta, found)
 
         return nd.where(found, x_found, x_best), loss_best, found
+
+    def _observe(
+        self,
+        run: int,
+        step: int,
+        rows: np.ndarray,
+        x: nd.NDArray,
+        loss: nd.NDArray,
+        x_best: nd.NDArray,
+        loss_best: nd.NDArray,
+        eta: nd.NDArray,
+        found: nd.NDArray,
+    ) -> None:
+        """Hand host copies to the ``trace`` hook; nothing (and no sync) without one."""
+        if self._trace is None:
+            return
+        self._trace(APGDStep(
+            run=run, step=step, samples=rows.copy(), x=x.asnumpy(), loss=loss.asnumpy().astype(np.float64),
+            x_best=x_best.asnumpy(), loss_best=loss_best.asnumpy().astype(np.float64),
+            eta=eta.asnumpy().astype(np.float64), found=found.asnumpy() > 0,
+        ))

@@ -18,7 +18,7 @@ import numpy as np
 from mxnet import autograd, nd
 
 from ..validation import check_int
-from .apgd import APGD
+from .apgd import APGD, TraceFn
 from .losses import LossFn
 
 __all__ = ["APGDT"]
@@ -30,7 +30,10 @@ class APGDT(APGD):
     For ``j = 1 .. n_target_classes`` the attack runs :class:`APGD` with a
     targeted loss (targeted DLR by default) towards the ``j``-th highest
     scoring class other than the true one, on the clean logits; each target
-    gets ``restarts`` runs. A run counts as a success when the sample is
+    gets ``restarts`` runs (targets outer, restarts inner, as in the
+    reference implementation, which ranks the classes of the samples still
+    to fool by their clean logits: for a correctly classified sample its
+    ``j + 1``-th highest class is our ``j``-th). A run counts as a success when the sample is
     misclassified (whatever the predicted class), and later runs skip the
     samples already fooled, so per sample the first success is kept; samples
     never fooled return their point of highest loss.
@@ -51,8 +54,9 @@ class APGDT(APGD):
     loss : str or callable
         ``"dlr"`` (default, the targeted DLR loss, which needs at least four
         classes), ``"ce"`` or ``"margin"``, used in their targeted form.
-    rho, alpha, random_start, eot_samples, seed
-        As in :class:`APGD`.
+    rho, alpha, random_start, eot_samples, seed, trace
+        As in :class:`APGD`; run ``j * restarts + r`` of the trace is restart
+        ``r`` on target ``j``.
 
     Notes
     -----
@@ -84,10 +88,11 @@ class APGDT(APGD):
         random_start: bool = True,
         eot_samples: int = 1,
         seed: int = 0,
+        trace: Optional[TraceFn] = None,
     ) -> None:
         super().__init__(
             eps=eps, norm=norm, steps=steps, restarts=restarts, loss=loss, rho=rho, alpha=alpha,
-            random_start=random_start, eot_samples=eot_samples, seed=seed,
+            random_start=random_start, eot_samples=eot_samples, seed=seed, trace=trace,
         )
         self.n_target_classes = check_int("n_target_classes", n_target_classes)
 

@@ -2,36 +2,64 @@
 
 Andriushchenko, Croce, Flammarion & Hein (2020), "Square Attack: a
 query-efficient black-box adversarial attack via random search", ECCV,
-https://arxiv.org/abs/1912.00049.
+https://arxiv.org/abs/1912.00049 (Algorithms 1 to 3).
 
 Distance: L-inf or L2 (fixed epsilon). Targeted and untargeted. Needs class
-scores (logits or probabilities), never gradients.
+scores (logits or probabilities), never gradients. The defaults and the
+details follow the version AutoAttack runs (Croce & Hein 2020,
+https://arxiv.org/abs/2003.01690, reference ``square.py``): see
+:class:`SquareAttack`, and ``tests/test_reference_trajectories.py`` for the
+iterate-by-iterate check against an independent NumPy implementation.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..validation import check_positive
-from .blackbox import BlackBoxAttack, QueryCounter, is_adversarial, lp_distance, margin, take
+from .blackbox import BlackBoxAttack, QueryCounter, lp_distance, margin, take
 
-__all__ = ["SquareAttack", "p_schedule", "pseudo_gaussian", "square_pattern"]
+__all__ = ["SquareAttack", "SquareStep", "p_schedule", "pseudo_gaussian", "square_pattern", "square_side"]
 
-#: Iterations, on the paper's 10,000-iteration scale, after which the square fraction p is halved.
+#: Iterations after which the square fraction p is halved (the paper's 10,000-iteration schedule).
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 _TINY = 1e-12
 
 
-def p_schedule(p_init: float, iteration: int, budget: int) -> float:
-    """The fraction of pixels a square covers at ``iteration`` (the paper's piecewise-constant schedule).
+def p_schedule(p_init: float, iteration: int, iterations: Optional[int] = None) -> float:
+    """The fraction of pixels a square covers at 0-based ``iteration``.
 
-    ``p_init`` is halved at each of iterations 10, 50, 200, 500, 1000, 2000,
-    4000, 6000 and 8000 of a 10,000-query run, rescaled to ``budget``.
+    ``p_init`` is halved once for each of 10, 50, 200, 500, 1000, 2000, 4000,
+    6000 and 8000 that ``iteration`` exceeds: iterations 0 to 10 use
+    ``p_init``, 11 to 50 ``p_init / 2``, ..., beyond 8000 ``p_init / 512``.
+    With ``iterations`` (the run's iteration budget) the iteration is first
+    rescaled to the paper's 10,000-iteration scale,
+    ``int(iteration / iterations * 10000)`` (the schedule of the paper and of
+    the reference code's ``resc_schedule=True``); without it (None) the raw
+    iteration is used, as AutoAttack runs Square (``resc_schedule=False``).
     """
-    scaled = int(iteration / budget * 10000)
-    return p_init / 2 ** sum(scaled > t for t in _HALVINGS)
+    if iterations is not None:
+        iteration = int(iteration / iterations * 10000)
+    return p_init / 2 ** sum(iteration > t for t in _HALVINGS)
+
+
+def square_side(p: float, h: int, w: int, norm: str) -> int:
+    """The side of the square for fraction ``p`` of an ``h x w`` image.
+
+    ``round(sqrt(p * h * w))`` (Python's round), at least 1 for L-inf and at
+    least 3 and odd for L2, at most ``min(h, w)``.
+    """
+    side = int(round(math.sqrt(p * h * w)))
+    if norm == "linf":
+        return min(max(side, 1), min(h, w))
+    side = max(side, 3)
+    side += side % 2 == 0
+    return min(side, min(h, w))
 
 
 def pseudo_gaussian(rows: int, cols: int) -> np.ndarray:
@@ -50,37 +78,95 @@ def pseudo_gaussian(rows: int, cols: int) -> np.ndarray:
 
 
 def square_pattern(size: int, rng: np.random.Generator) -> np.ndarray:
-    """The L2 update of one square: two pseudo-Gaussian halves of opposite sign, randomly transposed, unit norm."""
+    """The L2 update of one square: two pseudo-Gaussian halves of opposite sign, unit norm.
+
+    Draws one ``rng.random()``: above 0.5 the pattern is transposed (left and
+    right halves instead of top and bottom).
+    """
     half = size // 2
     pattern = np.zeros((size, size))
     pattern[:half] = pseudo_gaussian(half, size)
     pattern[half:] = -pseudo_gaussian(size - half, size)
     pattern /= np.linalg.norm(pattern)
-    return pattern.T if rng.random() < 0.5 else pattern
+    return pattern.T if rng.random() > 0.5 else pattern
+
+
+def _signs(rng: np.random.Generator, shape: tuple) -> np.ndarray:
+    return rng.choice([-1.0, 1.0], size=shape)
+
+
+@dataclass(frozen=True)
+class SquareStep:
+    """One observation of a Square run, handed to the ``trace`` hook.
+
+    Attributes
+    ----------
+    iteration : int
+        0 for the start (after its query), ``i + 1`` after 0-based iteration ``i``.
+    samples : numpy.ndarray of int, (M,)
+        The samples that queried at this iteration (rows of the de-duplicated batch).
+    p : float
+        The square fraction of this iteration (``p_init`` at the start).
+    candidate : numpy.ndarray, (M, C, H, W)
+        The points queried.
+    x_best, margin : numpy.ndarray
+        The samples' best points and their margins after the update.
+    """
+
+    iteration: int
+    samples: np.ndarray
+    p: float
+    candidate: np.ndarray
+    x_best: np.ndarray
+    margin: np.ndarray
 
 
 class SquareAttack(BlackBoxAttack):
-    """Square Attack (Andriushchenko et al. 2020).
+    """Square Attack (Andriushchenko et al. 2020), as AutoAttack runs it.
 
-    Random search on the margin loss: at each iteration one square window of
-    side ``s`` is redrawn and the change is kept if the loss decreases. The
-    side follows the fraction ``p`` of the image covered by the square,
-    ``s ~ sqrt(p * H * W)``, halved on the paper's schedule (see
-    :func:`p_schedule`).
+    Random search: at each iteration one square window of side ``s``
+    (:func:`square_side` of the fraction ``p`` of :func:`p_schedule`) is
+    redrawn and the change is kept if the loss decreases.
 
-    * L-inf: the start is vertical stripes of ``+-eps``; an update sets the
-      window to ``+-eps`` with one random sign per channel, so every point is
-      a vertex of the eps-box (clipped to the bounds).
-    * L2: the start is a grid of random-signed pseudo-Gaussian tiles scaled to
-      ``eps``; an update moves the energy of a second random window, plus any
-      unused budget, into the first window as a fresh pseudo-Gaussian square
-      (:func:`square_pattern`) added to the window's normalised old content,
-      and the whole perturbation is rescaled to ``eps``.
+    * L-inf: the start is vertical stripes of ``+-eps`` (one sign per channel
+      and column); an update sets the window to ``x +- eps`` with one random
+      sign per channel, so every point is a vertex of the eps-box (clipped to
+      the bounds). As in AutoAttack the signs are not redrawn when they leave
+      the window unchanged (the paper's original code redraws them).
+    * L2: the start is the reference's grid of random-signed pseudo-Gaussian
+      tiles of side ``H // 5`` (see ``_start_l2``), scaled to ``eps``; an update moves the energy of a second random window, plus the
+      unused budget, into the first window, channel by channel: per channel
+      the new window is a fresh pseudo-Gaussian square
+      (:func:`square_pattern`, random sign) plus the window's old content
+      normalised, rescaled to the channel's energy in both windows plus
+      ``(eps^2 - ||delta||^2) / C``; the second window is zeroed and the whole
+      perturbation rescaled to ``eps``.
 
-    The loss is the margin of the scores (:func:`~gluon_robust.attacks.blackbox.margin`),
-    for the true class or, targeted, the target (the paper uses cross-entropy
-    when targeted; the margin works on probabilities and logits alike). A
-    sample stops as soon as it is adversarial.
+    Loss and stopping, as in the reference: the margin ``m = z_y - max_{j != y}
+    z_j`` (targeted: ``max_{j != t} z_j - z_t``) of the scores; the search
+    minimises ``m`` (untargeted) or the cross-entropy of the target class on
+    the scores (targeted). A candidate is kept when its loss is strictly
+    lower, or when its margin is ``<= 0``; a sample stops as soon as its
+    margin is ``<= 0``.
+
+    Random draws, per sample, from its own generator: the L-inf start is
+    ``rng.choice([-1., 1.], size=(C, 1, W))``; an L-inf iteration draws the
+    window's top row ``rng.integers(0, max(H - s, 1))``, then its left column
+    ``rng.integers(0, max(W - s, 1))`` (the reference's positions
+    ``0 .. H - s - 1``: the last position is never drawn), then
+    ``rng.choice([-1., 1.], size=(C, 1, 1))``. The L2 start visits its tiles
+    row by row and draws for each the pattern's transposition (one
+    ``rng.random()``, see :func:`square_pattern`) then
+    ``rng.choice([-1., 1.], size=(C, 1, 1))``; an L2 iteration draws the first
+    window's row and column, the second window's row and column, the
+    pattern's transposition and the signs, in that order. The reference draws
+    each of these once for the whole batch; one generator per sample keeps a
+    sample's result independent of its batch.
+
+    Differences from the reference that do not change a successful sample:
+    samples the model already misclassifies are attacked too (their start is
+    usually adversarial already), and a sample never fooled returns its
+    lowest-loss point (the reference returns the clean input).
 
     Parameters
     ----------
@@ -89,14 +175,24 @@ class SquareAttack(BlackBoxAttack):
     norm : str
         ``"linf"`` (default) or ``"l2"``.
     max_queries : int
-        Per-sample budget (default 10,000); the start costs one query and
-        each iteration one more.
-    p_init : float, optional
-        Initial fraction of pixels in a square, in (0, 1]; default 0.05 for
-        L-inf and 0.1 for L2 (the paper's ImageNet values; small images such
-        as MNIST digits also do well with larger ones).
+        Per-sample budget of model evaluations (default 10,000): the start
+        costs one query and each iteration one more, so ``max_queries - 1``
+        iterations. AutoAttack's ``n_queries=5000`` counts iterations: it is
+        ``max_queries=5001`` here.
+    p_init : float
+        Initial fraction of pixels in a square, in (0, 1]; default 0.8, the
+        value AutoAttack uses for L-inf and L2 alike (the paper's ImageNet
+        values are 0.05 for L-inf and 0.1 for L2).
+    rescale_schedule : bool
+        Keyword-only. False (default, as AutoAttack): the halvings of ``p``
+        happen at raw iterations 10, 50, 200, ..., 8000. True: the paper's
+        schedule, stretched to the budget (iteration ``i`` of ``n`` is
+        iteration ``int(i / n * 10000)`` of the 10,000-iteration schedule).
     seed : int
         Seed of the random search.
+    trace : callable, optional
+        Keyword-only hook called with a :class:`SquareStep` after the start
+        and after every iteration, for tests and diagnostics.
 
     Notes
     -----
@@ -105,7 +201,7 @@ class SquareAttack(BlackBoxAttack):
 
     Examples
     --------
-    >>> attack = SquareAttack(eps=0.3, max_queries=5000)
+    >>> attack = SquareAttack(eps=0.3, max_queries=5001)
     >>> result = attack(model, x, y)                   # a Classifier or any scores callable
     >>> result.success.mean(), np.median(result.queries[result.success])
     >>> SquareAttack(eps=2.0, norm="l2")(model, x, y, target=t)
@@ -120,12 +216,19 @@ class SquareAttack(BlackBoxAttack):
         eps: float,
         norm: str = "linf",
         max_queries: int = 10000,
-        p_init: Optional[float] = None,
+        p_init: float = 0.8,
+        rescale_schedule: bool = False,
         seed: int = 0,
+        trace: Optional[Callable[[SquareStep], None]] = None,
     ) -> None:
         super().__init__(norm=norm, eps=check_positive("eps", eps), max_queries=max_queries, seed=seed)
-        default = 0.05 if self.norm.name == "linf" else 0.1
-        self.p_init = default if p_init is None else check_positive("p_init", p_init, upper=1.0)
+        self.p_init = check_positive("p_init", p_init, upper=1.0)
+        if not isinstance(rescale_schedule, (bool, np.bool_)):
+            raise ConfigError(f"rescale_schedule must be True or False, got {rescale_schedule!r}")
+        self.rescale_schedule = bool(rescale_schedule)
+        if trace is not None and not callable(trace):
+            raise ConfigError(f"trace must be a callable or None, got {trace!r}")
+        self._trace = trace
 
     def _attack(
         self,
@@ -140,76 +243,95 @@ class SquareAttack(BlackBoxAttack):
         start = self._start_linf if self.norm.name == "linf" else self._start_l2
         best = np.clip(x + np.stack([start(x.shape[1:], rng) for rng in rngs]), low, high).astype(np.float32)
         scores = oracle.scores(best, rows)
-        loss = margin(scores, y, target)
-        done = is_adversarial(scores.argmax(axis=1), y, target)
+        margins = margin(scores, y, target)
+        loss = self._loss(scores, margins, target)
+        self._observe(0, rows, self.p_init, best, best, margins)
         update = self._update_linf if self.norm.name == "linf" else self._update_l2
+        budget = self.max_queries - 1 if self.rescale_schedule else None
         iteration = 0
         while True:
-            active = np.flatnonzero(~done & (oracle.remaining > 0))
+            active = np.flatnonzero((margins > 0) & (oracle.remaining > 0))
             if active.size == 0:
                 return best
-            iteration += 1
-            p = p_schedule(self.p_init, iteration, self.max_queries)
+            p = p_schedule(self.p_init, iteration, budget)
             candidates = np.stack([update(x[i], best[i], p, rngs[i], low, high) for i in active])
             scores = oracle.scores(candidates, active)
-            new_loss = margin(scores, y[active], take(target, active))
-            hit = is_adversarial(scores.argmax(axis=1), y[active], take(target, active))
-            keep = (new_loss < loss[active]) | hit
+            new_margin = margin(scores, y[active], take(target, active))
+            new_loss = self._loss(scores, new_margin, take(target, active))
+            improved = new_loss < loss[active]
+            keep = improved | (new_margin <= 0)
+            loss[active[improved]] = new_loss[improved]
+            margins[active[keep]] = new_margin[keep]
             best[active[keep]] = candidates[keep]
-            loss[active[keep]] = new_loss[keep]
-            done[active] = hit
+            iteration += 1
+            self._observe(iteration, active, p, candidates, best[active], margins[active])
+
+    @staticmethod
+    def _loss(scores: np.ndarray, margins: np.ndarray, target: Optional[np.ndarray]) -> np.ndarray:
+        """The objective to minimise: the margin, or (targeted) the target's cross-entropy on the scores."""
+        if target is None:
+            return margins
+        z = scores.astype(np.float64)
+        top = z.max(axis=1)
+        log_sum = top + np.log(np.exp(z - top[:, None]).sum(axis=1))
+        return log_sum - z[np.arange(len(z)), target]
+
+    def _observe(self, iteration: int, rows: np.ndarray, p: float, candidate: np.ndarray, best: np.ndarray,
+                 margins: np.ndarray) -> None:
+        if self._trace is not None:
+            self._trace(SquareStep(iteration=iteration, samples=rows.copy(), p=p, candidate=candidate.copy(),
+                                   x_best=best.copy(), margin=margins.copy()))
 
     # ------------------------------------------------------------------- L-inf
     def _start_linf(self, shape: tuple, rng: np.random.Generator) -> np.ndarray:
         c, _, w = shape
-        return np.broadcast_to(self.eps * rng.choice([-1.0, 1.0], size=(c, 1, w)), shape).astype(np.float32)
+        return np.broadcast_to(self.eps * _signs(rng, (c, 1, w)), shape)
 
     def _update_linf(
         self, x: np.ndarray, best: np.ndarray, p: float, rng: np.random.Generator, low: float, high: float
     ) -> np.ndarray:
         c, h, w = x.shape
-        side = min(max(round(np.sqrt(p * h * w)), 1), max(min(h, w) - 1, 1))
-        r, q = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        side = square_side(p, h, w, "linf")
+        r, q = rng.integers(0, max(h - side, 1)), rng.integers(0, max(w - side, 1))
         window = (slice(None), slice(r, r + side), slice(q, q + side))
         candidate = best.copy()
-        for _ in range(10):  # redraw the signs until the window changes (it may already hold these signs)
-            signs = rng.choice([-1.0, 1.0], size=(c, 1, 1))
-            candidate[window] = np.clip(x[window] + self.eps * signs, low, high)
-            if not np.array_equal(candidate[window], best[window]):
-                break
+        candidate[window] = np.clip(x[window] + self.eps * _signs(rng, (c, 1, 1)), low, high)
         return candidate
 
     # ---------------------------------------------------------------------- L2
     def _start_l2(self, shape: tuple, rng: np.random.Generator) -> np.ndarray:
+        # The reference's grid: tiles of side s = H // 5 from row and column (H - 5 s) // 2, H // s rows of
+        # W // s tiles; a tile reaching past the image is cut (and still draws), as the reference's slices do.
         c, h, w = shape
-        tile = max(min(h, w) // 5, 1)
+        tile = max(h // 5, 1)
+        first = max((h - 5 * tile) // 2, 0)
         delta = np.zeros(shape)
-        top, left = (h - tile * (h // tile)) // 2, (w - tile * (w // tile)) // 2
-        for r in range(top, top + tile * (h // tile), tile):
-            for q in range(left, left + tile * (w // tile), tile):
-                signs = rng.choice([-1.0, 1.0], size=(c, 1, 1))
-                delta[:, r : r + tile, q : q + tile] += square_pattern(tile, rng)[None] * signs
-        return (delta * self.eps / (np.linalg.norm(delta) + _TINY)).astype(np.float32)
+        for a in range(h // tile):
+            for b in range(w // tile):
+                r, q = first + a * tile, first + b * tile
+                pattern = square_pattern(tile, rng)[None] * _signs(rng, (c, 1, 1))
+                block = delta[:, r : r + tile, q : q + tile]
+                block += pattern[:, : block.shape[1], : block.shape[2]]
+        return delta * self.eps / (np.linalg.norm(delta) + _TINY)
 
     def _update_l2(
         self, x: np.ndarray, best: np.ndarray, p: float, rng: np.random.Generator, low: float, high: float
     ) -> np.ndarray:
         c, h, w = x.shape
-        side = max(int(round(np.sqrt(p * h * w))), 3)
-        side = min(side + (side % 2 == 0), min(h, w))  # odd, as in the paper, and inside the image
-        r1, q1 = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        r2, q2 = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        side = square_side(p, h, w, "l2")
+        r1, q1 = rng.integers(0, max(h - side, 1)), rng.integers(0, max(w - side, 1))
+        r2, q2 = rng.integers(0, max(h - side, 1)), rng.integers(0, max(w - side, 1))
         first = (slice(None), slice(r1, r1 + side), slice(q1, q1 + side))
         second = (slice(None), slice(r2, r2 + side), slice(q2, q2 + side))
-        delta = (best - x).astype(np.float64)
+        delta = best.astype(np.float64) - x
         union = np.zeros(x.shape, bool)
         union[first] = True
         union[second] = True
-        moved = float((delta[union] ** 2).sum())  # the energy of both windows ...
-        unused = max(self.eps**2 - float((delta**2).sum()), 0.0)  # ... plus what clipping left unspent
-        old = delta[first] / (np.sqrt((delta[first] ** 2).sum(axis=(1, 2), keepdims=True)) + 1e-10)
-        fresh = square_pattern(side, rng)[None] * rng.choice([-1.0, 1.0], size=(c, 1, 1)) + old
-        fresh *= np.sqrt((moved + unused) / c) / (np.sqrt((fresh**2).sum(axis=(1, 2), keepdims=True)) + _TINY)
+        moved = ((delta * union) ** 2).sum(axis=(1, 2), keepdims=True)  # per channel: the energy of both windows ...
+        unused = max(self.eps**2 - float((delta**2).sum()), 0.0) / c  # ... plus a share of the unspent budget
+        old = delta[first] / (np.sqrt((delta[first] ** 2).sum(axis=(1, 2), keepdims=True)) + _TINY)
+        fresh = square_pattern(side, rng)[None] * _signs(rng, (c, 1, 1)) + old
+        fresh *= np.sqrt(unused + moved) / (np.sqrt((fresh**2).sum(axis=(1, 2), keepdims=True)) + _TINY)
         delta[second] = 0.0
         delta[first] = fresh
         delta *= self.eps / (lp_distance("l2", delta[None])[0] + _TINY)
