@@ -118,9 +118,9 @@ def test_standard_is_autoattack_parameter_for_parameter(norm):
     label = mx.nd.array([0])
     # cross-entropy of the true class, and the targeted DLR loss of Croce & Hein (2020), eq. (7), towards class 1
     expected_ce = np.log(np.exp([3.0, 1.0, 0.5, 0.2, -1.0]).sum()) - 3.0
-    assert float(ce(logits, label).asscalar()) == pytest.approx(expected_ce, rel=1e-5)
+    assert float(ce(logits, label).asscalar()) == pytest.approx(expected_ce, rel=1e-4)
     expected_dlr = -(3.0 - 1.0) / (3.0 - (0.5 + 0.2) / 2)
-    assert float(dlr(logits, label, mx.nd.array([1])).asscalar()) == pytest.approx(expected_dlr, rel=1e-5)
+    assert float(dlr(logits, label, mx.nd.array([1])).asscalar()) == pytest.approx(expected_dlr, rel=1e-4)
 
 
 def test_lighter_recipes_say_what_they_change():
