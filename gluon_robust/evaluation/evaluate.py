@@ -11,6 +11,12 @@ every batch (``resume=True`` continues an interrupted run) and writes the
 report (:mod:`~gluon_robust.evaluation.report`). ``shard=(k, n)`` evaluates
 the ``k``-th of ``n`` contiguous slices; :func:`merge_reports` joins the shard
 reports into the report of the whole run.
+
+Every state file and report records the run's fingerprint
+(:mod:`~gluon_robust.fingerprint`: SHA-256 of the weights, of the evaluated
+data slice and of the recipe's settings). A resume whose fingerprint differs
+from the state's, and a merge of shards whose weights or recipe differ, are
+refused with a one-line error naming the part that differs.
 """
 
 from __future__ import annotations
@@ -177,12 +183,17 @@ def evaluate(
         The report (see :meth:`RobustnessResult.to_report`) plus ``recipe``,
         ``stages``, ``norm``, ``eps``, ``seed``, ``versions``, ``sanity``,
         ``warnings``, ``batch_size``, ``batch_size_source`` (``"given"`` or
-        ``"auto"``) and more.
+        ``"auto"``), ``fingerprint`` (``{"weights", "data", "recipe"}``, see
+        :func:`run_fingerprint`) and more.
 
     Raises
     ------
     ConfigError
-        For an unknown recipe or attack, a bad epsilon, norm, shard or batch size.
+        For an unknown recipe or attack, a bad epsilon, norm, shard or batch size; with ``resume``, for
+        a state file that is corrupt, truncated, edited, or written by a run with other weights, recipe,
+        batch size, shard or model.
+    DataError
+        With ``resume``, for a state file written by a run on other data (see :func:`run_fingerprint`).
     """
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
