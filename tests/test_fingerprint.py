@@ -86,7 +86,7 @@ def test_the_data_fingerprint_covers_every_pixel_label_and_index_not_the_batch_s
     assert base not in digests.values() and len(set(digests.values())) == len(digests), digests
 
 
-def test_the_recipe_fingerprint_covers_every_hyperparameter_and_is_the_same_in_another_process(tmp_path):
+def test_the_recipe_fingerprint_covers_every_hyperparameter():
     def recipe(names, eps=(0.1,), norm="linf", seed=0):
         attacks = build_attacks(custom_recipe(names), eps=list(eps), norm=norm, seed=seed)
         return recipe_fingerprint({"attacks": [[label, attack_settings(a)] for label, a in attacks],
@@ -99,7 +99,10 @@ def test_the_recipe_fingerprint_covers_every_hyperparameter_and_is_the_same_in_a
     assert base not in variants and len(set(variants)) == len(variants)
     settings = attack_settings(build_attacks(custom_recipe(["pgd"]), eps=[0.1], norm="linf")[0][1])
     assert settings["params"]["steps"] == 40 and "0x" not in json.dumps(settings)  # defaults in, no addresses
-    # A resume runs in a new process: the digests of the same model, data and recipe must not change there.
+
+
+def test_a_new_process_computes_the_same_fingerprint():
+    """A resume runs in a new process: the digests of the same model, data and recipe must not change there."""
     script = (
         "import sys, warnings; warnings.simplefilter('ignore'); sys.path.insert(0, sys.argv[1])\n"
         "from test_fingerprint import _model, _arrays\n"
