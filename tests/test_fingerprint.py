@@ -219,6 +219,13 @@ def test_resume_of_another_run_is_refused_naming_the_part(interrupted, tmp_path,
     assert "\n" not in message and not (out / "report.json").exists()
 
 
+def test_resume_with_another_batch_size_is_refused_naming_it(interrupted, tmp_path):
+    run, _ = interrupted
+    out = _copy_state(run, tmp_path)
+    with pytest.raises(ConfigError, match=r"belongs to a run with another batch_size \(there 4, here 3\)"):
+        _quiet(evaluate, _model(0), ArraySource(*_arrays()), out_dir=out, resume=True, **dict(FAST, batch_size=3))
+
+
 def _state_arrays(path: Path):
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
