@@ -101,6 +101,7 @@ def test_the_recipe_fingerprint_covers_every_hyperparameter():
     assert settings["params"]["steps"] == 40 and "0x" not in json.dumps(settings)  # defaults in, no addresses
 
 
+@pytest.mark.slow  # ~6 s; test_faults' SIGINT test also resumes, in this process, a state written by another
 def test_a_new_process_computes_the_same_fingerprint():
     """A resume runs in a new process: the digests of the same model, data and recipe must not change there."""
     script = (
