@@ -18,6 +18,7 @@ from gluon_robust.evaluation.recipes import build_attacks, custom_recipe, get_re
 from gluon_robust.evaluation.report import comparable
 from gluon_robust.evaluation.sanity import SanityWarning, report_warnings
 from gluon_robust.evaluation.state import STATE_NAME, StateFile
+from gluon_robust.fingerprint import combine
 from gluon_robust.model import load_classifier
 from gluon_robust.reporting import MANIFEST_NAME
 
@@ -177,6 +178,24 @@ def test_worst_case_is_never_above_any_single_attack(plain):
         assert all(d <= a["eps"] + 1e-6 for d in dist) and a["invalid"] == 0
 
 
+def _result_of(report):
+    """What sharding must not change: :func:`comparable` without the data fingerprint (of the shards when merged)."""
+    return {k: v for k, v in comparable(report).items() if k not in ("fingerprint", "merged_shards")}
+
+
+def _assert_merged_equals_whole(merged, whole, shards):
+    """The merged report is the whole run's, made with its weights and recipe, and lists each shard's data."""
+    assert _result_of(merged) == _result_of(whole)
+    for part in ("weights", "recipe"):
+        assert merged["fingerprint"][part] == whole["fingerprint"][part]
+    shards = sorted(shards, key=lambda r: r["shard"]["k"])
+    assert [s["data"] for s in merged["merged_shards"]] == [r["fingerprint"]["data"] for r in shards]
+    assert [(s["start"], s["stop"]) for s in merged["merged_shards"]] == [(r["shard"]["start"], r["shard"]["stop"])
+                                                                          for r in shards]
+    assert merged["fingerprint"]["data"] == combine([r["fingerprint"]["data"] for r in shards])
+    assert len({r["fingerprint"]["data"] for r in shards} | {whole["fingerprint"]["data"]}) == len(shards) + 1
+
+
 def test_sharded_then_merged_equals_unsharded(plain, tmp_path):
     source = _source(plain, n=23)
     kwargs = dict(attacks=["fgsm", "apgd"], eps=[0.05, 0.2], batch_size=4, progress=False, max_examples=5)
@@ -187,9 +206,9 @@ def test_sharded_then_merged_equals_unsharded(plain, tmp_path):
         part = _quiet(evaluate, plain, source, out_dir=dirs[-1], shard=(k, 3), **kwargs)
         assert part["shard"]["k"] == k and 7 <= part["n"] <= 8
     merged = _quiet(merge_reports, dirs, tmp_path / "merged")
-    assert comparable(merged) == comparable(whole)
+    _assert_merged_equals_whole(merged, whole, [json.loads((d / "report.json").read_text()) for d in dirs])
     on_disk = json.loads((tmp_path / "merged" / "report.json").read_text())
-    assert comparable(on_disk) == comparable(json.loads((tmp_path / "whole" / "report.json").read_text()))
+    assert _result_of(on_disk) == _result_of(json.loads((tmp_path / "whole" / "report.json").read_text()))
     a, b = np.load(tmp_path / "whole" / "examples.npz"), np.load(tmp_path / "merged" / "examples.npz")
     assert len(a["index"]) == 5 and all(np.array_equal(a[k], b[k]) for k in a.files)
     with pytest.raises(ConfigError, match=r"each shard 0..2 of 3 exactly once, got \[0, 2\]"):
@@ -221,7 +240,7 @@ def test_resume_after_an_interruption_gives_the_same_report(plain, tmp_path, mon
     assert saves == [5, 10, 15, 20]  # the first batch was not redone
     assert comparable(resumed) == comparable(reference)
     assert not (out / STATE_NAME).exists() and (out / "report.html").exists()
-    with pytest.raises(ConfigError, match="belongs to a different evaluation"):
+    with pytest.raises(ConfigError, match="made with different recipe than this run"):
         monkeypatch.setattr(StateFile, "save", lambda self, pos, result: (original(self, pos, result), 1 / 0))
         with pytest.raises(ZeroDivisionError):
             _quiet(evaluate, plain, source, out_dir=out, **kwargs)
@@ -304,7 +323,9 @@ def test_cli_evaluate_shards_and_merge(tmp_path, capsys):
     assert main(["merge-reports", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")]) == 0
     whole = json.loads((tmp_path / "all" / "report.json").read_text())
     merged = json.loads((tmp_path / "m" / "report.json").read_text())
-    assert comparable(merged) == comparable(whole)
+    _assert_merged_equals_whole(merged, whole, [json.loads((tmp_path / f"s{k}" / "report.json").read_text())
+                                                for k in (0, 1)])
+    assert f"fingerprint: weights {whole['fingerprint']['weights'][:12]}" in out
     assert whole["args"]["eps"] == [0.05, 0.1] and whole["recipe"] == "custom"
 
 

@@ -33,10 +33,12 @@ def _configure_evaluate(parser: argparse.ArgumentParser) -> None:
 
 def _print_report(report: dict, out: str) -> None:
     from ..evaluation.report import recipe_line, summary_table
+    from ..fingerprint import RunFingerprint
 
     emit(f"{report['model']}\n{report['data']}: {report['n']} samples, recipe {recipe_line(report)}\n")
     if report.get("defense"):
         emit(f"defence {report['defense']['spec']}, gradient {report['defense']['summary']}\n")
+    emit(f"fingerprint: {RunFingerprint.from_dict(report['fingerprint'], 'the report')}\n")
     emit(summary_table(report))
     for message in report["warnings"]:
         emit(f"WARNING: {message}")

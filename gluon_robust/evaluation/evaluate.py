@@ -11,6 +11,12 @@ every batch (``resume=True`` continues an interrupted run) and writes the
 report (:mod:`~gluon_robust.evaluation.report`). ``shard=(k, n)`` evaluates
 the ``k``-th of ``n`` contiguous slices; :func:`merge_reports` joins the shard
 reports into the report of the whole run.
+
+Every state file and report records the run's fingerprint
+(:mod:`~gluon_robust.fingerprint`: SHA-256 of the weights, of the evaluated
+data slice and of the recipe's settings). A resume whose fingerprint differs
+from the state's, and a merge of shards whose weights or recipe differ, are
+refused with a one-line error naming the part that differs.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -26,6 +33,9 @@ import numpy as np
 
 from ..data import as_source, check_fits
 from ..errors import ConfigError
+from ..fingerprint import (
+    RunFingerprint, attack_settings, combine, data_fingerprint, mismatch, recipe_fingerprint, weights_fingerprint,
+)
 from ..integrity import load_npz, refuse_pickle
 from ..interrupts import set_hint
 from ..reporting import prepare_output_dir, staged_output, versions
@@ -37,7 +47,7 @@ from .report import EXAMPLE_KEYS, empty_examples, write_report
 from .robustness import RobustnessResult, evaluate_attacks
 from .state import STATE_NAME, StateFile
 
-__all__ = ["evaluate", "merge_reports", "parse_shard", "shard_slice"]
+__all__ = ["evaluate", "merge_reports", "parse_shard", "shard_slice", "run_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,12 +183,17 @@ def evaluate(
         The report (see :meth:`RobustnessResult.to_report`) plus ``recipe``,
         ``stages``, ``norm``, ``eps``, ``seed``, ``versions``, ``sanity``,
         ``warnings``, ``batch_size``, ``batch_size_source`` (``"given"`` or
-        ``"auto"``) and more.
+        ``"auto"``), ``fingerprint`` (``{"weights", "data", "recipe"}``, see
+        :func:`run_fingerprint`) and more.
 
     Raises
     ------
     ConfigError
-        For an unknown recipe or attack, a bad epsilon, norm, shard or batch size.
+        For an unknown recipe or attack, a bad epsilon, norm, shard or batch size; with ``resume``, for
+        a state file that is corrupt, truncated, edited, or written by a run with other weights, recipe,
+        batch size, shard or model.
+    DataError
+        With ``resume``, for a state file written by a run on other data (see :func:`run_fingerprint`).
     """
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -216,16 +231,16 @@ def evaluate(
         source = source.subset(part)
         shard_info = {"k": k, "n": n_shards, "start": part.start, "stop": part.stop, "size": full_size}
 
+    model_name = model.describe() if hasattr(model, "describe") else type(model).__name__
+    fingerprint = run_fingerprint(model, source, built, stages=stages, recipe=recipe_name, eps=eps, norm=norm,
+                                  seed=seed, batch_size=batch_size)
     examples = _Examples(built, source.sample_shape, max_examples)
     checkpoint = None
     if out_dir is not None:
-        fingerprint = {
-            "recipe": recipe_name, "stages": describe(stages), "eps": eps, "norm": norm, "seed": seed,
-            "batch_size": batch_size, "data": source.name, "n": len(source), "shard": shard_info,
-            "model": model.describe() if hasattr(model, "describe") else type(model).__name__,
-        }
+        identity = {**fingerprint.to_dict(), "batch_size": batch_size, "n": len(source), "shard": shard_info,
+                    "model": model_name}
         prepare_output_dir(out_dir)
-        checkpoint = StateFile(out_dir, fingerprint, resume=resume, extra_state=(examples.get, examples.set))
+        checkpoint = StateFile(out_dir, identity, resume=resume, extra_state=(examples.get, examples.set))
 
     logger.info("evaluate: recipe %s, %s eps %s, %d samples, stages %s", recipe_name, norm, eps, len(source),
                 [label for label, _ in built])
@@ -239,8 +254,7 @@ def evaluate(
         raise
     report = _finish(result.to_report(), stages=stages, recipe=recipe_name, norm=norm, eps=eps, seed=seed,
                      differs=differs, measurements=measurements, probe_warnings=probe_warnings,
-                     model=model.describe() if hasattr(model, "describe") else type(model).__name__,
-                     data=source.name, args=args, shard=shard_info,
+                     model=model_name, data=source.name, args=args, shard=shard_info, fingerprint=fingerprint,
                      bounds=getattr(model, "bounds", (0.0, 1.0)), max_examples=max_examples,
                      defense=_defense(model, built), num_classes=getattr(model, "num_classes", None),
                      class_names=_class_names(model))
@@ -263,10 +277,10 @@ def _finish(
     report: Dict[str, Any], *, stages: Sequence[Any], recipe: str, norm: str, eps: Sequence[float], seed: int,
     differs: List[str], measurements: Dict[str, Any], probe_warnings: List[str], model: str, data: str,
     args: Optional[Dict[str, Any]], shard: Optional[Dict[str, Any]], bounds: Sequence[float], max_examples: int,
-    defense: Optional[Dict[str, Any]] = None, num_classes: Optional[int] = None,
+    fingerprint: RunFingerprint, defense: Optional[Dict[str, Any]] = None, num_classes: Optional[int] = None,
     class_names: Optional[List[str]] = None,
 ) -> Dict[str, Any]:
-    """Add the run's description and the sanity checks to a result's report."""
+    """Add the run's description, fingerprint and sanity checks to a result's report."""
     report["num_classes"] = num_classes  # before report_warnings, which checks clean accuracy against chance
     report.update({
         "class_names": class_names,
@@ -286,8 +300,53 @@ def _finish(
         "versions": versions(),
         "args": _jsonable(args or {}),
         "shard": shard,
+        "fingerprint": fingerprint.to_dict(),
     })
     return report
+
+
+def run_fingerprint(
+    model: Any, source: Any, attacks: Sequence[Tuple[str, Any]], *, stages: Sequence[Any], recipe: str,
+    eps: Sequence[float], norm: str, seed: int, batch_size: int,
+) -> RunFingerprint:
+    """The fingerprint of an evaluation: its model's weights, its data slice and every setting of its recipe.
+
+    Parameters
+    ----------
+    model : Classifier
+        The model under evaluation.
+    source : DataSource
+        The evaluated slice (after sharding); read once, ``batch_size`` samples at a time.
+    attacks : sequence of (label, Attack)
+        The configured attacks, whose full hyperparameters (defaults included) enter the recipe part.
+    stages : sequence of Stage
+        The recipe's stages.
+    recipe : str
+        The recipe's name (``"custom"`` for a list of attacks).
+    eps : sequence of float
+        The budgets.
+    norm : str
+        The threat model's norm.
+    seed : int
+        The seed of every attack.
+    batch_size : int
+        Samples per read of ``source`` (the digest does not depend on it).
+
+    Returns
+    -------
+    RunFingerprint
+    """
+    start = time.perf_counter()
+    settings = {
+        "recipe": recipe, "stages": describe(stages), "attacks": [[label, attack_settings(a)] for label, a in attacks],
+        "eps": [float(e) for e in eps], "norm": norm, "seed": int(seed),
+        "bounds": [float(b) for b in getattr(model, "bounds", (0.0, 1.0))],
+        "defense": model.defense_report() if hasattr(model, "defense_report") else None,
+    }
+    fingerprint = RunFingerprint(weights=weights_fingerprint(model), data=data_fingerprint(source, batch_size),
+                                 recipe=recipe_fingerprint(settings))
+    logger.info("run fingerprint: %s (%.2f s)", fingerprint, time.perf_counter() - start)
+    return fingerprint
 
 
 def _with_eot(stages: Sequence[Any], eot_samples: int) -> Tuple[Any, ...]:
@@ -325,14 +384,15 @@ def _jsonable(args: Dict[str, Any]) -> Dict[str, Any]:
     return json.loads(json.dumps(args, default=str))
 
 
-def _load_shard(directory: Path) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
-    """The report and examples of one shard directory, read as data only (no pickle).
+def _load_shard(directory: Path) -> Tuple[Dict[str, Any], Dict[str, np.ndarray], RunFingerprint]:
+    """The report, examples and run fingerprint of one shard directory, read as data only (no pickle).
 
     Raises
     ------
     ConfigError
         If ``report.json`` or ``examples.npz`` is missing, a pickle, unreadable,
-        holds an object array, or the report is not a shard's.
+        holds an object array, or the report is not a shard's, has malformed
+        shard bookkeeping or no run fingerprint.
     """
     fix = "evaluate that shard again"
     path = directory / "report.json"
@@ -347,6 +407,13 @@ def _load_shard(directory: Path) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]
         raise ConfigError(f"shard report {path} is not a JSON object; {fix}")
     if not report.get("shard"):
         raise ConfigError(f"{directory} holds the report of an unsharded run, not a shard")
+    shard = report["shard"]
+    fields = ("k", "n", "start", "stop", "size")
+    if not isinstance(shard, dict) or not all(isinstance(shard.get(f), int) and not isinstance(shard.get(f), bool)
+                                              for f in fields):
+        raise ConfigError(f"shard report {path} has malformed shard bookkeeping {shard!r} (needs integers "
+                          f"{', '.join(fields)}); {fix}")
+    fingerprint = RunFingerprint.from_dict(report.get("fingerprint"), f"shard report {path}")
     examples = directory / "examples.npz"
     if not examples.is_file():
         raise ConfigError(f"no examples.npz in {directory}; {fix}")
@@ -354,7 +421,52 @@ def _load_shard(directory: Path) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]
     missing = [k for k in EXAMPLE_KEYS if k not in arrays]
     if missing:
         raise ConfigError(f"shard examples {examples} lack the arrays {missing}; {fix}")
-    return report, {k: arrays[k] for k in EXAMPLE_KEYS}
+    return report, {k: arrays[k] for k in EXAMPLE_KEYS}, fingerprint
+
+
+def _check_shards(loaded: Sequence[Tuple[Dict[str, Any], Any, RunFingerprint, str]]) -> None:
+    """Refuse shards of different evaluations (weights, recipe, settings) or inconsistent bookkeeping.
+
+    ``loaded`` is sorted by shard number. Shards differ in their data slice by
+    design, so only their weights and recipe fingerprints must be equal; each
+    shard's slice must be the one ``evaluate --shard k/n`` takes, hold that many
+    samples, and no source index may appear in two shards.
+    """
+    first, _, first_fp, first_dir = loaded[0]
+    fix = "merge only the shards of one evaluation"
+    keys = ("recipe", "stages", "norm", "eps", "seed", "model", "data", "differs_from_standard", "sanity", "bounds",
+            "max_examples", "defense", "num_classes")
+    total, size = first["shard"]["n"], first["shard"]["size"]
+    for report, _, fingerprint, d in loaded[1:]:
+        for part in ("weights", "recipe"):
+            if getattr(fingerprint, part) != getattr(first_fp, part):
+                raise mismatch(part, getattr(first_fp, part), getattr(fingerprint, part), f"shard {d}",
+                               f"shard {first_dir}", fix)
+        different = [k for k in keys if report.get(k) != first.get(k)]
+        if report["shard"]["n"] != total or report["shard"]["size"] != size:
+            different.append("shard")
+        if different:
+            raise ConfigError(f"{d} is not a shard of the same evaluation as {first_dir} (differs in "
+                              f"{', '.join(different)})")
+    found = [r["shard"]["k"] for r, _, _, _ in loaded]
+    if found != list(range(total)):
+        raise ConfigError(f"merge-reports needs each shard 0..{total - 1} of {total} exactly once, got {found}")
+    seen: Dict[int, str] = {}
+    for report, _, _, d in loaded:
+        shard = report["shard"]
+        part = shard_slice(size, (shard["k"], total))
+        count = part.stop - part.start
+        if (shard["start"], shard["stop"]) != (part.start, part.stop) or report.get("n") != count \
+                or len(report.get("per_sample", ())) != count:
+            raise ConfigError(f"shard {d}: its bookkeeping is inconsistent (shard {shard['k']}/{total} of {size} "
+                              f"samples is positions {part.start}..{part.stop}, {count} samples; the report says "
+                              f"{shard['start']}..{shard['stop']}, n={report.get('n')}, "
+                              f"{len(report.get('per_sample', ()))} per-sample rows); {fix}")
+        for row in report["per_sample"]:
+            index = row.get("index")
+            if index in seen:
+                raise ConfigError(f"source index {index} appears in shard {seen[index]} and in shard {d}; {fix}")
+            seen[index] = d
 
 
 def merge_reports(dirs: Sequence[str | Path], out_dir: Optional[str | Path] = None) -> Dict[str, Any]:
@@ -362,7 +474,10 @@ def merge_reports(dirs: Sequence[str | Path], out_dir: Optional[str | Path] = No
 
     The aggregate is recomputed from the per-sample data, so the result equals
     the unsharded run's report except for :data:`~gluon_robust.evaluation.report.TIMING_KEYS`
-    (timing is summed over shards; ``args`` lists the merged directories).
+    (timing is summed over shards; ``args`` lists the merged directories) and
+    the data fingerprint: the merged report's ``fingerprint["data"]`` is the
+    SHA-256 of its shards' data fingerprints (:func:`~gluon_robust.fingerprint.combine`),
+    which ``merged_shards`` lists with each shard's slice.
 
     Parameters
     ----------
@@ -374,7 +489,9 @@ def merge_reports(dirs: Sequence[str | Path], out_dir: Optional[str | Path] = No
     Raises
     ------
     ConfigError
-        If a report is missing, is not a shard, or the shards do not belong together or miss one.
+        If a report is missing, is not a shard, has no run fingerprint, or the
+        shards do not belong together (other weights or recipe fingerprint, or
+        settings), miss one, or their bookkeeping (slices, sizes, indices) is inconsistent.
     """
     if not dirs:
         raise ConfigError("merge-reports needs at least one report directory")
@@ -383,35 +500,28 @@ def merge_reports(dirs: Sequence[str | Path], out_dir: Optional[str | Path] = No
         check_distinct_paths("out_dir", out_dir, dirs, "shard directory")
     loaded = []
     for d in dirs:
-        report, ex = _load_shard(Path(d))
-        loaded.append((report, ex, str(d)))
+        report, ex, fingerprint = _load_shard(Path(d))
+        loaded.append((report, ex, fingerprint, str(d)))
     loaded.sort(key=lambda item: item[0]["shard"]["k"])
-    first = loaded[0][0]
-    keys = ("recipe", "stages", "norm", "eps", "seed", "model", "data", "differs_from_standard", "sanity", "bounds", "max_examples",
-            "defense", "num_classes")
-    total = first["shard"]["n"]
-    for report, _, d in loaded:
-        different = [k for k in keys if report.get(k) != first.get(k)]
-        if report["shard"]["n"] != total or report["shard"]["size"] != first["shard"]["size"]:
-            different.append("shard")
-        if different:
-            raise ConfigError(f"{d} is not a shard of the same evaluation as {loaded[0][2]} (differs in "
-                              f"{', '.join(different)})")
-    found = [r["shard"]["k"] for r, _, _ in loaded]
-    if found != list(range(total)):
-        raise ConfigError(f"merge-reports needs each shard 0..{total - 1} of {total} exactly once, got {found}")
-    result = RobustnessResult.concatenate([RobustnessResult.from_report(r) for r, _, _ in loaded])
+    _check_shards(loaded)
+    first, _, first_fp, _ = loaded[0]
+    shards = [{"k": r["shard"]["k"], "start": r["shard"]["start"], "stop": r["shard"]["stop"], "data": fp.data}
+              for r, _, fp, _ in loaded]
+    fingerprint = RunFingerprint(weights=first_fp.weights, data=combine([s["data"] for s in shards]),
+                                 recipe=first_fp.recipe)
+    result = RobustnessResult.concatenate([RobustnessResult.from_report(r) for r, _, _, _ in loaded])
     merged = _finish(
         result.to_report(), stages=[], recipe=first["recipe"], norm=first["norm"], eps=first["eps"], seed=first["seed"],
         differs=first["differs_from_standard"], measurements={k: v for k, v in first["sanity"].items() if k != "probe_warnings"},
         probe_warnings=first["sanity"]["probe_warnings"], model=first["model"], data=first["data"],
-        args={"merged_from": [d for _, _, d in loaded]}, shard=None, bounds=first["bounds"],
+        args={"merged_from": [d for _, _, _, d in loaded]}, shard=None, fingerprint=fingerprint, bounds=first["bounds"],
         max_examples=first["max_examples"], defense=first.get("defense"), num_classes=first.get("num_classes"),
         class_names=first.get("class_names"),
     )
     merged["stages"] = first["stages"]
-    merged.update(batch_size=first.get("batch_size"), batch_size_source=first.get("batch_size_source"))
-    parts = [ex for _, ex, _ in loaded]
+    merged.update(batch_size=first.get("batch_size"), batch_size_source=first.get("batch_size_source"),
+                  merged_shards=shards)
+    parts = [ex for _, ex, _, _ in loaded]
     examples = {k: np.concatenate([p[k] for p in parts]) for k in EXAMPLE_KEYS}
     limit = int(first.get("max_examples", 8))
     order = np.argsort(examples["index"], kind="stable")[:limit]
