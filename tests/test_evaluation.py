@@ -101,7 +101,8 @@ AUTOATTACK_STANDARD = [
     ("apgd-t", "APGDT", {"steps": 100, "restarts": 1, "rho": 0.75, "alpha": 0.75, "n_target_classes": 9}),
     ("fab-t", "FABT", {"steps": 100, "restarts": 1, "n_target_classes": 9, "alpha_max": 0.1, "eta": 1.05,
                        "beta": 0.9}),
-    ("square", "SquareAttack", {"max_queries": 5000, "p_init": 0.8, "rescale_schedule": False}),
+    # AutoAttack's n_queries=5000 counts iterations after the first evaluation; max_queries counts evaluations
+    ("square", "SquareAttack", {"max_queries": 5001, "p_init": 0.8, "rescale_schedule": False}),
 ]
 
 
@@ -131,7 +132,8 @@ def test_lighter_recipes_say_what_they_change():
     assert set(RECIPE_SUMMARIES) == set(RECIPES)
     lite = deviations(get_recipe("standard-lite"))
     assert lite == ["adds pgd-40", "apgd-t n_target_classes=3 (standard: 9)",
-                    "square max_queries=1000 (standard: 5000)", "no fab-t"]
+                    "square max_queries=1000 (standard: 5001)", "square p_init=0.05 (standard: 0.8)",
+                    "square rescale_schedule=True (standard: False)", "no fab-t"]
     assert "apgd-ce steps=20 (standard: 100)" in deviations(get_recipe("apgd-lite"))
     # plus only adds attacks and restarts to standard: it is never weaker
     assert deviations(get_recipe("plus")) == ["apgd-ce restarts=5 (standard: 1)", "adds apgd-dlr", "adds fab"]
