@@ -158,7 +158,13 @@ class RobustnessResult:
         return out
 
     def to_report(self) -> Dict[str, object]:
-        """The JSON-ready summary: n, clean accuracy, per-attack and worst-case robust accuracy, per sample."""
+        """The JSON-ready summary: n, clean accuracy, per-attack and worst-case robust accuracy, per sample.
+
+        Each attack's ``cumulative_robust_accuracy`` is over all ``n`` samples
+        (see :meth:`cumulative_robust_accuracy`); reports written before it held
+        a per-stage ``robust_accuracy`` (what the stage alone broke) and
+        ``robust_accuracy_after``, which :func:`~gluon_robust.evaluation.report.stage_accuracies` still reads.
+        """
         attacks = [
             {
                 "name": o.name,
