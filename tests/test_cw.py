@@ -7,16 +7,18 @@ perturbation that flips the decision has norm ``|f(x)| / ||w||_2`` and the small
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any, Callable, List, NamedTuple, Tuple
 
 import numpy as np
 import pytest
+import mxnet as mx
 from mxnet import autograd, gluon, nd
 
 from conftest import linear_classifier
-from gluon_robust.attacks.cw import CarliniWagnerL2
+from gluon_robust.attacks.cw import CarliniWagnerL2, ConstantSearch
 from gluon_robust.attacks.cw_linf import CarliniWagnerLinf
 from gluon_robust.attacks.pgd import PGD
 from gluon_robust.config import config_dir
@@ -238,6 +240,74 @@ def test_cw_l2_rejects_bad_hyperparameters(kwargs: Any, match: str) -> None:
 def test_cw_l2_is_a_minimal_l2_attack() -> None:
     attack = CarliniWagnerL2()
     assert attack.eps is None and attack.norm.name == "l2" and attack.supports_targeted
+
+
+def test_cw_l2_defaults_are_the_reference_implementation_values() -> None:
+    # Carlini & Wagner's reference implementation (released with the 2017 paper): 9 binary search steps,
+    # learning rate 1e-2, early abort, kappa 0, up to 10,000 iterations. The iterations are cut, but not
+    # to the 100 that left about half the MNIST digits unattacked (see the slow tests below).
+    defaults = {k: v.default for k, v in inspect.signature(CarliniWagnerL2).parameters.items()}
+    assert defaults["binary_search_steps"] == 9
+    assert defaults["learning_rate"] == 1e-2
+    assert defaults["abort_early"] is True
+    assert defaults["confidence"] == 0.0
+    assert 1000 <= defaults["steps"] <= 10_000
+    attack = CarliniWagnerL2()
+    assert (attack.binary_search_steps, attack.steps, attack.learning_rate) == (9, defaults["steps"], 1e-2)
+
+
+# ------------------------------------------------------------------ the constant search
+def test_constant_search_follows_the_bisection_by_hand() -> None:
+    search = ConstantSearch(3, 1e-2, mx.cpu())
+    # Sample 0 always fails, sample 1 always succeeds, sample 2 fails twice then succeeds.
+    outcomes = [[0, 1, 0], [0, 1, 0], [0, 1, 1], [0, 1, 0]]
+    for succeeded in outcomes:
+        search.update(nd.array(succeeded))
+    # By hand: 0: 1e-2 -> 0.1 -> 1 -> 10 -> 100. 1: upper 1e-2, then halving: 5e-3, 2.5e-3, 1.25e-3, 6.25e-4.
+    # 2: 1e-2 -> 0.1 -> 1 (success: bracket [0.1, 1]) -> 0.55 (failure: bracket [0.55, 1]) -> 0.775.
+    np.testing.assert_allclose(search.const.asnumpy(), [100.0, 6.25e-4, 0.775], rtol=1e-6)
+
+
+def test_constant_search_keeps_a_failing_constant_finite() -> None:
+    search = ConstantSearch(2, 1e-2, mx.cpu())
+    for _ in range(60):  # 1e-2 * 10**60 overflows float32 without a cap
+        search.update(nd.array([0, 0]))
+    const = search.const.asnumpy()
+    assert np.isfinite(const).all() and (const == 1e10).all()
+
+
+def test_constant_search_stops_at_a_fixed_point_with_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A long search ends where float32 bisection has no digits left; the steps after that would repeat the
+    # last one exactly, so stopping there must change nothing but the work done. The oracle is the plain
+    # search loop, which runs every step.
+    p = linear_problem(8, 4, (0.2, 1.0), 2)
+    ran: List[int] = []
+
+    def plain_run(self: ConstantSearch, attack: str, steps: int, descend: Callable) -> np.ndarray:
+        iterations = nd.zeros_like(self.const)
+        for _ in range(steps):
+            succeeded, taken = descend(self.const)
+            self.update(succeeded)
+            iterations = iterations + taken
+        ran.append(steps)
+        return iterations.asnumpy().astype(np.int64)
+
+    class Counting(CarliniWagnerL2):
+        def _descend(self, *args: Any, **kwargs: Any) -> Any:
+            ran.append(0)
+            return super()._descend(*args, **kwargs)
+
+    stopped = Counting(binary_search_steps=120, steps=20)(p.model, p.x, p.y)
+    steps_run = len(ran)
+    assert 20 < steps_run < 60, steps_run  # about 25 bisections after bracketing, far fewer than 120
+    monkeypatch.setattr(ConstantSearch, "run", plain_run)
+    full = CarliniWagnerL2(binary_search_steps=steps_run + 10, steps=20)(p.model, p.x, p.y)
+    np.testing.assert_array_equal(stopped.x_adv, full.x_adv)
+    np.testing.assert_array_equal(stopped.success, full.success)
+    assert stopped.success.all()
+    up_to_the_stop = CarliniWagnerL2(binary_search_steps=steps_run, steps=20)(p.model, p.x, p.y)
+    np.testing.assert_array_equal(stopped.iterations, up_to_the_stop.iterations)
+    assert (full.iterations > stopped.iterations).all()
 
 
 # ------------------------------------------------------------------ C&W L-inf
