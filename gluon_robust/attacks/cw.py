@@ -227,9 +227,9 @@ class CarliniWagnerL2(Attack):
         a pixel by at most about ``learning_rate * (high - low) / 2``, and a
         pixel sitting on a bound starts at ``|w| = 7.25``, so with few steps it
         barely moves: this is why 100 steps were too few on inputs with many
-        saturated pixels (MNIST). Larger rates converge in fewer steps to
-        larger perturbations, because Adam's first steps move every pixel by
-        the full rate.
+        saturated pixels (MNIST). A larger rate moves them sooner, but on
+        inputs with few saturated pixels it costs accuracy, because Adam's
+        first steps move every pixel by the full rate.
     initial_const : float
         Starting ``c`` (default 1e-2, for [0, 1] pixels and logits of order
         one to ten; the reference implementation's 1e-3 spends one more
