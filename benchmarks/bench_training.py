@@ -140,6 +140,28 @@ def evaluate(model: Any, source: Any, eps_list: Sequence[float], *, recipe: str,
     The robust figures come from :func:`gluon_robust.evaluation.evaluate` with ``recipe`` (the worst case per
     digit over the recipe's stages, run as a cascade, exactly as ``gluon-robust evaluate --recipe`` runs it);
     the PGD columns (``pgd_steps > 0``) are a separate run of PGD alone, never mixed into the recipe's figure.
+
+    Parameters
+    ----------
+    model : Classifier
+        The trained model, on pixel inputs in [0, 1].
+    source : DataSource
+        The held-out digits.
+    eps_list : sequence of float
+        L-inf budgets.
+    recipe : str
+        A name of :data:`gluon_robust.evaluation.recipes.RECIPES`.
+    pgd_steps, restarts : int
+        PGD-``pgd_steps`` with ``restarts`` random starts on its own (Madry et al. 2018,
+        https://arxiv.org/abs/1706.06083); ``pgd_steps=0`` leaves it out.
+    batch_size, seed : int
+        Evaluation batch size and the attacks' seed.
+
+    Returns
+    -------
+    dict
+        ``clean``, ``recipe``, ``robust@EPS`` (the recipe's worst case), ``stages`` (label, eps and
+        accuracy after each stage, as the report lists them), ``warnings``, and with PGD ``pgd@EPS``.
     """
     report = evaluate_recipe(model, source, recipe=recipe, eps=list(eps_list), norm="linf", batch_size=batch_size,
                              seed=seed, progress=False, max_examples=0)
