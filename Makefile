@@ -9,8 +9,9 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 ART_VENV := benchmarks/.venv-art
+AA_VENV  := benchmarks/.venv-autoattack
 
-.PHONY: demo test test-all bench bench-art reliability zoo-matrix install clean
+.PHONY: demo test test-all bench bench-art bench-autoattack reliability zoo-matrix install clean
 
 $(STAMP): setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -69,5 +70,16 @@ $(ART_VENV)/.installed: setup.py constraints.txt
 bench-art: $(ART_VENV)/.installed
 	$(ART_VENV)/bin/python benchmarks/bench_art.py --out benchmarks/results
 
+# Reference AutoAttack (pyautoattack 0.2.0, PyTorch CPU) lives only in the benchmark's own environment.
+$(AA_VENV)/.installed: setup.py constraints.txt
+	test -x $(AA_VENV)/bin/python || $(PYTHON) -m venv $(AA_VENV)
+	$(AA_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[cpu]" \
+		torch==2.13.0 pyautoattack==0.2.0
+	touch $@
+
+# Over an hour on one core: both bundled models, eps 0.1 and 0.3, 200 digits.
+bench-autoattack: $(AA_VENV)/.installed
+	nice -n 10 $(AA_VENV)/bin/python benchmarks/vs_autoattack.py --out benchmarks/results
+
 clean:
-	rm -rf $(VENV) $(ART_VENV) runs build *.egg-info
+	rm -rf $(VENV) $(ART_VENV) $(AA_VENV) runs build *.egg-info
