@@ -22,7 +22,8 @@ Targets (issue 6): PGD-AT and TRADES >= 98% clean, >= 95% at 0.1 and >= 88% at
 Writes ``training.json`` (per-method metrics, recipes, per-epoch logs,
 targets met) after each method and logs the table; ``--update`` re-runs only
 the methods given and keeps the others' rows from an earlier file measured
-with the same evaluation settings. A quick check of the script itself::
+at the same clean git revision with the same evaluation settings (another
+revision is refused). A quick check of the script itself::
 
     python benchmarks/bench_training.py --methods undefended,fast-at --epochs 1 --limit 256 \
         --eval-limit 64 --pgd-steps 5 --restarts 1 --apgd-steps 5 --out /tmp/bench
@@ -34,7 +35,7 @@ import logging
 import time
 from pathlib import Path
 
-from common import setup_logging, write_results
+from common import git_revision, load_results, setup_logging, write_results
 from gluon_robust.attacks import ATTACKS, get_attack
 from gluon_robust.data import load_data
 from gluon_robust.evaluation.robustness import evaluate_attacks
@@ -65,6 +66,7 @@ RECIPES = {
     "input-grad": dict(method="input-grad", beta=30.0, epochs=4, lr_decay_epoch=(3,)),
 }
 DEFAULT_METHODS = ("undefended", "pgd-at", "fast-at", "trades")
+REVISION = git_revision()  # when the run starts: the code it measures
 
 
 def parse_args(argv=None):
@@ -135,7 +137,7 @@ def report(args, eps_list, eval_digits, rows, runs):
         "restarts": args.restarts, "apgd_steps": args.apgd_steps, "eps": eps_list, "apgd": "apgd" in ATTACKS,
         "epochs_override": args.epochs, "rows": rows, "runs": runs, "targets_met": targets(rows),
     }
-    write_results(args.out, "training", payload, table, header)
+    write_results(args.out, "training", payload, table, header, revision=REVISION)
 
 
 def previous_results(args, methods, eval_digits):
@@ -144,9 +146,9 @@ def previous_results(args, methods, eval_digits):
     Refuses a file measured with other evaluation settings, so one table never mixes them.
     """
     path = Path(args.out) / "training.json"
-    if not path.is_file():
+    old = load_results(args.out, "training", REVISION)  # refuses rows of another revision
+    if not old:
         return [], {}
-    old = json.loads(path.read_text())
     settings = ("eval_digits", "pgd_steps", "restarts", "apgd_steps", "limit", "epochs_override")
     ours = dict(eval_digits=eval_digits, pgd_steps=args.pgd_steps, restarts=args.restarts,
                 apgd_steps=args.apgd_steps, limit=args.limit, epochs_override=args.epochs)
