@@ -110,8 +110,26 @@ RENDERERS: Dict[str, Callable[[Dict[str, Any]], str]] = {
 }
 
 
+def provenance_table(results_dir: str | Path) -> str:
+    """One row per results file: its revision, the core count and the package versions."""
+    rows = []
+    for path in sorted(Path(results_dir).glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        meta = data.get("meta") or {}  # zoo_matrix.json keeps its provenance there
+        merged = {"revision": data.get("revision", meta.get("revision")),
+                  "versions": data.get("versions") or meta.get("versions") or {}}
+        cpus = (data.get("machine") or {}).get("cpus") or meta.get("cpu_count")
+        versions = merged["versions"]
+        shown = ", ".join(f"{k} {versions[k]}" for k in ("gluon_robust", "mxnet", "torch") if k in versions)
+        rows.append([f"`{path.name}`", revision_text(merged), cpus or "?", shown or "?"])
+    if not rows:
+        return ""
+    return "Every results file:\n\n" + markdown_table(["file", "revision", "cores", "versions"], rows)
+
+
 def render(results_dir: str | Path) -> str:
-    """The Markdown of every results file present that has a renderer, each followed by its provenance."""
+    """The Markdown of every results file present that has a renderer, each followed by its provenance,
+    then the provenance of every results file."""
     parts = []
     for name, renderer in RENDERERS.items():
         path = Path(results_dir) / f"{name}.json"
@@ -121,7 +139,10 @@ def render(results_dir: str | Path) -> str:
         body = renderer(data)
         if body:
             parts.append(f"{body}\n\n{source_line(name, data)}")
-    return "\n\n".join(parts) if parts else "No benchmark results are committed yet."
+    files = provenance_table(results_dir)
+    if files:
+        parts.append(files)
+    return "\n\n".join(parts) if parts else "No results yet: run `make bench`."
 
 
 def replace_between_markers(text: str, body: str) -> str:

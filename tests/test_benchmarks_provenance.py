@@ -143,6 +143,7 @@ def test_tables_render_the_autoattack_results(tmp_path):
     assert ("From `benchmarks/results/autoattack.json`, revision 0123456+dirty, 2 cores, mxnet 1.9.1, "
             "torch 2.13.0+cpu, pyautoattack 0.2.0.") in lines
     assert "200 held-out digits" in text and "1 thread each" in text
+    assert "| `autoattack.json` | 0123456+dirty | 2 | mxnet 1.9.1, torch 2.13.0+cpu |" in lines
 
 
 def test_tables_replace_only_between_the_markers_and_check(tmp_path):
