@@ -77,8 +77,9 @@ $(ART_VENV)/.installed: setup.py constraints.txt
 		adversarial-robustness-toolbox==1.19.1 "scikit-learn<1.4"
 	touch $@
 
-bench-art: $(ART_VENV)/.installed
+bench-art: $(STAMP) $(ART_VENV)/.installed
 	$(ART_VENV)/bin/python benchmarks/bench_art.py --out benchmarks/results
+	$(BIN)/python benchmarks/tables.py --readme README.md
 
 # Reference AutoAttack (pyautoattack 0.2.0, PyTorch CPU) lives only in the benchmark's own environment.
 $(AA_VENV)/.installed: setup.py constraints.txt
@@ -91,6 +92,7 @@ $(AA_VENV)/.installed: setup.py constraints.txt
 # runs in .venv, because GluonCV does not import next to PyTorch 2.
 bench-autoattack: $(STAMP) $(AA_VENV)/.installed
 	nice -n 10 $(AA_VENV)/bin/python benchmarks/vs_autoattack.py --ours-python $(BIN)/python --out benchmarks/results
+	$(BIN)/python benchmarks/tables.py --readme README.md
 
 clean:
 	rm -rf $(VENV) $(ART_VENV) $(AA_VENV) runs build *.egg-info

@@ -1,11 +1,12 @@
 """Shared helpers of the benchmark scripts: timing, provenance, JSON output, tables.
 
 Every results file records where it came from (:func:`provenance`): the git
-revision and whether the working tree differed from it, the machine's core
-count and the versions of the packages that determine the numbers. A bench
-that adds rows to an existing file (``--update``) goes through
-:func:`load_results`, which refuses a file of another revision, so one table
-never silently mixes code versions.
+revision and whether the working tree differed from it, a digest of the code
+alone, the machine's core count and the versions of the packages that
+determine the numbers. A bench that adds rows to an existing file
+(``--update``) goes through :func:`load_results`, which refuses a file
+measured with other code or from a dirty tree, so one table never silently
+mixes code versions.
 
 This module imports neither MXNet nor gluon_robust, so that the benchmarks
 whose own environment cannot import GluonCV (``vs_autoattack.py``) use it too.
@@ -13,6 +14,7 @@ whose own environment cannot import GluonCV (``vs_autoattack.py``) use it too.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -55,10 +57,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def git_revision(repo: Path = REPO) -> Dict[str, Any]:
-    """The commit of ``repo`` and whether its tracked or untracked (not ignored) files differ from it.
+#: What decides the numbers: a results file's ``code`` digest covers these paths (results and README excluded).
+CODE_PATHS = ("gluon_robust", "benchmarks", ":(exclude)benchmarks/results", "model_configs", "setup.py",
+              "constraints.txt", "Makefile")
 
-    Returns ``{"commit": None, "dirty": None}`` outside a git checkout.
+
+def git_revision(repo: Path = REPO) -> Dict[str, Any]:
+    """The commit of ``repo``, whether its files differ from it, and the same for the code alone.
+
+    ``dirty``: any tracked or untracked (not ignored) file differs from the
+    commit. ``code``: SHA-256 of the commit's tree entries under
+    :data:`CODE_PATHS`, so that committing results or README text keeps it;
+    ``code_dirty``: a file under those paths differs. Outside a git checkout
+    every value is None.
     """
     def git(*args: str) -> Optional[str]:
         try:
@@ -68,9 +79,19 @@ def git_revision(repo: Path = REPO) -> Dict[str, Any]:
 
     commit = git("rev-parse", "HEAD")
     if commit is None:
-        return {"commit": None, "dirty": None}
+        return {"commit": None, "dirty": None, "code": None, "code_dirty": None}
     status = git("status", "--porcelain", "--untracked-files=normal")
-    return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}
+    code_status = git("status", "--porcelain", "--untracked-files=normal", "--", *CODE_PATHS)
+    tree = git("ls-tree", "-r", "HEAD", "--", *[p for p in CODE_PATHS if not p.startswith(":")])
+    if tree is not None:  # ls-tree takes no exclude pathspec
+        tree = "".join(line + "\n" for line in tree.splitlines()
+                       if not line.split("\t", 1)[-1].startswith("benchmarks/results/"))
+    return {
+        "commit": commit.strip(),
+        "dirty": None if status is None else bool(status.strip()),
+        "code": None if tree is None else hashlib.sha256(tree.encode()).hexdigest(),
+        "code_dirty": None if code_status is None else bool(code_status.strip()),
+    }
 
 
 def package_versions(names: Sequence[str] = PACKAGES) -> Dict[str, str]:
@@ -94,8 +115,18 @@ def provenance(revision: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
 
 
 def same_revision(a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]]) -> bool:
-    """Whether two revisions are the same clean commit (a dirty or unknown tree never matches)."""
-    return bool(a and b and a.get("commit") and a.get("commit") == b.get("commit")
+    """Whether two revisions ran the same committed code.
+
+    With a ``code`` digest on both sides: equal digests and neither side's
+    code dirty (commits that only add results or README text still match).
+    Otherwise (an older file): the same commit and neither tree dirty. An
+    unknown revision never matches.
+    """
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return False
+    if a.get("code") and b.get("code"):
+        return a["code"] == b["code"] and a.get("code_dirty") is False and b.get("code_dirty") is False
+    return bool(a.get("commit") and a.get("commit") == b.get("commit")
                 and a.get("dirty") is False and b.get("dirty") is False)
 
 
@@ -117,7 +148,9 @@ def load_results(out_dir: str | os.PathLike, name: str, revision: Dict[str, Any]
         def show(r: Any) -> str:
             if not isinstance(r, dict) or not r.get("commit"):
                 return "no recorded revision"
-            return f"{r['commit'][:12]}{' (dirty)' if r.get('dirty') is not False else ''}"
+            dirty = r.get("code_dirty") if r.get("code") else r.get("dirty")
+            code = f", code {r['code'][:12]}" if r.get("code") else ""
+            return f"{r['commit'][:12]}{code}{' (dirty)' if dirty is not False else ''}"
         raise ProvenanceError(f"--update: {path} is from {show(theirs)}, this run is {show(revision)}; "
                               "re-run without --update so that one file never mixes code versions")
     return old

@@ -8,6 +8,7 @@ revision the test sets.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -57,16 +58,44 @@ def test_git_revision_sees_a_dirty_tree(tmp_path):
     _git(tmp_path, "add", "f.txt")
     _git(tmp_path, "commit", "-q", "-m", "one")
     commit = _git(tmp_path, "rev-parse", "HEAD")
-    assert common.git_revision(tmp_path) == {"commit": commit, "dirty": False}
+    first = common.git_revision(tmp_path)
+    assert (first["commit"], first["dirty"], first["code_dirty"]) == (commit, False, False)
     (tmp_path / "f.txt").write_text("2")
-    assert common.git_revision(tmp_path) == {"commit": commit, "dirty": True}
+    assert common.git_revision(tmp_path)["dirty"] is True
+    assert common.git_revision(tmp_path)["code_dirty"] is False  # f.txt is not code
     _git(tmp_path, "checkout", "-q", "f.txt")
     (tmp_path / "new.txt").write_text("untracked")
     assert common.git_revision(tmp_path)["dirty"] is True
 
 
+def test_code_digest_ignores_results_and_follows_the_code(tmp_path):
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "gluon_robust").mkdir()
+    (tmp_path / "gluon_robust" / "a.py").write_text("x = 1\n")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-q", "-m", "code")
+    listing = _git(tmp_path, "ls-tree", "-r", "HEAD", "--", "gluon_robust") + "\n"
+    before = common.git_revision(tmp_path)
+    assert before["code"] == hashlib.sha256(listing.encode()).hexdigest()
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "r.json").write_text("{}")
+    (tmp_path / "README.md").write_text("table")
+    assert common.git_revision(tmp_path)["code_dirty"] is False
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-q", "-m", "results")
+    after = common.git_revision(tmp_path)
+    assert after["commit"] != before["commit"] and after["code"] == before["code"]
+    assert common.same_revision(before, after)
+    (tmp_path / "gluon_robust" / "a.py").write_text("x = 2\n")
+    edited = common.git_revision(tmp_path)
+    assert edited["code_dirty"] is True and not common.same_revision(after, edited)
+    _git(tmp_path, "commit", "-q", "-am", "code change")
+    changed = common.git_revision(tmp_path)
+    assert changed["code"] != before["code"] and not common.same_revision(before, changed)
+
+
 def test_git_revision_outside_a_checkout(tmp_path):
-    assert common.git_revision(tmp_path) == {"commit": None, "dirty": None}
+    assert set(common.git_revision(tmp_path).values()) == {None}
 
 
 @pytest.mark.parametrize("theirs, ours", [
@@ -74,6 +103,8 @@ def test_git_revision_outside_a_checkout(tmp_path):
     ({**CLEAN_A, "dirty": True}, CLEAN_A),              # same commit, but the old file came from a dirty tree
     (CLEAN_A, {**CLEAN_A, "dirty": True}),              # this run is dirty
     (None, CLEAN_A),                                     # an old file without a revision
+    ({**CLEAN_A, "code": "c1", "code_dirty": False}, {**CLEAN_A, "code": "c2", "code_dirty": False}),
+    ({**CLEAN_A, "code": "c1", "code_dirty": True}, {**CLEAN_B, "code": "c1", "code_dirty": False}),
 ])
 def test_update_refuses_results_of_another_revision(tmp_path, theirs, ours):
     payload = {"results": {"m@0.1": 1}}
@@ -90,6 +121,10 @@ def test_update_keeps_results_of_the_same_clean_revision(tmp_path):
     common.write_results(str(tmp_path), "bench", {"results": {"m@0.1": 1}}, [], ["a"], revision=CLEAN_A)
     assert common.load_results(tmp_path, "bench", dict(CLEAN_A))["results"] == {"m@0.1": 1}
     assert common.load_results(tmp_path, "absent", CLEAN_A) == {}
+    # another commit of the same code (only results or README committed since): kept
+    code = {"code": "c1", "code_dirty": False}
+    common.write_results(str(tmp_path), "bench", {"results": {"m@0.3": 2}}, [], ["a"], revision={**CLEAN_A, **code})
+    assert common.load_results(tmp_path, "bench", {**CLEAN_B, "dirty": True, **code})["results"] == {"m@0.3": 2}
 
 
 def test_bench_training_update_refuses_another_revision(tmp_path, monkeypatch):
