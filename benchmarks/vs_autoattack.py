@@ -27,7 +27,9 @@ stage (cumulative, over all digits), the per-digit agreement of the final
 robust masks, and two time ratios ours / reference: ``time_ratio``, the wall
 time of the whole ``evaluate`` process (start-up, model loading and report
 included) over that of the ``run_standard_evaluation`` call, and
-``attack_time_ratio``, of the attack stages' own seconds. Each finished (model, eps) is written at once to
+``attack_time_ratio``, of the attack stages' own seconds, and
+``cpu_time_ratio``, of the CPU seconds of the same process and call (the
+fairest on a machine shared with other work). Each finished (model, eps) is written at once to
 ``autoattack.json``, so an interrupted run keeps what it finished.
 ``--threads`` sets both sides' threads (default 1: a per-core comparison).
 """
@@ -39,6 +41,7 @@ import json
 import logging
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -201,7 +204,8 @@ def torch_twin(params: Dict[str, np.ndarray], mean: Sequence[float], std: Sequen
             raise SystemExit(f"vs_autoattack: {name} has shape {value.shape}, the twin's {target} "
                              f"{tuple(state[target].shape)}")
         loaded[target] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
-    missing = [k for k in state if k not in loaded and not k.endswith("num_batches_tracked") and k not in ("mean", "std")]
+    missing = [k for k in state
+               if k not in loaded and not k.endswith("num_batches_tracked") and k not in ("mean", "std")]
     if missing:
         raise SystemExit(f"vs_autoattack: the .params file does not set {missing[:5]} of the PyTorch twin")
     loaded.update(mean=state["mean"], std=state["std"])
@@ -236,9 +240,9 @@ def run_reference(net, x: np.ndarray, y: np.ndarray, eps: float, batch_size: int
     try:
         adversary = AutoAttack(net, norm="Linf", eps=eps, version="standard", device="cpu", seed=0)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         x_adv, _ = adversary.run_standard_evaluation(xt, yt, batch_size=batch_size)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     finally:
         aa_logger.removeHandler(collect)
     with torch.no_grad():
@@ -246,7 +250,7 @@ def run_reference(net, x: np.ndarray, y: np.ndarray, eps: float, batch_size: int
     if float((x_adv - xt).abs().max()) > eps + 1e-5:
         raise SystemExit(f"vs_autoattack: reference AutoAttack left the eps {eps} ball")
     stages = parse_reference_log(collect.lines, float(robust.mean()))
-    return {"seconds": seconds, "stages": stages, "robust": robust}
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "stages": stages, "robust": robust}
 
 
 _AFTER = re.compile(r"robust accuracy after (\S+): ([0-9.]+)% \(total time ([0-9.]+) s\)")
@@ -281,9 +285,9 @@ def run_ours(python: str, config: str, eps: float, limit: int, batch_size: int, 
     command = [python, "-m", "gluon_robust.cli", "evaluate", "--config", config, "--data", "mnist-sample",
                "--split", "test", "--limit", str(limit), "--recipe", "standard", "--eps", f"{eps:g}",
                "--batch-size", str(batch_size), "--seed", "0", "--out", str(out_dir), "--no-progress"]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - start
+    wall, cpu_seconds = time.perf_counter() - start, _children_cpu() - cpu
     if done.returncode != 0:
         raise SystemExit(f"vs_autoattack: gluon-robust evaluate failed ({done.returncode}): "
                          f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}")
@@ -292,11 +296,18 @@ def run_ours(python: str, config: str, eps: float, limit: int, batch_size: int, 
     stages = [{"stage": a["name"], "robust_accuracy_after": a["robust_accuracy_after"], "seconds": a["seconds"],
                "attacked": a["attacked"], "broken": a["broken"]} for a in report["attacks"]]
     robust = np.array([row["robust"][key] for row in sorted(report["per_sample"], key=lambda r: r["index"])])
-    return {"seconds": sum(s["seconds"] for s in stages), "process_seconds": wall, "stages": stages,
+    return {"seconds": sum(s["seconds"] for s in stages), "process_seconds": wall, "cpu_seconds": cpu_seconds,
+            "stages": stages,
             "robust": robust, "clean_accuracy": report.get("clean_accuracy")}
 
 
 # --------------------------------------------------------------------------- main
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _thread_env(threads: int) -> Dict[str, str]:
@@ -315,12 +326,12 @@ def _table(results: Dict[str, Any]) -> List[List[str]]:
         rows.append([entry["model"], f"{entry['eps']:g}", f"{100 * ref['robust_accuracy']:.1f}%",
                      f"{100 * ours['robust_accuracy']:.1f}%", f"{100 * entry['agreement']:.1f}%",
                      f"{ref['seconds']:.0f}", f"{ours['process_seconds']:.0f}", f"{entry['time_ratio']:.2f}",
-                     f"{entry['attack_time_ratio']:.2f}"])
+                     f"{entry['attack_time_ratio']:.2f}", f"{entry['cpu_time_ratio']:.2f}"])
     return rows
 
 
 HEADER = ["model", "eps", "AutoAttack", "gluon_robust", "agreement", "ref s", "ours s", "wall ours/ref",
-          "attacks ours/ref"]
+          "attacks ours/ref", "CPU ours/ref"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -385,9 +396,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "model": config, "eps": eps, "n": int(len(x)), "clean_accuracy": float(clean.mean()),
                     "logit_gap": gap,
                     "reference": {"robust_accuracy": float(ref["robust"].mean()), "seconds": ref["seconds"],
-                                  "stages": ref["stages"]},
+                                  "cpu_seconds": ref["cpu_seconds"], "stages": ref["stages"]},
                     "gluon_robust": {"robust_accuracy": float(ours["robust"].mean()), "seconds": ours["seconds"],
-                                     "process_seconds": ours["process_seconds"], "stages": ours["stages"]},
+                                     "process_seconds": ours["process_seconds"], "cpu_seconds": ours["cpu_seconds"],
+                                     "stages": ours["stages"]},
                     "agreement": float((ref["robust"] == ours["robust"]).mean()),
                     "robust_only_reference": int((ref["robust"] & ~ours["robust"]).sum()),
                     "robust_only_ours": int((~ref["robust"] & ours["robust"]).sum()),
@@ -395,6 +407,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     # attack: the attack stages' own seconds on both sides.
                     "time_ratio": ours["process_seconds"] / ref["seconds"],
                     "attack_time_ratio": ours["seconds"] / max(sum(s["seconds"] for s in ref["stages"]), 1e-9),
+                    # CPU seconds of the evaluate process against those of the call: robust to a busy machine.
+                    "cpu_time_ratio": ours["cpu_seconds"] / max(ref["cpu_seconds"], 1e-9),
                 }
                 write_results(args.out, name, {"settings": settings, "reference_versions": versions_ref,
                                                "results": results},
