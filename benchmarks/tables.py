@@ -77,16 +77,20 @@ def autoattack_table(data: Dict[str, Any]) -> str:
         summary.append([entry["model"], f"{entry['eps']:g}", _pct(entry["reference"]["robust_accuracy"]),
                         _pct(entry["gluon_robust"]["robust_accuracy"]), _pct(entry["agreement"]),
                         f"{entry['reference']['seconds']:.0f} s", f"{entry['gluon_robust']['process_seconds']:.0f} s",
-                        f"{entry['time_ratio']:.2f}", f"{entry['attack_time_ratio']:.2f}"])
+                        f"{entry['time_ratio']:.2f}", f"{entry['attack_time_ratio']:.2f}",
+                        f"{entry['cpu_time_ratio']:.2f}" if "cpu_time_ratio" in entry else "–"])
     if not summary:
         return ""
     n = {e["n"] for e in data["results"].values()}
     intro = (f"Reference AutoAttack (`pyautoattack`, PyTorch CPU, `version='standard'`, L∞) against "
              f"`evaluate --recipe standard` on the same {'/'.join(str(v) for v in sorted(n))} held-out digits, "
              f"{settings.get('threads', '?')} thread each (`make bench-autoattack`). Robust accuracy after each "
-             "stage, over all digits:")
-    summary_header = ["model", "ε", "AutoAttack", "gluon_robust", "same robust digits", "AutoAttack time",
-                      "evaluate time", "time ours/ref", "attacks ours/ref"]
+             "stage, over all digits; then the final robust accuracy, the share of digits with the same verdict, "
+             "and time: wall time of the `run_standard_evaluation` call and of the whole `evaluate` process "
+             "(start-up and report included), the attack stages alone, and CPU time (fairest on a shared "
+             "machine):")
+    summary_header = ["model", "ε", "AutoAttack", "gluon_robust", "same verdict", "AutoAttack time",
+                      "evaluate time", "wall ours/ref", "attacks ours/ref", "CPU ours/ref"]
     return "\n\n".join([intro, markdown_table(header, rows), markdown_table(summary_header, summary)])
 
 

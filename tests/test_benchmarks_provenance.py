@@ -159,7 +159,7 @@ def _autoattack_json(path: Path) -> None:
                           "stages": stages((0.2, 0.12, 0.12, 0.11), (10, 47, 6, 137))},
             "gluon_robust": {"robust_accuracy": 0.105, "seconds": 300.0, "process_seconds": 310.0,
                              "stages": stages((0.2, 0.115, 0.115, 0.105), (10, 62, 7, 221))},
-            "agreement": 0.995, "time_ratio": 1.55, "attack_time_ratio": 1.5,
+            "agreement": 0.995, "time_ratio": 1.55, "attack_time_ratio": 1.5, "cpu_time_ratio": 1.25,
         }},
         "revision": {"commit": "0123456789abcdef", "dirty": True},
         "machine": {"cpus": 2, "platform": "Linux"},
@@ -174,7 +174,7 @@ def test_tables_render_the_autoattack_results(tmp_path):
     lines = text.splitlines()
     assert "| mnist_resnet20 | 0.1 | 98.0 % | apgd-ce | 20.0 % | 20.0 % |" in lines
     assert "| mnist_resnet20 | 0.1 | 98.0 % | square | 11.0 % | 10.5 % |" in lines
-    assert "| mnist_resnet20 | 0.1 | 11.0 % | 10.5 % | 99.5 % | 200 s | 310 s | 1.55 | 1.50 |" in lines
+    assert "| mnist_resnet20 | 0.1 | 11.0 % | 10.5 % | 99.5 % | 200 s | 310 s | 1.55 | 1.50 | 1.25 |" in lines
     assert ("From `benchmarks/results/autoattack.json`, revision 0123456+dirty, 2 cores, mxnet 1.9.1, "
             "torch 2.13.0+cpu, pyautoattack 0.2.0.") in lines
     assert "200 held-out digits" in text and "1 thread each" in text
