@@ -84,14 +84,12 @@ def autoattack_table(data: Dict[str, Any]) -> str:
     n = {e["n"] for e in data["results"].values()}
     intro = (f"Reference AutoAttack (`pyautoattack`, PyTorch CPU, `version='standard'`, L∞) against "
              f"`evaluate --recipe standard` on the same {'/'.join(str(v) for v in sorted(n))} held-out digits, "
-             f"{settings.get('threads', '?')} thread each (`make bench-autoattack`). Robust accuracy after each "
-             "stage, over all digits; then the final robust accuracy, the share of digits with the same verdict, "
-             "and time: wall time of the `run_standard_evaluation` call and of the whole `evaluate` process "
-             "(start-up and report included), the attack stages alone, and CPU time (fairest on a shared "
-             "machine):")
+             f"{settings.get('threads', '?')} thread each. Robust accuracy after each stage, over all digits:")
+    outro = ("Time: wall time of the `run_standard_evaluation` call against the whole `evaluate` process "
+             "(start-up and report included), the attack stages alone, and CPU time (fairest on a shared machine).")
     summary_header = ["model", "ε", "AutoAttack", "gluon_robust", "same verdict", "AutoAttack time",
                       "evaluate time", "wall ours/ref", "attacks ours/ref", "CPU ours/ref"]
-    return "\n\n".join([intro, markdown_table(header, rows), markdown_table(summary_header, summary)])
+    return "\n\n".join([intro, markdown_table(header, rows), markdown_table(summary_header, summary), outro])
 
 
 def art_table(data: Dict[str, Any]) -> str:
@@ -136,13 +134,14 @@ def render(results_dir: str | Path) -> str:
     then the provenance of every results file."""
     parts = []
     for name, renderer in RENDERERS.items():
-        path = Path(results_dir) / f"{name}.json"
-        if not path.is_file():
-            continue
-        data = json.loads(path.read_text(encoding="utf-8"))
-        body = renderer(data)
-        if body:
-            parts.append(f"{body}\n\n{source_line(name, data)}")
+        # NAME.json, then partial runs kept beside it as NAME-SUFFIX.json
+        for path in [Path(results_dir) / f"{name}.json", *sorted(Path(results_dir).glob(f"{name}-*.json"))]:
+            if not path.is_file():
+                continue
+            data = json.loads(path.read_text(encoding="utf-8"))
+            body = renderer(data)
+            if body:
+                parts.append(f"{body}\n\n{source_line(path.stem, data)}")
     files = provenance_table(results_dir)
     if files:
         parts.append(files)

@@ -87,6 +87,12 @@ def _eps_list(text: str) -> List[float]:
     return values
 
 
+def _results_name(text: str) -> str:
+    if not re.fullmatch(r"autoattack(-[a-z0-9_]+)?", text):
+        raise argparse.ArgumentTypeError(f"--name must be autoattack or autoattack-SUFFIX (a-z, 0-9, _), got {text!r}")
+    return text
+
+
 def _model_list(text: str) -> List[str]:
     names = [v.strip() for v in text.split(",") if v.strip()]
     bad = [n for n in names if n not in MODELS]
@@ -104,7 +110,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="threads of each side: torch.set_num_threads and OMP_NUM_THREADS (default 1)")
     parser.add_argument("--batch-size", type=_positive_int("--batch-size"), default=500,
                         help="batch size of both sides (default 500)")
-    parser.add_argument("--out", default="benchmarks/results", help="directory of autoattack.json")
+    parser.add_argument("--out", default="benchmarks/results", help="directory of the results file")
+    parser.add_argument("--name", type=_results_name, default="autoattack",
+                        help="results file NAME.json: autoattack (default) or autoattack-SUFFIX for a partial run")
     parser.add_argument("--ours-python", default=str(ROOT / ".venv" / "bin" / "python"),
                         help="Python of the project's environment, which runs gluon_robust (default .venv)")
     parser.add_argument("--update", action="store_true",
@@ -350,7 +358,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     revision = git_revision()  # at start: the code that runs is the code of this moment
     env = _thread_env(args.threads)
-    name = "autoattack"
+    name = args.name
     results: Dict[str, Any] = {}
     if args.update:
         results = dict(load_results(args.out, name, revision).get("results", {}))
