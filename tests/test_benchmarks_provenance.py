@@ -152,7 +152,7 @@ def _autoattack_json(path: Path) -> None:
                 for s, v, t in zip(("apgd-ce", "apgd-t", "fab-t", "square"), values, seconds)]
 
     data = {
-        "settings": {"threads": 1},
+        "settings": {"threads": 1, "limit": 200},
         "results": {"mnist_resnet20@0.1": {
             "model": "mnist_resnet20", "eps": 0.1, "n": 200, "clean_accuracy": 0.98,
             "reference": {"robust_accuracy": 0.11, "seconds": 200.0,
@@ -178,6 +178,8 @@ def test_tables_render_the_autoattack_results(tmp_path):
     assert ("From `benchmarks/results/autoattack.json`, revision 0123456+dirty, 2 cores, mxnet 1.9.1, "
             "torch 2.13.0+cpu, pyautoattack 0.2.0.") in lines
     assert "200 held-out digits" in text and "1 thread each" in text
+    assert ("Not measured (the run was stopped): mnist_resnet20 at ε 0.3, mnist_resnet20_pgdat at ε 0.1, "
+            "mnist_resnet20_pgdat at ε 0.3.") in text
     assert "| `autoattack.json` | 0123456+dirty | 2 | mxnet 1.9.1, torch 2.13.0+cpu |" in lines
 
 
