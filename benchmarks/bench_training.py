@@ -31,10 +31,11 @@ its time.
 Writes ``training.json`` (per-method metrics, the recipe, per-epoch logs,
 targets met) after each method and logs the table; ``--update`` re-runs only
 the methods given and keeps the others' rows from an earlier file measured
-with the same evaluation settings; ``--reuse-trained`` evaluates the models an
-earlier run left in ``--work-dir`` (refused unless their recorded training
-options are this recipe's) instead of training them again. A quick check of
-the script itself::
+with the same evaluation settings at the same clean git revision (another
+revision is refused); ``--reuse-trained`` evaluates the models an earlier run
+left in ``--work-dir`` (refused unless their recorded training options are
+this recipe's) instead of training them again. A quick check of the script
+itself::
 
     python benchmarks/bench_training.py --methods undefended,fast-at --epochs 1 --limit 256 \
         --eval-limit 64 --recipe apgd-lite --pgd-steps 5 --restarts 1 --out /tmp/bench
@@ -47,11 +48,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from common import setup_logging, write_results
+from common import git_revision, load_results, setup_logging, write_results
 from gluon_robust.attacks import get_attack
 from gluon_robust.data import load_data
 from gluon_robust.errors import ConfigError
 from gluon_robust.evaluation import evaluate as evaluate_recipe
+from gluon_robust.evaluation.report import stage_accuracies
 from gluon_robust.evaluation.recipes import RECIPE_SUMMARIES, describe, deviations, get_recipe, recipe_names
 from gluon_robust.evaluation.robustness import evaluate_attacks
 from gluon_robust.model import load_classifier
@@ -84,6 +86,7 @@ DEFAULT_METHODS = ("undefended", "pgd-at", "fast-at", "trades")
 #: The default evaluation recipe: affordable for 1,000 digits x 4 models on 2 cores (about 80 gradients
 #: per digit and eps, against about 1,100 for ``standard``).
 DEFAULT_RECIPE = "apgd-lite"
+REVISION = git_revision()  # when the run starts: the code it measures
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -171,8 +174,8 @@ def evaluate(model: Any, source: Any, eps_list: Sequence[float], *, recipe: str,
     for eps in eps_list:
         out[f"robust@{eps:g}"] = worst[float(eps)]
     # what ran, as the report says: label, eps and accuracy after each stage of the cascade
-    out["stages"] = [{"label": a["name"], "eps": a["eps"], "robust_accuracy_after": a["robust_accuracy_after"],
-                      "seconds": a["seconds"]} for a in report["attacks"]]
+    out["stages"] = [{"label": a["name"], "eps": a["eps"], "robust_accuracy_after": after, "seconds": a["seconds"]}
+                     for a, after in zip(report["attacks"], stage_accuracies(report))]
     out["warnings"] = list(report.get("warnings", []))
     if pgd_steps > 0:
         attacks = [(f"pgd@{eps:g}", get_attack("pgd", eps=eps, steps=pgd_steps, restarts=restarts, seed=seed))
@@ -235,7 +238,7 @@ def report(args: argparse.Namespace, eval_digits: int, rows: List[Dict[str, Any]
         "targets_met": targets(rows), "targets_attack": pgd_label(args.pgd_steps, args.restarts)
         if args.pgd_steps else None,
     }
-    return write_results(args.out, "training", payload, body, header)
+    return write_results(args.out, "training", payload, body, header, revision=REVISION)
 
 
 #: The settings an ``--update`` must share with the file it extends.
@@ -249,9 +252,9 @@ def previous_results(args: argparse.Namespace, methods: Sequence[str],
     Refuses a file measured with other evaluation settings (another recipe, say), so one table never mixes them.
     """
     path = Path(args.out) / "training.json"
-    if not path.is_file():
+    old = load_results(args.out, "training", REVISION)  # refuses rows of another revision
+    if not old:
         return [], {}
-    old = json.loads(path.read_text())
     ours = dict(eval_digits=eval_digits, recipe=args.recipe, pgd_steps=args.pgd_steps, restarts=args.restarts,
                 seed=args.seed, eps=args.eps_list, limit=args.limit, epochs_override=args.epochs)
     differ = [key for key in SETTINGS if old.get(key) != ours[key]]

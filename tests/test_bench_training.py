@@ -80,9 +80,12 @@ def test_unknown_recipe_is_a_one_line_error_naming_the_flag(capsys):
     assert "--recipe" in err and "autoattack-ish" in err and "apgd-lite" in err
 
 
-def test_update_refuses_a_file_of_another_recipe(tmp_path):
+def test_update_refuses_a_file_of_another_recipe(tmp_path, monkeypatch):
+    # the same clean revision on both sides, so that only the recipe differs
+    revision = {"commit": "0" * 40, "dirty": False, "code": "1" * 64, "code_dirty": False}
+    monkeypatch.setattr(bench_training, "REVISION", revision)
     (tmp_path / "training.json").write_text(json.dumps({
-        "eval_digits": 8, "recipe": "standard-lite", "pgd_steps": 40, "restarts": 2, "seed": 0, "eps": [0.1, 0.3],
+        "revision": revision, "eval_digits": 8, "recipe": "standard-lite", "pgd_steps": 40, "restarts": 2, "seed": 0, "eps": [0.1, 0.3],
         "limit": None, "epochs_override": None, "rows": [], "runs": {}}))
     args = bench_training.parse_args(["--recipe", "apgd-lite", "--out", str(tmp_path), "--update"])
     with pytest.raises(SystemExit, match="recipe"):
