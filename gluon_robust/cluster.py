@@ -331,14 +331,15 @@ def run_chunk(loader: Loader, settings: EvaluateSettings, k: int, n: int, expect
         If its data slice differs.
     """
     from .evaluation.evaluate import _evaluate
-    from .fingerprint import mismatch
+    from .fingerprint import mismatch, short
 
     start = time.perf_counter()
     worker = _worker_name()
     entry = _load(loader)
     fix = "give every worker the same weights, data and version as the client (a stale copy on a shared disk?)"
     if entry.weights != expected["weights"]:
-        raise mismatch("weights", expected["weights"], entry.weights, f"worker {worker}", "the client", fix)
+        raise ConfigError(f"worker {worker} has different weights than the client (weights fingerprint "
+                          f"{short(entry.weights)} vs {short(expected['weights'])}); refused: {fix}")
     report, examples = _evaluate(entry.model, entry.source, shard=(k, n), progress=False, probe_cache=entry.probes,
                                  weights=entry.weights, **settings.kwargs())
     for part in ("recipe", "data"):
@@ -515,44 +516,47 @@ def evaluate_on_cluster(
         check_int("chunk_size", chunk_size)
     announce = announce or (lambda line: logger.info("%s", line))
     start = time.perf_counter()
-    model, source = loader.load()
-    prepared = prepare(model, source, **settings.prepare_kwargs())
-    source = prepared.source
-    fingerprint = run_fingerprint(model, source, prepared.built, stages=prepared.stages, recipe=prepared.recipe,
-                                  eps=prepared.eps, norm=prepared.norm, seed=settings.seed,
-                                  batch_size=prepared.batch_size)
-    total = len(source)
-    size = chunk_size or default_chunk_size(total, prepared.batch_size)
-    n_chunks = max(1, math.ceil(total / size))
-    slices = [shard_slice(total, (k, n_chunks)) for k in range(n_chunks)]
-    expected = [{"weights": fingerprint.weights, "recipe": fingerprint.recipe,
-                 "data": data_fingerprint(source.subset(part), prepared.batch_size)} for part in slices]
-    model_name = model.describe() if hasattr(model, "describe") else type(model).__name__
-    identity = {**fingerprint.to_dict(), "batch_size": prepared.batch_size, "n": total, "chunks": n_chunks,
-                "chunk_size": size, "model": model_name, "settings": asdict(settings)}
-    out = prepare_output_dir(out_dir)
-    state = _open_state(out, identity, resume)
-    done: Dict[int, Tuple[Any, ...]] = {}
-    for k in range(n_chunks):
-        found = _finished(state, k, n_chunks, expected[k]) if resume else None
-        if found is not None:
-            done[k] = found
-    reused = sorted(done)
-    if reused:
-        logger.info("--resume: %d of %d chunks already finished in %s", len(reused), n_chunks, state)
-    bar = tqdm(total=total, initial=sum(slices[k].stop - slices[k].start for k in reused), unit="image",
-               desc=f"evaluate on {spec.text}", disable=not progress, dynamic_ncols=True)
-    link = None
-    try:
-        with bar:
-            pending = [k for k in range(n_chunks) if k not in done]
-            if pending:
-                link = _run_pending(spec, loader, settings, pending, n_chunks, expected, slices, state, done, bar,
-                                    announce, on_chunk, timeout)
-    except KeyboardInterrupt as err:
-        set_hint(err, f"the {len(done)} finished chunk(s) of {n_chunks} are kept in {state}; resume with the same "
-                      f"command plus --resume")
-        raise
+    with connect(spec, timeout=timeout) as client:  # first: an unreachable scheduler fails before any work
+        link = dashboard(client)
+        model, source = loader.load()
+        prepared = prepare(model, source, **settings.prepare_kwargs())
+        source = prepared.source
+        fingerprint = run_fingerprint(model, source, prepared.built, stages=prepared.stages, recipe=prepared.recipe,
+                                      eps=prepared.eps, norm=prepared.norm, seed=settings.seed,
+                                      batch_size=prepared.batch_size)
+        total = len(source)
+        size = chunk_size or default_chunk_size(total, prepared.batch_size)
+        n_chunks = max(1, math.ceil(total / size))
+        slices = [shard_slice(total, (k, n_chunks)) for k in range(n_chunks)]
+        expected = [{"weights": fingerprint.weights, "recipe": fingerprint.recipe,
+                     "data": data_fingerprint(source.subset(part), prepared.batch_size)} for part in slices]
+        model_name = model.describe() if hasattr(model, "describe") else type(model).__name__
+        del model, source  # the workers hold their own
+        identity = {**fingerprint.to_dict(), "batch_size": prepared.batch_size, "n": total, "chunks": n_chunks,
+                    "chunk_size": size, "model": model_name, "settings": asdict(settings)}
+        out = prepare_output_dir(out_dir)
+        state = _open_state(out, identity, resume)
+        done: Dict[int, Tuple[Any, ...]] = {}
+        for k in range(n_chunks):
+            found = _finished(state, k, n_chunks, expected[k]) if resume else None
+            if found is not None:
+                done[k] = found
+        reused = sorted(done)
+        pending = [k for k in range(n_chunks) if k not in done]
+        workers = len(client.scheduler_info().get("workers", {}))
+        announce(f"cluster {spec.text}: {workers} worker(s), {len(pending)} of {n_chunks} chunk(s) of up to {size} "
+                 f"samples to run ({len(reused)} finished before), dashboard {link}")
+        bar = tqdm(total=total, initial=sum(slices[k].stop - slices[k].start for k in reused), unit="image",
+                   desc=f"evaluate on {spec.text}", disable=not progress, dynamic_ncols=True)
+        try:
+            with bar:
+                if pending:
+                    _run_pending(client, spec, loader, settings, pending, n_chunks, expected, slices, state, done,
+                                 bar, on_chunk)
+        except KeyboardInterrupt as err:
+            set_hint(err, f"the {len(done)} finished chunk(s) of {n_chunks} are kept in {state}; resume with the "
+                          f"same command plus --resume")
+            raise
     loaded = [done[k] for k in range(n_chunks)]
     merged, examples = merge_loaded(loaded)
     merged.pop("merged_shards", None)
@@ -572,42 +576,36 @@ def evaluate_on_cluster(
 
 
 def _run_pending(
-    spec: ClusterSpec, loader: Loader, settings: EvaluateSettings, pending: List[int], n_chunks: int,
+    client: Any, spec: ClusterSpec, loader: Loader, settings: EvaluateSettings, pending: List[int], n_chunks: int,
     expected: List[Dict[str, str]], slices: List[slice], state: Path, done: Dict[int, Tuple[Any, ...]], bar: Any,
-    announce: Callable[[str], None], on_chunk: Optional[Callable[[int, Path], None]], timeout: float,
-) -> str:
-    """Submit the pending chunks, write each as it arrives; returns the dashboard's address."""
+    on_chunk: Optional[Callable[[int, Path], None]],
+) -> None:
+    """Submit the pending chunks and write each one as it arrives."""
     from distributed import as_completed
 
     from .evaluation.evaluate import load_shard
 
-    with connect(spec, timeout=timeout) as client:
-        link = dashboard(client)
-        workers = len(client.scheduler_info().get("workers", {}))
-        announce(f"cluster {spec.text}: {workers} worker(s), {len(pending)} chunk(s) of {n_chunks} to run, "
-                 f"dashboard {link}")
-        tag = hashlib.sha256(_canonical(expected).encode("utf-8")).hexdigest()[:10]
-        futures = {client.submit(run_chunk, loader, settings, k, n_chunks, expected[k], key=f"gluon-robust-{tag}-{k}",
-                                 pure=False): k for k in pending}
-        try:
-            for future in as_completed(futures):
-                k = futures[future]
-                try:
-                    result = future.result()
-                except GluonRobustError:
-                    raise
-                except Exception as err:  # noqa: BLE001 -- Dask's own failures (KilledWorker...) become one line
-                    first = (str(err).strip().splitlines() or [""])[0]
-                    raise ClusterError(f"--cluster {spec.text}: chunk {k} of {n_chunks} failed ({type(err).__name__}: "
-                                       f"{first[:200]}); the finished chunks are kept in {state}, resume with "
-                                       f"--resume") from None
-                directory = _write_chunk(state, k, n_chunks, result["report"], result["examples"])
-                report, examples, fingerprint = load_shard(directory)
-                done[k] = (report, examples, fingerprint, str(directory))
-                bar.update(slices[k].stop - slices[k].start)
-                if on_chunk is not None:
-                    on_chunk(k, directory)
-        finally:
-            for future in futures:
-                future.cancel()
-    return link
+    tag = hashlib.sha256(_canonical(expected).encode("utf-8")).hexdigest()[:10]
+    futures = {client.submit(run_chunk, loader, settings, k, n_chunks, expected[k], key=f"gluon-robust-{tag}-{k}",
+                             pure=False): k for k in pending}
+    try:
+        for future in as_completed(futures):
+            k = futures[future]
+            try:
+                result = future.result()
+            except GluonRobustError:
+                raise
+            except Exception as err:  # noqa: BLE001 -- Dask's own failures (KilledWorker...) become one line
+                first = (str(err).strip().splitlines() or [""])[0]
+                raise ClusterError(f"--cluster {spec.text}: chunk {k} of {n_chunks} failed ({type(err).__name__}: "
+                                   f"{first[:200]}); the finished chunks are kept in {state}, resume with "
+                                   f"--resume") from None
+            directory = _write_chunk(state, k, n_chunks, result["report"], result["examples"])
+            report, examples, fingerprint = load_shard(directory)
+            done[k] = (report, examples, fingerprint, str(directory))
+            bar.update(slices[k].stop - slices[k].start)
+            if on_chunk is not None:
+                on_chunk(k, directory)
+    finally:
+        for future in futures:
+            future.cancel()
