@@ -39,8 +39,8 @@ from gluon_robust.validation import InvalidValue  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "gluon_robust" / "model_configs" / "mnist_resnet20.params"
 
-#: A small run: 8 digits, FGSM then PGD (random start: per-sample random numbers), in batches of 2.
-FLAGS = ["--config", "mnist_resnet20", "--data", "mnist-sample", "--limit", "8", "--attacks", "fgsm,pgd",
+#: A small run: 4 digits, FGSM then PGD (random start: per-sample random numbers), in batches of 2.
+FLAGS = ["--config", "mnist_resnet20", "--data", "mnist-sample", "--limit", "4", "--attacks", "fgsm,pgd",
          "--eps", "0.1", "--batch-size", "2", "--no-progress"]
 
 
@@ -135,7 +135,7 @@ def test_dask_is_imported_only_with_cluster(tmp_path):
     code = f"""
 import sys
 from gluon_robust.cli import main
-assert main(["evaluate", *{FLAGS[:4]!r}, "--limit", "2", "--attacks", "fgsm", "--eps", "0.1", "--no-progress",
+assert main(["evaluate", *{FLAGS[:4]!r}, "--limit", "1", "--attacks", "fgsm", "--eps", "0.1", "--no-progress",
              "--out", {str(tmp_path / "run")!r}]) == 0
 from gluon_robust.cluster import parse_cluster
 parse_cluster("local:2")
@@ -148,16 +148,34 @@ print("DASK", sorted(m for m in sys.modules if m.split(".")[0] in ("dask", "dist
 
 
 # ------------------------------------------------------------------ the cluster runs
-def test_local2_equals_single_process(reference, tmp_path, capsys):
+def test_local_cluster_workers_get_their_share_of_the_cores(scheduler):
+    """``local:2`` (the fixture's cluster) sets MXNet's and OpenMP's threads in each worker before MXNet starts there."""
+    want = str(worker_threads(2))
+    found = scheduler.run(lambda: {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS")})
+    assert len(found) == 2 and all(env == {"OMP_NUM_THREADS": want, "MXNET_OMP_MAX_THREADS": want}
+                                   for env in found.values())
+
+
+def test_local2_equals_single_process(scheduler, reference, tmp_path, capsys):
+    """The CLI on the fixture's ``local:2`` cluster, through its ``tcp://`` address, gives the single-process report."""
     out = tmp_path / "cluster"
-    assert main(["evaluate", *FLAGS, "--out", str(out), "--cluster", "local:2", "--chunk-size", "2"]) == 0
+    address = scheduler.scheduler.address
+    assert main(["evaluate", *FLAGS, "--out", str(out), "--cluster", address, "--chunk-size", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "cluster local:2: 2 worker(s), 4 of 4 chunk(s)" in printed and "dashboard http://" in printed
+    assert f"cluster {address}: 2 worker(s), 4 of 4 chunk(s)" in printed and "dashboard http://" in printed
     _assert_same_run(out, reference)
     cluster = _report(out)["cluster"]
-    assert [(c["start"], c["stop"]) for c in cluster["chunk_table"]] == [(0, 2), (2, 4), (4, 6), (6, 8)]
-    assert sum(w["samples"] for w in cluster["workers"].values()) == 8
+    assert [(c["start"], c["stop"]) for c in cluster["chunk_table"]] == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert sum(w["samples"] for w in cluster["workers"].values()) == 4
     assert all(w["seconds"] > 0 for w in cluster["workers"].values())
+
+
+@pytest.mark.slow
+def test_cli_local2_starts_and_stops_its_own_cluster(reference, tmp_path, capsys):
+    out = tmp_path / "cluster"
+    assert main(["evaluate", *FLAGS, "--out", str(out), "--cluster", "local:2", "--chunk-size", "1"]) == 0
+    assert "cluster local:2: 2 worker(s), 4 of 4 chunk(s)" in capsys.readouterr().out
+    _assert_same_run(out, reference)
 
 
 class _KillFirstChunk(WorkerPlugin):
@@ -180,17 +198,16 @@ class _KillFirstChunk(WorkerPlugin):
 
 def test_killed_worker_chunk_is_rerun_and_the_report_is_equal(scheduler, reference, tmp_path):
     marker = tmp_path / "killed.pid"
-    scheduler.register_plugin(_KillFirstChunk(str(marker), delay=0.5), name="kill-first-chunk")
+    scheduler.register_plugin(_KillFirstChunk(str(marker), delay=0.05), name="kill-first-chunk")
     try:
         settings, loader = _settings_and_loader(FLAGS, tmp_path / "run")
         report = evaluate_on_cluster(loader, settings, cluster=scheduler.scheduler.address, out_dir=tmp_path / "run",
-                                     chunk_size=2, progress=False)
+                                     chunk_size=1, progress=False)
     finally:
         scheduler.unregister_worker_plugin("kill-first-chunk")
     killed = int(marker.read_text())
     assert killed not in {c["pid"] for c in report["cluster"]["chunk_table"]}  # its chunk finished elsewhere
     _assert_same_run(tmp_path / "run", reference)
-    scheduler.wait_for_workers(2, timeout=60)  # the nanny restarted it
 
 
 def test_killed_client_resumes_without_redoing_finished_chunks(scheduler, reference, tmp_path):
@@ -203,12 +220,12 @@ def test_killed_client_resumes_without_redoing_finished_chunks(scheduler, refere
         raise KeyboardInterrupt  # the client dies after writing one chunk
 
     with pytest.raises(KeyboardInterrupt):
-        evaluate_on_cluster(loader, settings, cluster=address, out_dir=tmp_path / "run", chunk_size=2, progress=False,
+        evaluate_on_cluster(loader, settings, cluster=address, out_dir=tmp_path / "run", chunk_size=1, progress=False,
                             on_chunk=stop_after_first)
     state = tmp_path / "run" / STATE_DIR
     assert [p.name for p in sorted(state.glob("chunk-*/report.json"))] and not (tmp_path / "run" / "report.json").exists()
     ran = []
-    report = evaluate_on_cluster(loader, settings, cluster=address, out_dir=tmp_path / "run", chunk_size=2,
+    report = evaluate_on_cluster(loader, settings, cluster=address, out_dir=tmp_path / "run", chunk_size=1,
                                  progress=False, resume=True, on_chunk=lambda k, d: ran.append(k))
     assert report["cluster"]["resumed_chunks"] == finished
     assert sorted(ran + finished) == [0, 1, 2, 3] and finished[0] not in ran
@@ -223,10 +240,10 @@ def test_resume_with_other_chunks_is_refused(scheduler, tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        evaluate_on_cluster(loader, settings, cluster=address, out_dir=tmp_path / "run", chunk_size=2, progress=False,
+        evaluate_on_cluster(loader, settings, cluster=address, out_dir=tmp_path / "run", chunk_size=1, progress=False,
                             on_chunk=stop)
-    with pytest.raises(ConfigError, match=r"cluster state .* belongs to a run with another chunk_size \(there 2, here 4\)"):
-        evaluate_on_cluster(loader, settings, cluster=address, out_dir=tmp_path / "run", chunk_size=4, progress=False,
+    with pytest.raises(ConfigError, match=r"cluster state .* belongs to a run with another chunk_size \(there 1, here 2\)"):
+        evaluate_on_cluster(loader, settings, cluster=address, out_dir=tmp_path / "run", chunk_size=2, progress=False,
                             resume=True)
 
 
