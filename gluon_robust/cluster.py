@@ -302,7 +302,18 @@ def _load(loader: Loader) -> _Loaded:
         return entry
 
 
-def run_chunk(loader: Loader, settings: EvaluateSettings, k: int, n: int, expected: Dict[str, str]) -> Dict[str, Any]:
+def _preload(loader: Loader) -> str:
+    """Load the model on this worker ahead of its first chunk (a task of its own, pinned to each worker at start)."""
+    import mxnet  # noqa: F401  -- the import is most of a cold worker's start
+
+    _load(loader)
+    return _worker_name()
+
+
+def run_chunk(
+    loader: Loader, settings: EvaluateSettings, k: int, n: int, expected: Dict[str, str],
+    probe: Optional[Tuple[Tuple[str, int, int], Tuple[Dict[str, Any], List[str]]]] = None,
+) -> Dict[str, Any]:
     """Evaluate chunk ``k`` of ``n`` (the shard ``k/n``) on this worker: the task the client submits.
 
     Parameters
@@ -316,6 +327,10 @@ def run_chunk(loader: Loader, settings: EvaluateSettings, k: int, n: int, expect
     expected : dict
         The client's fingerprint parts: ``weights`` and ``recipe`` of the run
         and ``data`` of this chunk's slice (SHA-256 digests).
+    probe : tuple, optional
+        The client's sanity probe, ``((norm, seed, probe_size), (measurements, warnings))``
+        (see :func:`~gluon_robust.evaluation.evaluate.sanity_probe`), so that
+        the workers do not each run it again.
 
     Returns
     -------
@@ -340,6 +355,8 @@ def run_chunk(loader: Loader, settings: EvaluateSettings, k: int, n: int, expect
     if entry.weights != expected["weights"]:
         raise ConfigError(f"worker {worker} has different weights than the client (weights fingerprint "
                           f"{short(entry.weights)} vs {short(expected['weights'])}); refused: {fix}")
+    if probe is not None:
+        entry.probes.setdefault(tuple(probe[0]), probe[1])
     report, examples = _evaluate(entry.model, entry.source, shard=(k, n), progress=False, probe_cache=entry.probes,
                                  weights=entry.weights, **settings.kwargs())
     for part in ("recipe", "data"):
@@ -504,7 +521,7 @@ def evaluate_on_cluster(
     """
     from tqdm import tqdm
 
-    from .evaluation.evaluate import merge_loaded, prepare, run_fingerprint, shard_slice
+    from .evaluation.evaluate import merge_loaded, prepare, run_fingerprint, sanity_probe, shard_slice
     from .evaluation.report import write_report
     from .fingerprint import data_fingerprint
     from .interrupts import set_hint
@@ -518,6 +535,9 @@ def evaluate_on_cluster(
     start = time.perf_counter()
     with connect(spec, timeout=timeout) as client:  # first: an unreachable scheduler fails before any work
         link = dashboard(client)
+        preloads = [client.submit(_preload, loader, key=f"load-model-{address}", workers=[address],
+                                  allow_other_workers=False, pure=False)
+                    for address in client.scheduler_info().get("workers", {})]  # while the client fingerprints
         model, source = loader.load()
         prepared = prepare(model, source, **settings.prepare_kwargs())
         source = prepared.source
@@ -531,6 +551,8 @@ def evaluate_on_cluster(
         expected = [{"weights": fingerprint.weights, "recipe": fingerprint.recipe,
                      "data": data_fingerprint(source.subset(part), prepared.batch_size)} for part in slices]
         model_name = model.describe() if hasattr(model, "describe") else type(model).__name__
+        probe = ((prepared.norm, int(settings.seed), settings.probe_size),
+                 sanity_probe(model, source, norm=prepared.norm, seed=settings.seed, probe_size=settings.probe_size))
         del model, source  # the workers hold their own
         identity = {**fingerprint.to_dict(), "batch_size": prepared.batch_size, "n": total, "chunks": n_chunks,
                     "chunk_size": size, "model": model_name, "settings": asdict(settings)}
@@ -552,11 +574,14 @@ def evaluate_on_cluster(
             with bar:
                 if pending:
                     _run_pending(client, spec, loader, settings, pending, n_chunks, expected, slices, state, done,
-                                 bar, on_chunk)
+                                 bar, on_chunk, probe)
         except KeyboardInterrupt as err:
             set_hint(err, f"the {len(done)} finished chunk(s) of {n_chunks} are kept in {state}; resume with the "
                           f"same command plus --resume")
             raise
+        finally:
+            for future in preloads:
+                future.cancel()
     loaded = [done[k] for k in range(n_chunks)]
     merged, examples = merge_loaded(loaded)
     merged.pop("merged_shards", None)
@@ -578,7 +603,7 @@ def evaluate_on_cluster(
 def _run_pending(
     client: Any, spec: ClusterSpec, loader: Loader, settings: EvaluateSettings, pending: List[int], n_chunks: int,
     expected: List[Dict[str, str]], slices: List[slice], state: Path, done: Dict[int, Tuple[Any, ...]], bar: Any,
-    on_chunk: Optional[Callable[[int, Path], None]],
+    on_chunk: Optional[Callable[[int, Path], None]], probe: Any,
 ) -> None:
     """Submit the pending chunks and write each one as it arrives."""
     from distributed import as_completed
@@ -586,8 +611,8 @@ def _run_pending(
     from .evaluation.evaluate import load_shard
 
     tag = hashlib.sha256(_canonical(expected).encode("utf-8")).hexdigest()[:10]
-    futures = {client.submit(run_chunk, loader, settings, k, n_chunks, expected[k], key=f"gluon-robust-{tag}-{k}",
-                             pure=False): k for k in pending}
+    futures = {client.submit(run_chunk, loader, settings, k, n_chunks, expected[k], probe,
+                             key=f"gluon-robust-{tag}-{k}", pure=False): k for k in pending}
     try:
         for future in as_completed(futures):
             k = futures[future]

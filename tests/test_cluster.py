@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -74,12 +75,12 @@ def scheduler():
         yield client
 
 
-def _settings_and_loader(flags, out: Path):
+def _settings_and_loader(flags, out: Path, loader=None):
     args = build_parser().parse_args(["evaluate", *flags, "--out", str(out)])
     attacks = tuple(a for a in args.attacks.split(",")) if args.attacks else None
     settings = EvaluateSettings(recipe=args.recipe, attacks=attacks, eps=tuple(args.eps), norm=args.norm,
                                 batch_size=args.batch_size, seed=args.seed, max_examples=args.max_examples)
-    return settings, ArgsLoader(args)
+    return settings, (loader or ArgsLoader)(args)
 
 
 # ------------------------------------------------------------------ parsing, no Dask
@@ -185,7 +186,7 @@ class _KillFirstChunk(WorkerPlugin):
         self.marker, self.delay = marker, delay
 
     def transition(self, key, start, finish, **kwargs):  # noqa: D102
-        if finish != "executing" or not str(key).startswith("gluon-robust-"):
+        if finish != "executing" or not re.match(r"gluon-robust-[0-9a-f]{10}-\d+$", str(key)):  # a chunk
             return
         try:
             fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -247,23 +248,34 @@ def test_resume_with_other_chunks_is_refused(scheduler, tmp_path):
                             resume=True)
 
 
+class _StaleOnWorkers(ArgsLoader):
+    """The command line's loader, on hosts whose copy of ``--params`` is stale: workers read ``stale.params``
+    where the client reads ``weights.params`` (the same path on another disk)."""
+
+    def load(self):
+        from distributed import get_worker
+
+        try:
+            get_worker()
+        except ValueError:  # the client
+            return super().load()
+        params = Path(self.fields["params"])
+        self.fields = dict(self.fields, params=str(params.with_name("stale.params")))
+        return super().load()
+
+
 def test_worker_with_other_weights_is_refused(scheduler, tmp_path):
-    """The weights file changes on the (shared) disk after the client read it: the workers' copy is refused."""
-    params = tmp_path / "weights.params"
-    params.write_bytes(PARAMS.read_bytes())
-    flags = [*FLAGS[:2], "--params", str(params), *FLAGS[2:]]
-    settings, loader = _settings_and_loader(flags, tmp_path / "run")
-
-    def stale_copy(line):
-        arrays = mx.nd.load(str(params))
-        name = sorted(arrays)[0]
-        arrays[name] = arrays[name] + 1e-3
-        mx.nd.save(str(params), arrays)
-
+    (tmp_path / "weights.params").write_bytes(PARAMS.read_bytes())
+    arrays = mx.nd.load(str(PARAMS))
+    name = sorted(arrays)[0]
+    arrays[name] = arrays[name] + 1e-3  # one array off by 1e-3: another file
+    mx.nd.save(str(tmp_path / "stale.params"), arrays)
+    flags = [*FLAGS[:2], "--params", str(tmp_path / "weights.params"), *FLAGS[2:]]
+    settings, stale = _settings_and_loader(flags, tmp_path / "run", _StaleOnWorkers)
     with pytest.raises(ConfigError, match=r"worker tcp://\S+ has different weights than the client "
                                           r"\(weights fingerprint [0-9a-f]{12} vs [0-9a-f]{12}\); refused"):
-        evaluate_on_cluster(loader, settings, cluster=scheduler.scheduler.address, out_dir=tmp_path / "run",
-                            chunk_size=4, progress=False, announce=stale_copy)
+        evaluate_on_cluster(stale, settings, cluster=scheduler.scheduler.address, out_dir=tmp_path / "run",
+                            chunk_size=2, progress=False)
     assert not (tmp_path / "run" / "report.json").exists()
 
 

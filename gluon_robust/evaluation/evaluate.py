@@ -251,6 +251,23 @@ def prepare(
                     norm=norm, eps=eps, batch_size=batch_size, batch_source=batch_source)
 
 
+def sanity_probe(
+    model: Any, source: Any, *, norm: str, seed: int, probe_size: int = 32,
+) -> Tuple[Dict[str, Any], List[str]]:
+    """The model sanity checks of :func:`evaluate` on the first ``probe_size`` samples of the *whole* source.
+
+    Seeds MXNet's, NumPy's and Python's global generators with ``seed`` first,
+    as :func:`evaluate` does, so that every process measures the same numbers;
+    see :func:`~gluon_robust.evaluation.sanity.probe_model`.
+    """
+    mx.random.seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    probe = source.subset(slice(0, min(probe_size, len(source))))
+    px, py = probe.arrays()
+    return sanity.probe_model(model, px, py, norm=norm, seed=seed)
+
+
 def _evaluate(
     model: Any, source: Any, labels: Any = None, *, recipe: str = "standard", attacks: Optional[Sequence[str]] = None,
     eps: Sequence[float] = (8 / 255,), norm: str = "linf", batch_size: Optional[int] = None, seed: int = 0,
@@ -284,9 +301,7 @@ def _evaluate(
     if probe_cache is not None and probe_key in probe_cache:
         measurements, probe_warnings = probe_cache[probe_key]
     else:
-        probe = source.subset(slice(0, min(probe_size, len(source))))
-        px, py = probe.arrays()
-        measurements, probe_warnings = sanity.probe_model(model, px, py, norm=norm, seed=seed)
+        measurements, probe_warnings = sanity_probe(model, source, norm=norm, seed=seed, probe_size=probe_size)
         if probe_cache is not None:
             probe_cache[probe_key] = (measurements, probe_warnings)
 
