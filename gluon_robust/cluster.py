@@ -56,6 +56,7 @@ from .validation import InvalidValue
 __all__ = [
     "ClusterSpec", "ClusterError", "EvaluateSettings", "Loader", "parse_cluster", "worker_threads",
     "worker_environment", "connect", "evaluate_on_cluster", "run_chunk", "default_chunk_size", "STATE_DIR",
+    "CertifySettings", "certify_on_cluster", "run_certify_chunk",
 ]
 
 logger = logging.getLogger(__name__)
@@ -521,7 +522,7 @@ def evaluate_on_cluster(
     """
     from tqdm import tqdm
 
-    from .evaluation.evaluate import merge_loaded, prepare, run_fingerprint, sanity_probe, shard_slice
+    from .evaluation.evaluate import load_shard, merge_loaded, prepare, run_fingerprint, sanity_probe, shard_slice
     from .evaluation.report import write_report
     from .fingerprint import data_fingerprint
     from .interrupts import set_hint
@@ -535,9 +536,7 @@ def evaluate_on_cluster(
     start = time.perf_counter()
     with connect(spec, timeout=timeout) as client:  # first: an unreachable scheduler fails before any work
         link = dashboard(client)
-        preloads = [client.submit(_preload, loader, key=f"load-model-{address}", workers=[address],
-                                  allow_other_workers=False, pure=False)
-                    for address in client.scheduler_info().get("workers", {})]  # while the client fingerprints
+        preloads = _preload_all(client, loader)  # the workers load while the client fingerprints
         model, source = loader.load()
         prepared = prepare(model, source, **settings.prepare_kwargs())
         source = prepared.source
@@ -573,8 +572,19 @@ def evaluate_on_cluster(
         try:
             with bar:
                 if pending:
-                    _run_pending(client, spec, loader, settings, pending, n_chunks, expected, slices, state, done,
-                                 bar, on_chunk, probe)
+                    tag = _tag(expected)
+
+                    def submit(k: int) -> Any:
+                        return client.submit(run_chunk, loader, settings, k, n_chunks, expected[k], probe,
+                                             key=f"gluon-robust-{tag}-{k}", pure=False)
+
+                    def store(k: int, result: Dict[str, Any]) -> Path:
+                        directory = _write_chunk(state, k, n_chunks, result["report"], result["examples"])
+                        report, examples, chunk_fingerprint = load_shard(directory)
+                        done[k] = (report, examples, chunk_fingerprint, str(directory))
+                        return directory
+
+                    _run_pending(client, spec, submit, pending, n_chunks, slices, state, bar, store, on_chunk)
         except KeyboardInterrupt as err:
             set_hint(err, f"the {len(done)} finished chunk(s) of {n_chunks} are kept in {state}; resume with the "
                           f"same command plus --resume")
@@ -601,18 +611,14 @@ def evaluate_on_cluster(
 
 
 def _run_pending(
-    client: Any, spec: ClusterSpec, loader: Loader, settings: EvaluateSettings, pending: List[int], n_chunks: int,
-    expected: List[Dict[str, str]], slices: List[slice], state: Path, done: Dict[int, Tuple[Any, ...]], bar: Any,
-    on_chunk: Optional[Callable[[int, Path], None]], probe: Any,
+    client: Any, spec: ClusterSpec, submit: Callable[[int], Any], pending: List[int], n_chunks: int,
+    slices: List[slice], state: Path, bar: Any, store: Callable[[int, Any], Path],
+    on_chunk: Optional[Callable[[int, Path], None]],
 ) -> None:
-    """Submit the pending chunks and write each one as it arrives."""
+    """Submit the pending chunks (``submit(k)`` returns a future) and ``store`` each result as it arrives."""
     from distributed import as_completed
 
-    from .evaluation.evaluate import load_shard
-
-    tag = hashlib.sha256(_canonical(expected).encode("utf-8")).hexdigest()[:10]
-    futures = {client.submit(run_chunk, loader, settings, k, n_chunks, expected[k], probe,
-                             key=f"gluon-robust-{tag}-{k}", pure=False): k for k in pending}
+    futures = {submit(k): k for k in pending}
     try:
         for future in as_completed(futures):
             k = futures[future]
@@ -625,12 +631,223 @@ def _run_pending(
                 raise ClusterError(f"--cluster {spec.text}: chunk {k} of {n_chunks} failed ({type(err).__name__}: "
                                    f"{first[:200]}); the finished chunks are kept in {state}, resume with "
                                    f"--resume") from None
-            directory = _write_chunk(state, k, n_chunks, result["report"], result["examples"])
-            report, examples, fingerprint = load_shard(directory)
-            done[k] = (report, examples, fingerprint, str(directory))
+            directory = store(k, result)
             bar.update(slices[k].stop - slices[k].start)
             if on_chunk is not None:
                 on_chunk(k, directory)
     finally:
         for future in futures:
             future.cancel()
+
+
+def _tag(expected: Sequence[Dict[str, str]]) -> str:
+    """A short digest of a run's chunk fingerprints, for its task keys."""
+    return hashlib.sha256(_canonical(list(expected)).encode("utf-8")).hexdigest()[:10]
+
+
+def _preload_all(client: Any, loader: Loader) -> List[Any]:
+    """One model-loading task pinned to each worker, so that workers load while the client fingerprints."""
+    return [client.submit(_preload, loader, key=f"load-model-{address}", workers=[address], allow_other_workers=False,
+                          pure=False)
+            for address in client.scheduler_info().get("workers", {})]
+
+
+# ------------------------------------------------------------------ certify
+@dataclass(frozen=True)
+class CertifySettings:
+    """The settings of ``certify`` (randomized smoothing, Cohen et al. 2019) that a chunk runs with."""
+
+    sigma: float
+    n0: int = 100
+    n: int = 1000
+    alpha: float = 0.001
+    batch_size: Optional[int] = None  # noise samples per forward pass; None: resolved on the client
+    clip: bool = False
+    seed: int = 0
+
+    def identity(self) -> Dict[str, Any]:
+        """What the chunks' numbers depend on besides weights and data (the recipe part of their fingerprint)."""
+        from ._version import __version__
+
+        return {"command": "certify", **asdict(self), "version": __version__}
+
+
+_POINTS = "points.npz"
+_CHUNK = "chunk.json"
+
+
+def run_certify_chunk(loader: Loader, settings: CertifySettings, k: int, n: int,
+                      expected: Dict[str, str]) -> Dict[str, Any]:
+    """Certify chunk ``k`` of ``n`` of the source on this worker: the per-sample arrays and the chunk's record.
+
+    Refuses (:class:`~gluon_robust.errors.ConfigError`, or ``DataError`` for
+    the data) a worker whose weights, data slice or settings differ from the
+    client's ``expected`` fingerprint parts.
+    """
+    from .commands.certify import certify_points
+    from .evaluation.evaluate import shard_slice
+    from .fingerprint import data_fingerprint, mismatch, recipe_fingerprint, short
+
+    start = time.perf_counter()
+    worker = _worker_name()
+    entry = _load(loader)
+    fix = "give every worker the same weights, data and version as the client (a stale copy on a shared disk?)"
+    if entry.weights != expected["weights"]:
+        raise ConfigError(f"worker {worker} has different weights than the client (weights fingerprint "
+                          f"{short(entry.weights)} vs {short(expected['weights'])}); refused: {fix}")
+    part = entry.source.subset(shard_slice(len(entry.source), (k, n)))
+    found = {"data": data_fingerprint(part), "recipe": recipe_fingerprint(settings.identity())}
+    for name in ("recipe", "data"):
+        if found[name] != expected[name]:
+            raise mismatch(name, expected[name], found[name], f"worker {worker} (chunk {k} of {n})", "the client", fix)
+    arrays = certify_points(entry.model, part, progress=False, **asdict(settings))
+    chunk = {"k": k, "n_chunks": n, "fingerprint": dict(expected), "worker": worker, "pid": os.getpid(),
+             "seconds": round(time.perf_counter() - start, 3), "n": int(len(arrays["label"]))}
+    return {"arrays": arrays, "chunk": chunk}
+
+
+def _certify_done(state: Path, k: int, n: int, expected: Dict[str, str]) -> Optional[Tuple[Dict[str, Any], Dict]]:
+    """The finished certify chunk ``k`` of ``n`` in the state (when its fingerprint is the run's), else None."""
+    from .commands.certify import POINT_ARRAYS
+    from .integrity import load_npz
+
+    directory = _chunk_dir(state, k, n)
+    if not (directory / _CHUNK).is_file():
+        return None
+    try:
+        chunk = json.loads((directory / _CHUNK).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        chunk = None
+    if not isinstance(chunk, dict) or chunk.get("fingerprint") != expected or chunk.get("k") != k:
+        logger.warning("chunk %d of %d in %s belongs to another run or is unreadable: it is run again", k, n, directory)
+        return None
+    arrays = load_npz(directory / _POINTS, "certify chunk", fix=_FIX)
+    if any(name not in arrays for name in POINT_ARRAYS) or len(arrays["label"]) != chunk.get("n"):
+        raise ConfigError(f"certify chunk {directory} is incomplete; {_FIX}")
+    return chunk, {name: arrays[name] for name in POINT_ARRAYS}
+
+
+def certify_on_cluster(
+    loader: Loader,
+    settings: CertifySettings,
+    *,
+    radii: Sequence[float],
+    cluster: ClusterSpec | str,
+    out_dir: str | Path,
+    resume: bool = False,
+    chunk_size: Optional[int] = None,
+    progress: bool = True,
+    announce: Optional[Callable[[str], None]] = None,
+    on_chunk: Optional[Callable[[int, Path], None]] = None,
+    timeout: float = CONNECT_TIMEOUT,
+    max_memory: Optional[int] = None,
+) -> Dict[str, Any]:
+    """Certify in chunks on a Dask cluster; the report equals ``certify_source``'s.
+
+    Cohen, Rosenfeld & Kolter (2019), "Certified adversarial robustness via
+    randomized smoothing", ICML, https://arxiv.org/abs/1902.02918. Each point
+    draws its noise from the seed and its own bytes, so a chunk certifies its
+    points as the single process does; the per-sample arrays of the chunks are
+    concatenated in order and the report is built from them
+    (:func:`~gluon_robust.commands.certify.certify_report`). Chunks are written
+    to ``out_dir/cluster.state/`` as they arrive (``--resume`` keeps them);
+    the caller publishes the report and removes the state (see ``certify --cluster``).
+
+    Returns
+    -------
+    dict
+        The report of :func:`~gluon_robust.commands.certify.certify_source`
+        plus ``cluster`` (chunks, per-worker timing) and ``fingerprint``.
+    """
+    from tqdm import tqdm
+
+    from .commands.certify import POINT_ARRAYS, certify_report
+    from .evaluation.evaluate import shard_slice
+    from .fingerprint import RunFingerprint, combine, data_fingerprint, recipe_fingerprint, weights_fingerprint
+    from .interrupts import set_hint
+    from .io import atomic_save_npz, atomic_write_json
+    from .reporting import prepare_output_dir
+    from .validation import check_int
+
+    spec = parse_cluster(cluster) if isinstance(cluster, str) else cluster
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size)
+    announce = announce or (lambda line: logger.info("%s", line))
+    start = time.perf_counter()
+    with connect(spec, timeout=timeout) as client:
+        link = dashboard(client)
+        preloads = _preload_all(client, loader)
+        model, source = loader.load()
+        batch_source = "given"
+        if settings.batch_size is None:  # as certify does: the largest forward-only batch that fits, at most 1000
+            from dataclasses import replace
+
+            from .memory import resolve_batch_size
+
+            resolved, batch_source = resolve_batch_size(model, source.sample_shape, None, max_memory, cap=1000,
+                                                        backward=False)
+            settings = replace(settings, batch_size=resolved)
+        total = len(source)
+        size = chunk_size or default_chunk_size(total, 64)
+        n_chunks = max(1, math.ceil(total / size))
+        slices = [shard_slice(total, (k, n_chunks)) for k in range(n_chunks)]
+        weights = weights_fingerprint(model)
+        recipe = recipe_fingerprint(settings.identity())
+        expected = [{"weights": weights, "recipe": recipe, "data": data_fingerprint(source.subset(part))}
+                    for part in slices]
+        fingerprint = RunFingerprint(weights=weights, data=combine([e["data"] for e in expected]), recipe=recipe)
+        identity = {**fingerprint.to_dict(), "command": "certify", "n": total, "chunks": n_chunks, "chunk_size": size}
+        out = prepare_output_dir(out_dir)
+        state = _open_state(out, identity, resume)
+        done: Dict[int, Tuple[Dict[str, Any], Dict[str, np.ndarray]]] = {}
+        for k in range(n_chunks):
+            found = _certify_done(state, k, n_chunks, expected[k]) if resume else None
+            if found is not None:
+                done[k] = found
+        reused = sorted(done)
+        pending = [k for k in range(n_chunks) if k not in done]
+        workers = len(client.scheduler_info().get("workers", {}))
+        announce(f"cluster {spec.text}: {workers} worker(s), {len(pending)} of {n_chunks} chunk(s) of up to {size} "
+                 f"samples to run ({len(reused)} finished before), dashboard {link}")
+        tag = _tag(expected)
+
+        def submit(k: int) -> Any:
+            return client.submit(run_certify_chunk, loader, settings, k, n_chunks, expected[k],
+                                 key=f"gluon-robust-{tag}-{k}", pure=False)
+
+        def store(k: int, result: Dict[str, Any]) -> Path:
+            directory = _chunk_dir(state, k, n_chunks)
+            directory.mkdir(parents=True, exist_ok=True)
+            atomic_save_npz(directory / _POINTS, **result["arrays"])
+            atomic_write_json(directory / _CHUNK, result["chunk"])  # last: the chunk's mark of completion
+            done[k] = (result["chunk"], result["arrays"])
+            return directory
+
+        bar = tqdm(total=total, initial=sum(slices[k].stop - slices[k].start for k in reused), unit="image",
+                   desc=f"certify on {spec.text}", disable=not progress, dynamic_ncols=True)
+        try:
+            with bar:
+                if pending:
+                    _run_pending(client, spec, submit, pending, n_chunks, slices, state, bar, store, on_chunk)
+        except KeyboardInterrupt as err:
+            set_hint(err, f"the {len(done)} finished chunk(s) of {n_chunks} are kept in {state}; resume with the "
+                          f"same command plus --resume")
+            raise
+        finally:
+            for future in preloads:
+                future.cancel()
+    parts = [done[k][1] for k in range(n_chunks)]
+    arrays = {name: np.concatenate([p[name] for p in parts]) for name in POINT_ARRAYS if name != "clean_correct"}
+    arrays["clean_correct"] = np.array(sum(int(p["clean_correct"]) for p in parts), np.int64)
+    report = certify_report(arrays, model=model, data=getattr(source, "name", type(source).__name__),
+                            radii=radii, seconds=time.perf_counter() - start, **asdict(settings))
+    chunks = [done[k][0] for k in range(n_chunks)]
+    report["fingerprint"] = fingerprint.to_dict()
+    report["batch_size_source"] = batch_source
+    report["cluster"] = {
+        "spec": spec.text, "dashboard": link, "chunk_size": size, "chunks": n_chunks, "resumed_chunks": reused,
+        "chunk_table": [{"k": k, "start": slices[k].start, "stop": slices[k].stop,
+                         **{key: chunks[k].get(key) for key in ("worker", "pid", "seconds")}} for k in range(n_chunks)],
+        "workers": _worker_timing([({"n": c["n"], "chunk": c}, None, None, None) for c in chunks]),
+    }
+    return report

@@ -35,9 +35,12 @@ def _configure_evaluate(parser: argparse.ArgumentParser) -> None:
     add_cluster_args(parser)
 
 
-def add_cluster_args(parser: argparse.ArgumentParser) -> None:
-    """``--cluster local:N | tcp://HOST:PORT`` and ``--chunk-size``: run the shards on Dask distributed."""
+def add_cluster_args(parser: argparse.ArgumentParser, resume: bool = False) -> None:
+    """``--cluster local:N | tcp://HOST:PORT`` and ``--chunk-size`` (and ``--resume``): run chunks on Dask distributed."""
     group = parser.add_argument_group("cluster (Dask distributed, see docs/distributed.md)")
+    if resume:
+        group.add_argument("--resume", action="store_true",
+                           help="with --cluster: keep the finished chunks of a stopped run in --out, run the others")
     group.add_argument("--cluster", metavar="local:N|tcp://HOST:PORT",
                        help="run the chunks on N local worker processes or on the Dask scheduler at HOST:PORT; the "
                             "report equals the single-process one")
@@ -72,7 +75,9 @@ class ArgsLoader:
         args = argparse.Namespace(**self.fields)
         if isinstance(args.ctx, str):
             args.ctx = parse_ctx(args.ctx)
-        model = defended_model(model_from_args(args), defense_chain(args), args)
+        model = model_from_args(args)
+        if hasattr(args, "defense"):  # evaluate's --defense (certify has none)
+            model = defended_model(model, defense_chain(args), args)
         return model, data_from_args(args, model)
 
 
