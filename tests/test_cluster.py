@@ -132,12 +132,14 @@ def test_cli_cluster_with_shard_or_chunk_size_alone_is_refused(tmp_path, capsys)
 
 
 def test_dask_is_imported_only_with_cluster(tmp_path):
-    """A run without --cluster (and the validation of --cluster) never imports Dask; a cluster run does."""
+    """evaluate and certify without --cluster (and the validation of --cluster) never import Dask."""
     code = f"""
 import sys
 from gluon_robust.cli import main
 assert main(["evaluate", *{FLAGS[:4]!r}, "--limit", "1", "--attacks", "fgsm", "--eps", "0.1", "--no-progress",
              "--out", {str(tmp_path / "run")!r}]) == 0
+assert main(["certify", *{FLAGS[:4]!r}, "--limit", "1", "--n0", "4", "--n", "8", "--no-progress",
+             "--out", {str(tmp_path / "certify")!r}]) == 0
 from gluon_robust.cluster import parse_cluster
 parse_cluster("local:2")
 print("DASK", sorted(m for m in sys.modules if m.split(".")[0] in ("dask", "distributed")))
@@ -290,3 +292,49 @@ def test_unreachable_scheduler_is_one_line_within_seconds(tmp_path, capsys):
     assert len(err.splitlines()) == 1, err
     assert f"--cluster tcp://127.0.0.1:{port}: no Dask scheduler answered within 5 s" in err
     assert elapsed < 15 and not (tmp_path / "out" / STATE_DIR).exists()
+
+
+# ------------------------------------------------------------------ certify --cluster
+CERTIFY = ["certify", "--config", "mnist_resnet20", "--data", "mnist-sample", "--limit", "4", "--sigma", "0.25",
+           "--n0", "20", "--n", "100", "--no-progress"]
+
+#: certify.json fields that depend on the run (and the cluster's record), not on the certificates.
+_CERTIFY_RUN_FIELDS = ("seconds", "args", "cluster", "fingerprint")
+
+
+def _certificates(path: Path) -> dict:
+    report = json.loads(path.read_text(encoding="utf-8"))
+    return {k: v for k, v in report.items() if k not in _CERTIFY_RUN_FIELDS}
+
+
+def test_certify_on_cluster_equals_single_process_and_resumes(scheduler, tmp_path, capsys):
+    assert main([*CERTIFY, "--out", str(tmp_path / "single")]) == 0
+    address = scheduler.scheduler.address
+    assert main([*CERTIFY, "--out", str(tmp_path / "cluster"), "--cluster", address, "--chunk-size", "1"]) == 0
+    assert f"cluster {address}: 2 worker(s), 4 of 4 chunk(s)" in capsys.readouterr().out
+    want = _certificates(tmp_path / "single" / "certify.json")
+    assert _certificates(tmp_path / "cluster" / "certify.json") == want and len(want["points"]) == 4
+    assert not (tmp_path / "cluster" / STATE_DIR).exists()
+
+    # a client stopped after one chunk resumes with the others
+    from gluon_robust.cluster import CertifySettings, certify_on_cluster
+
+    args = build_parser().parse_args([*CERTIFY, "--out", str(tmp_path / "resumed")])
+    settings = CertifySettings(sigma=0.25, n0=20, n=100, seed=0)
+
+    def stop(k, directory):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        certify_on_cluster(ArgsLoader(args), settings, radii=args.radii, cluster=address, out_dir=tmp_path / "resumed",
+                           chunk_size=1, progress=False, on_chunk=stop)
+    report = certify_on_cluster(ArgsLoader(args), settings, radii=args.radii, cluster=address,
+                                out_dir=tmp_path / "resumed", chunk_size=1, progress=False, resume=True)
+    assert len(report["cluster"]["resumed_chunks"]) == 1
+    got = {k: v for k, v in report.items() if k not in _CERTIFY_RUN_FIELDS + ("command", "versions")}
+    assert got == {k: v for k, v in want.items() if k not in ("command", "versions")}
+
+
+def test_certify_resume_needs_cluster(tmp_path, capsys):
+    assert main([*CERTIFY, "--out", str(tmp_path), "--resume"]) == 2
+    assert "--resume needs --cluster" in capsys.readouterr().err
