@@ -284,12 +284,20 @@ def _worker_name() -> str:
         return f"pid {os.getpid()}"
 
 
-def _load(loader: Loader) -> _Loaded:
-    """The model and source of ``loader``, loaded once per worker process and key."""
+def _load(loader: Loader, weights: Optional[str] = None) -> _Loaded:
+    """The model and source of ``loader``, loaded once per worker process and key.
+
+    With ``weights`` (the client's weights fingerprint), a cached model with
+    other weights is loaded again first: the file may have been replaced since.
+    """
     from .fingerprint import weights_fingerprint
 
     with _CACHE_LOCK:
         entry = _CACHE.get(loader.key)
+        if entry is not None and weights is not None and entry.weights != weights:
+            logger.info("worker %s: the cached model has other weights than the client's, loading it again",
+                        _worker_name())
+            entry = None
         if entry is None:
             start = time.perf_counter()
             model, source = loader.load()
@@ -351,7 +359,7 @@ def run_chunk(
 
     start = time.perf_counter()
     worker = _worker_name()
-    entry = _load(loader)
+    entry = _load(loader, expected["weights"])
     fix = "give every worker the same weights, data and version as the client (a stale copy on a shared disk?)"
     if entry.weights != expected["weights"]:
         raise ConfigError(f"worker {worker} has different weights than the client (weights fingerprint "
@@ -690,7 +698,7 @@ def run_certify_chunk(loader: Loader, settings: CertifySettings, k: int, n: int,
 
     start = time.perf_counter()
     worker = _worker_name()
-    entry = _load(loader)
+    entry = _load(loader, expected["weights"])
     fix = "give every worker the same weights, data and version as the client (a stale copy on a shared disk?)"
     if entry.weights != expected["weights"]:
         raise ConfigError(f"worker {worker} has different weights than the client (weights fingerprint "

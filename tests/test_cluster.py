@@ -266,7 +266,7 @@ class _StaleOnWorkers(ArgsLoader):
         return super().load()
 
 
-def test_worker_with_other_weights_is_refused(scheduler, tmp_path):
+def test_worker_with_other_weights_is_refused(scheduler, reference, tmp_path):
     (tmp_path / "weights.params").write_bytes(PARAMS.read_bytes())
     arrays = mx.nd.load(str(PARAMS))
     name = sorted(arrays)[0]
@@ -279,6 +279,11 @@ def test_worker_with_other_weights_is_refused(scheduler, tmp_path):
         evaluate_on_cluster(stale, settings, cluster=scheduler.scheduler.address, out_dir=tmp_path / "run",
                             chunk_size=2, progress=False)
     assert not (tmp_path / "run" / "report.json").exists()
+    # the workers' copy is fixed: their cached stale model is dropped, and the run gives the reference's report
+    (tmp_path / "stale.params").write_bytes(PARAMS.read_bytes())
+    evaluate_on_cluster(stale, settings, cluster=scheduler.scheduler.address, out_dir=tmp_path / "run", chunk_size=2,
+                        progress=False)
+    _assert_same_run(tmp_path / "run", reference)
 
 
 def test_unreachable_scheduler_is_one_line_within_seconds(tmp_path, capsys):
