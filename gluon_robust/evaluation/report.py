@@ -40,8 +40,9 @@ logger = logging.getLogger(__name__)
 #: Arrays of ``examples.npz``: clean and adversarial images, label, adversarial prediction, source index, attack.
 EXAMPLE_KEYS = ("x", "x_adv", "y", "pred", "index", "attack")
 
-#: Report fields that depend on the run, not on the result: timing, arguments and the shard.
-TIMING_KEYS = ("seconds", "args", "shard")
+#: Report fields that depend on the run, not on the result: timing, arguments, the shard and the cluster
+#: (its chunks and per-worker timing).
+TIMING_KEYS = ("seconds", "args", "shard", "cluster")
 
 
 def comparable(report: Dict[str, Any]) -> Dict[str, Any]:
