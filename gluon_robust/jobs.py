@@ -10,6 +10,7 @@ import logging
 import re
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -242,6 +243,7 @@ def run_demo(
     seed: int = 0,
     ctx: Any = None,
     progress: bool = True,
+    workers: int = 1,
 ) -> Dict[str, Any]:
     """Evaluate bundled models on the same bundled digits with one recipe, and contrast them.
 
@@ -252,21 +254,31 @@ def run_demo(
     row per model: clean accuracy, PGD-40 and worst-case accuracy per eps)
     into ``out_dir``. Returns ``{"reports": [...], "contrast": {...}}`` and
     prints nothing (the CLI prints the tables).
+
+    ``workers > 1`` runs the evaluations in that many single-threaded worker
+    processes (a Dask ``LocalCluster``, see :mod:`gluon_robust.cluster`), each
+    model's digits in ``2 * workers`` chunks. Per-sample random streams make
+    the figures and the per-sample rows the same as with ``workers=1``; the
+    reports then also record the chunks and the per-worker timing.
     """
     from .evaluation import evaluate
+    from .validation import check_int
 
     if not configs:
         raise ConfigError("the demo needs at least one model config")
+    workers = check_int("workers", workers)
     reports = []
     try:
         with staged_output(out_dir) as out:  # the whole demo appears at once, without an earlier run's files
-            for config in configs:
+            if workers > 1:
+                reports = _demo_on_workers(out, configs, workers=workers, recipe=recipe, eps=eps, limit=limit,
+                                           batch_size=batch_size, seed=seed, ctx=ctx, progress=progress)
+            for config in configs if workers == 1 else ():
                 model = load_classifier(config, ctx=ctx)
                 source = load_data("mnist-sample", split="test", limit=limit, input_size=model.input_size[1:])
                 report = evaluate(model, source, recipe=recipe, eps=eps, norm="linf", batch_size=batch_size,
                                   seed=seed, out_dir=out / demo_report_dir(config, configs), progress=progress,
-                                  args={"config": config, "recipe": recipe, "eps": list(eps), "limit": limit,
-                                        "batch_size": batch_size, "seed": seed})
+                                  args=_demo_args(config, recipe, eps, limit, batch_size, seed))
                 report["config"] = config
                 reports.append(report)
             contrast = contrast_reports(reports)
@@ -293,6 +305,55 @@ def demo_outputs(out_dir: str | Path, configs: Sequence[str]) -> str:
     lines += [f"  {config}: {out / config / 'report.html'}" for config in configs]
     lines.append(f"contrast: {out / 'contrast.md'} (and contrast.json)")
     return "\n".join(lines)
+
+
+def _demo_args(config: str, recipe: str, eps: Sequence[float], limit: int, batch_size: int,
+               seed: int) -> Dict[str, Any]:
+    return {"config": config, "recipe": recipe, "eps": list(eps), "limit": limit, "batch_size": batch_size,
+            "seed": seed}
+
+
+@dataclass(frozen=True)
+class DemoLoader:
+    """Loads a bundled model and the demo's digits, in the client and in each worker process (it pickles)."""
+
+    config: str
+    limit: int
+    ctx: Optional[str] = None
+
+    @property
+    def key(self) -> str:
+        return f"demo:{self.config}:{self.limit}:{self.ctx}"
+
+    def load(self) -> Tuple[Classifier, Any]:
+        from .cli import parse_ctx
+
+        model = load_classifier(self.config, ctx=parse_ctx(self.ctx)[0] if self.ctx else None)
+        return model, load_data("mnist-sample", split="test", limit=self.limit, input_size=model.input_size[1:])
+
+
+def _demo_on_workers(out: Path, configs: Sequence[str], *, workers: int, recipe: str, eps: Sequence[float],
+                     limit: int, batch_size: int, seed: int, ctx: Any, progress: bool) -> list:
+    """The demo's evaluations on one local cluster of ``workers`` processes, shared by all the models."""
+    import math
+
+    from .cluster import EvaluateSettings, connect, evaluate_on_cluster
+
+    ctx_text = None if ctx is None else f"{ctx.device_type}:{ctx.device_id}"
+    settings = EvaluateSettings(recipe=recipe, eps=tuple(float(e) for e in eps), norm="linf", batch_size=batch_size,
+                                seed=seed)
+    chunk = max(1, math.ceil(limit / (2 * workers)))  # a few chunks per worker: balanced, and batches stay large
+    reports = []
+    with connect(f"local:{workers}") as client:
+        address = client.scheduler.address  # every model's chunks go to the same workers
+        for config in configs:
+            report = evaluate_on_cluster(DemoLoader(config, limit, ctx_text), settings, cluster=address,
+                                         out_dir=out / demo_report_dir(config, configs), chunk_size=chunk,
+                                         progress=progress, announce=logger.debug,
+                                         args=_demo_args(config, recipe, eps, limit, batch_size, seed))
+            report["config"] = config
+            reports.append(report)
+    return reports
 
 
 def contrast_reports(reports: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
