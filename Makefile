@@ -9,8 +9,9 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 ART_VENV := benchmarks/.venv-art
+AA_VENV  := benchmarks/.venv-autoattack
 
-.PHONY: demo test test-all bench bench-art reliability zoo-matrix install clean
+.PHONY: demo test test-all bench bench-art bench-torch reliability zoo-matrix install clean
 
 $(STAMP): setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -69,5 +70,29 @@ $(ART_VENV)/.installed: setup.py constraints.txt
 bench-art: $(ART_VENV)/.installed
 	$(ART_VENV)/bin/python benchmarks/bench_art.py --out benchmarks/results
 
+# PyTorch 2.13 (CPU), reference AutoAttack and torchattacks live only in the benchmark's own environment
+# (shared with the AutoAttack comparison); torchattacks comes without its dependencies (torchvision does not
+# import with the CPU wheel), numpy and scipy being pinned by constraints.txt.
+$(AA_VENV)/.installed: setup.py constraints.txt
+	test -x $(AA_VENV)/bin/python || $(PYTHON) -m venv $(AA_VENV)
+	$(AA_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[cpu]" \
+		torch==2.13.0 pyautoattack==0.2.0
+	touch $@
+
+$(AA_VENV)/.torchattacks: $(AA_VENV)/.installed
+	$(AA_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt --no-deps \
+		torchattacks==3.5.1
+	touch $@
+
+# PGD-10 against torchattacks and torch.compile (one thread, then two), then black-box cost per query.
+# TORCH_ARGS="--batch-size 8 --repeats 2" for a shorter run.
+TORCH_ARGS ?=
+bench-torch: $(STAMP) $(AA_VENV)/.torchattacks
+	nice -n 10 $(BIN)/python benchmarks/bench_vs_torch.py --threads 1 --torch-python $(AA_VENV)/bin/python \
+		--out benchmarks/results $(TORCH_ARGS)
+	nice -n 10 $(BIN)/python benchmarks/bench_vs_torch.py --threads 2 --torch-python $(AA_VENV)/bin/python \
+		--out benchmarks/results --readme README.md $(TORCH_ARGS)
+	nice -n 10 $(BIN)/python benchmarks/bench_blackbox_overhead.py --out benchmarks/results --readme README.md
+
 clean:
-	rm -rf $(VENV) $(ART_VENV) runs build *.egg-info
+	rm -rf $(VENV) $(ART_VENV) $(AA_VENV) runs build *.egg-info

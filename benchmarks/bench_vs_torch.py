@@ -307,15 +307,16 @@ def markdown(payload: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, table: str) -> None:
+def update_readme(readme: Path, table: str, start: str = START, end: str = END) -> None:
+    """Replace the text between the ``start`` and ``end`` markers of ``readme`` with ``table``."""
     from gluon_robust.io import atomic_write_text
 
     text = readme.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        raise SystemExit(f"{readme} has no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    atomic_write_text(readme, f"{head}{START}\n{table}\n{END}{tail}")
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme} has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write_text(readme, f"{head}{start}\n{table}\n{end}{tail}")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
