@@ -30,8 +30,8 @@ records the load average at the start and the end, and each run's CPU time
 over wall time (the cores it kept busy). Every process gets ``--threads``
 OpenMP/MKL threads.
 
-Writes ``benchmarks/results/vs_torch.json`` (one entry per thread count,
-merged into the file) and, with ``--readme``, the table between the
+Writes ``benchmarks/results/vs_torch.json`` (one entry per thread count and
+model, merged into the file, each with the load average before and after it) and, with ``--readme``, the table between the
 ``vs-torch`` markers. ``--table-only`` regenerates the table from the JSON.
 """
 
@@ -358,22 +358,21 @@ def main(argv: Optional[List[str]] = None) -> None:
     if not args.table_only:
         if not Path(args.torch_python).exists():
             raise SystemExit(f"--torch-python: {args.torch_python} does not exist; run `make bench-torch`")
-        run: Dict[str, Any] = {"load_average_start": list(os.getloadavg()), "repeats": args.repeats,
-                               "eps": EPS, "step_size": ALPHA, "note": args.note, "models": {}}
-        started = time.perf_counter()
+        run: Dict[str, Any] = payload["runs"].setdefault(str(args.threads), {"models": {}})
+        run.update(eps=EPS, step_size=ALPHA)
         with tempfile.TemporaryDirectory() as workdir:
             for model in args.models.split(","):
-                run["models"][model] = bench_model(model, args, workdir)
-        run["load_average_end"] = list(os.getloadavg())
-        run["wall_s"] = time.perf_counter() - started
-        payload["runs"][str(args.threads)] = run
-        rows = [[args.threads, m, f"{r['contestants']['ours']['ms_per_image_step']:.2f}",
-                 f"{r['contestants']['torchattacks']['ms_per_image_step']:.2f}",
-                 f"{r['contestants']['compiled']['ms_per_image_step']:.2f}",
-                 f"{r['ratios']['ours/torchattacks']:.2f}", f"{r['ratios']['ours/compiled']:.2f}"]
-                for m, r in run["models"].items()]
-        write_results(args.out, "vs_torch", {"runs": payload["runs"]}, rows,
-                      ["threads", "model", "ours ms", "torchattacks ms", "compiled ms", "/ta", "/compiled"])
+                load_start, started = list(os.getloadavg()), time.perf_counter()
+                row = bench_model(model, args, workdir)
+                row.update(repeats=args.repeats, note=args.note, load_average_start=load_start,
+                           load_average_end=list(os.getloadavg()), wall_s=time.perf_counter() - started)
+                run["models"][model] = row
+                rows = [[args.threads, model, f"{row['contestants']['ours']['ms_per_image_step']:.2f}",
+                         f"{row['contestants']['torchattacks']['ms_per_image_step']:.2f}",
+                         f"{row['contestants']['compiled']['ms_per_image_step']:.2f}",
+                         f"{row['ratios']['ours/torchattacks']:.2f}", f"{row['ratios']['ours/compiled']:.2f}"]]
+                write_results(args.out, "vs_torch", {"runs": payload["runs"]}, rows,  # after each model
+                              ["threads", "model", "ours ms", "torchattacks ms", "compiled ms", "/ta", "/compiled"])
     if args.readme:
         update_readme(Path(args.readme), markdown(payload))
 
