@@ -198,12 +198,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     setup_logging()
     path = Path(args.out) / "blackbox_overhead.json"
     runs: Dict[str, Any] = json.loads(path.read_text())["runs"] if args.update and path.exists() else {}
-    load_start = list(os.getloadavg())
     for run in args.runs.split(","):
         model, _, batch = run.partition("@")
+        load_start = list(os.getloadavg())
         runs[run] = bench(model, int(batch), args.repeats, args.seed, args.attacks.split(","), args.forward_calls)
-    payload = {"runs": runs, "threads": args.threads, "repeats": args.repeats,
-               "load_average_start": load_start, "load_average_end": list(os.getloadavg())}
+        runs[run].update(threads=args.threads, repeats=args.repeats, load_average_start=load_start,
+                         load_average_end=list(os.getloadavg()))
+    payload = {"runs": runs}
     rows = [[key] + [f"{r['attacks'][k]['ratio']:.2f}" if k in r["attacks"] else "-" for k in ATTACKS]
             for key, r in runs.items()]
     write_results(args.out, "blackbox_overhead", payload, rows, ["run"] + list(ATTACKS))
