@@ -172,6 +172,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--readme", help="README whose blackbox-overhead table is replaced")
     parser.add_argument("--update", action="store_true", help="keep the other runs of an existing JSON")
+    parser.add_argument("--table-only", action="store_true", help="only regenerate the README table from the JSON")
     args = parser.parse_args(argv)
     for flag in ("repeats", "threads", "forward_calls"):
         if getattr(args, flag) < 1:
@@ -197,7 +198,12 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     setup_logging()
     path = Path(args.out) / "blackbox_overhead.json"
-    runs: Dict[str, Any] = json.loads(path.read_text())["runs"] if args.update and path.exists() else {}
+    runs: Dict[str, Any] = json.loads(path.read_text())["runs"] if (args.update or args.table_only) and path.exists() \
+        else {}
+    if args.table_only:
+        if args.readme:
+            update_readme(Path(args.readme), markdown({"runs": runs}), START, END)
+        return
     for run in args.runs.split(","):
         model, _, batch = run.partition("@")
         load_start = list(os.getloadavg())
