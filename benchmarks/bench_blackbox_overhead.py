@@ -44,11 +44,12 @@ sys.path.insert(0, str(HERE))
 
 logger = logging.getLogger("benchmarks.blackbox_overhead")
 START, END = "<!-- blackbox-overhead:start -->", "<!-- blackbox-overhead:end -->"
-#: model -> (eps of the L-inf attacks, L2 eps of HopSkipJump, query budgets per attack)
+#: model -> L-inf eps, query budget per attack, NES samples, HopSkipJump's first gradient evaluations.
+#: NES's budget is 1 + k (2 samples + 1): the first check, then k estimate-and-step rounds.
 SETTINGS: Dict[str, Dict[str, Any]] = {
     "mnist_resnet20_pgdat": {"eps": 0.05, "budget": {"square": 200, "simba": 200, "nes": 204, "hopskipjump": 300},
                              "nes_samples": 50, "hsj_evals": 50},
-    "mobilenetv2_1.0": {"eps": 1 / 255, "budget": {"square": 10, "simba": 10, "nes": 12, "hopskipjump": 30},
+    "mobilenetv2_1.0": {"eps": 1 / 255, "budget": {"square": 10, "simba": 10, "nes": 22, "hopskipjump": 30},
                         "nes_samples": 10, "hsj_evals": 20},
     "resnet50_v1b": {"eps": 1 / 255, "budget": {"square": 10, "simba": 10, "nes": 22, "hopskipjump": 40},
                      "nes_samples": 10, "hsj_evals": 10},
