@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 ART_VENV := benchmarks/.venv-art
 AA_VENV  := benchmarks/.venv-autoattack
 
-.PHONY: demo test test-all bench bench-art bench-torch reliability zoo-matrix install clean
+.PHONY: demo test test-all bench bench-speed bench-tables bench-art bench-autoattack bench-torch reliability zoo-matrix install clean
 
 $(STAMP): setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,8 +41,13 @@ reliability: $(STAMP)
 	$(BIN)/python benchmarks/reliability_table.py --log $(RELIABILITY_LOG) --out benchmarks/results \
 		--readme README.md --scale $(FUZZ_SCALE)
 
-# Speed and memory benchmarks (JSON in benchmarks/results, tables on stderr).
-bench: $(STAMP)
+# Every benchmark: JSON with its provenance (git revision, cores, versions) in benchmarks/results,
+# then the README tables regenerated from it. The comparisons with ART and reference AutoAttack
+# run in their own environments (bench-art, bench-autoattack: over an hour on one core).
+bench: bench-speed bench-art bench-autoattack
+	$(BIN)/python benchmarks/tables.py --readme README.md
+
+bench-speed: $(STAMP)
 	$(BIN)/python benchmarks/bench_folding.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_attacks.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_blackbox.py --out benchmarks/results
@@ -52,6 +57,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_smoothing.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_detection.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_distributed.py --out benchmarks/results
+	$(BIN)/python benchmarks/bench_memory.py --out benchmarks/results
+
+# The README tables from the committed JSON (no benchmark is run).
+bench-tables: $(STAMP)
+	$(BIN)/python benchmarks/tables.py --readme README.md
 
 # Every GluonCV image classifier checked (fold, gradient, PGD through the CLI): resumes an
 # interrupted sweep (--update; ZOO_ARGS="--only NAME,..." re-runs some), then writes docs/zoo.md.
@@ -67,18 +77,25 @@ $(ART_VENV)/.installed: setup.py constraints.txt
 		adversarial-robustness-toolbox==1.19.1 "scikit-learn<1.4"
 	touch $@
 
-bench-art: $(ART_VENV)/.installed
+bench-art: $(STAMP) $(ART_VENV)/.installed
 	$(ART_VENV)/bin/python benchmarks/bench_art.py --out benchmarks/results
+	$(BIN)/python benchmarks/tables.py --readme README.md
 
-# PyTorch 2.13 (CPU), reference AutoAttack and torchattacks live only in the benchmark's own environment
-# (shared with the AutoAttack comparison); torchattacks comes without its dependencies (torchvision does not
-# import with the CPU wheel), numpy and scipy being pinned by constraints.txt.
+# Reference AutoAttack (pyautoattack 0.2.0, PyTorch CPU) lives only in the benchmark's own environment.
 $(AA_VENV)/.installed: setup.py constraints.txt
 	test -x $(AA_VENV)/bin/python || $(PYTHON) -m venv $(AA_VENV)
 	$(AA_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[cpu]" \
 		torch==2.13.0 pyautoattack==0.2.0
 	touch $@
 
+# Both bundled models, eps 0.1 and 0.3, 200 digits, one thread each side (over an hour); gluon_robust
+# runs in .venv, because GluonCV does not import next to PyTorch 2.
+bench-autoattack: $(STAMP) $(AA_VENV)/.installed
+	nice -n 10 $(AA_VENV)/bin/python benchmarks/vs_autoattack.py --ours-python $(BIN)/python --out benchmarks/results
+	$(BIN)/python benchmarks/tables.py --readme README.md
+
+# torchattacks joins the AutoAttack benchmark's environment without its dependencies (torchvision does not
+# import with the CPU wheel), numpy and scipy being pinned by constraints.txt.
 $(AA_VENV)/.torchattacks: $(AA_VENV)/.installed
 	$(AA_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt --no-deps \
 		torchattacks==3.5.1

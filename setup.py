@@ -35,7 +35,9 @@ setup(
     extras_require={
         "cpu": ["mxnet==1.9.1"],
         "gpu": ["mxnet-cu112==1.9.1"],
-        "test": ["pytest>=7", "hypothesis>=6.100", "mlxtend<0.24", "scikit-image<0.22"],
+        # evaluate --cluster (Dask distributed, see docs/distributed.md); the tests run it on a LocalCluster
+        "cluster": ["dask[distributed]>=2024.1"],
+        "test": ["pytest>=7", "hypothesis>=6.100", "mlxtend<0.24", "scikit-image<0.22", "dask[distributed]>=2024.1"],
     },
     entry_points={"console_scripts": ["gluon-robust=gluon_robust.cli:main"]},
     classifiers=[

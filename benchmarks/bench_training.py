@@ -7,25 +7,38 @@ recipe below (Adam, batch 32, eps 0.3 from the first step, the last epoch at a
 tenth of the learning rate), on 2 CPU cores in at most 15 minutes. Training
 from scratch beat fine-tuning the bundled standard model at the same budget:
 the standard model's features start far from robust ones. The result is then
-evaluated on the 1,000 held-out digits:
+evaluated on the held-out digits (1,000 by default):
 
 * clean accuracy;
-* PGD-40 with two random restarts at L-inf eps 0.1 and 0.3 (robust accuracy);
-* the worst case per digit over PGD-40 x2 and APGD-CE (when ``apgd`` is
-  registered) at each eps, via :func:`gluon_robust.evaluation.robustness.evaluate_attacks`;
+* robust accuracy under a named evaluation recipe (``--recipe``, default
+  ``apgd-lite``: APGD-CE and APGD-T on 3 targets, 20 iterations each) at each
+  L-inf eps, through :func:`gluon_robust.evaluation.evaluate`, the path of
+  ``gluon-robust evaluate`` (Croce & Hein 2020, "Reliable evaluation of
+  adversarial robustness with an ensemble of diverse parameter-free attacks",
+  https://arxiv.org/abs/2003.01690). The table's header and the JSON name the
+  recipe and what it changes with respect to AutoAttack's standard version;
+  a lite recipe's figure is an upper bound on what ``standard`` would report;
+* optionally (``--pgd-steps N``, 0 to skip) PGD-N with ``--restarts`` random
+  restarts run on its own (Madry et al. 2018), in columns labelled as such;
+  the issue-6 targets are stated on it;
 * training time (the loop's time, per-epoch validation excluded).
 
 The undefended reference model is evaluated the same way, beside them.
 Targets (issue 6): PGD-AT and TRADES >= 98% clean, >= 95% at 0.1 and >= 88% at
-0.3; Fast-AT within 3 points of PGD-AT at 0.3 in at most a third of its time.
+0.3 under PGD; Fast-AT within 3 points of PGD-AT at 0.3 in at most a third of
+its time.
 
-Writes ``training.json`` (per-method metrics, recipes, per-epoch logs,
+Writes ``training.json`` (per-method metrics, the recipe, per-epoch logs,
 targets met) after each method and logs the table; ``--update`` re-runs only
 the methods given and keeps the others' rows from an earlier file measured
-with the same evaluation settings. A quick check of the script itself::
+with the same evaluation settings at the same clean git revision (another
+revision is refused); ``--reuse-trained`` evaluates the models an earlier run
+left in ``--work-dir`` (refused unless their recorded training options are
+this recipe's) instead of training them again. A quick check of the script
+itself::
 
     python benchmarks/bench_training.py --methods undefended,fast-at --epochs 1 --limit 256 \
-        --eval-limit 64 --pgd-steps 5 --restarts 1 --apgd-steps 5 --out /tmp/bench
+        --eval-limit 64 --recipe apgd-lite --pgd-steps 5 --restarts 1 --out /tmp/bench
 """
 
 import argparse
@@ -33,10 +46,15 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from common import setup_logging, write_results
-from gluon_robust.attacks import ATTACKS, get_attack
+from common import git_revision, load_results, setup_logging, write_results
+from gluon_robust.attacks import get_attack
 from gluon_robust.data import load_data
+from gluon_robust.errors import ConfigError
+from gluon_robust.evaluation import evaluate as evaluate_recipe
+from gluon_robust.evaluation.report import stage_accuracies
+from gluon_robust.evaluation.recipes import RECIPE_SUMMARIES, describe, deviations, get_recipe, recipe_names
 from gluon_robust.evaluation.robustness import evaluate_attacks
 from gluon_robust.model import load_classifier
 from gluon_robust.training.loop import TrainConfig, run_training
@@ -65,9 +83,13 @@ RECIPES = {
     "input-grad": dict(method="input-grad", beta=30.0, epochs=4, lr_decay_epoch=(3,)),
 }
 DEFAULT_METHODS = ("undefended", "pgd-at", "fast-at", "trades")
+#: The default evaluation recipe: affordable for 1,000 digits x 4 models on 2 cores (about 80 gradients
+#: per digit and eps, against about 1,100 for ``standard``).
+DEFAULT_RECIPE = "apgd-lite"
+REVISION = git_revision()  # when the run starts: the code it measures
 
 
-def parse_args(argv=None):
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help=f"comma-separated, from {', '.join(RECIPES)}")
@@ -75,37 +97,99 @@ def parse_args(argv=None):
     parser.add_argument("--limit", type=int, help="training digits (default all 4,000)")
     parser.add_argument("--eval-limit", type=int, default=1000, help="held-out digits evaluated (default 1,000)")
     parser.add_argument("--eps", default="0.1,0.3", help="evaluation radii")
-    parser.add_argument("--pgd-steps", type=int, default=40)
-    parser.add_argument("--restarts", type=int, default=2)
-    parser.add_argument("--apgd-steps", type=int, default=100, help="APGD-CE steps of the worst case")
+    parser.add_argument("--recipe", default=DEFAULT_RECIPE,
+                        help=f"evaluation recipe of the robust columns, from {', '.join(recipe_names())} "
+                             f"(default {DEFAULT_RECIPE})")
+    parser.add_argument("--pgd-steps", type=int, default=40,
+                        help="steps of the separate PGD columns (default 40; 0 leaves them out)")
+    parser.add_argument("--restarts", type=int, default=2, help="random restarts of the separate PGD columns")
     parser.add_argument("--batch-size", type=int, default=250, help="evaluation batch size")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation's attacks")
     parser.add_argument("--work-dir", default="runs/bench_training", help="where the trained models go")
+    parser.add_argument("--reuse-trained", action="store_true",
+                        help="evaluate the models already trained in --work-dir with the same options "
+                             "(their recorded train time) instead of training them again")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--update", action="store_true",
                         help="keep the other methods' rows of an existing training.json (same evaluation settings)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.recipe = str(args.recipe).strip().lower()
+        get_recipe(args.recipe)
+    except ConfigError as err:
+        parser.error(f"--recipe: {err}")
+    for flag, value, least in (("--pgd-steps", args.pgd_steps, 0), ("--restarts", args.restarts, 1),
+                               ("--eval-limit", args.eval_limit, 1), ("--batch-size", args.batch_size, 1)):
+        if value < least:
+            parser.error(f"{flag} must be >= {least}, got {value}")
+    try:
+        args.eps_list = [float(e) for e in args.eps.split(",") if e.strip()]
+    except ValueError:
+        parser.error(f"--eps must be comma-separated numbers, got {args.eps!r}")
+    if not args.eps_list or any(not e > 0 for e in args.eps_list):
+        parser.error(f"--eps must be positive numbers, got {args.eps!r}")
+    return args
 
 
-def evaluate(model, source, eps_list, steps, restarts, apgd_steps, batch_size):
-    """Clean, PGD per eps and worst case (PGD then APGD on the survivors) per eps."""
-    attacks = []
+def pgd_label(steps: int, restarts: int) -> str:
+    """The name of the separate PGD columns, e.g. ``PGD-40x2``."""
+    return f"PGD-{steps}x{restarts}"
+
+
+def evaluate(model: Any, source: Any, eps_list: Sequence[float], *, recipe: str, pgd_steps: int, restarts: int,
+             batch_size: int, seed: int = 0) -> Dict[str, Any]:
+    """Clean accuracy, the recipe's robust accuracy per eps, and optionally PGD on its own per eps.
+
+    The robust figures come from :func:`gluon_robust.evaluation.evaluate` with ``recipe`` (the worst case per
+    digit over the recipe's stages, run as a cascade, exactly as ``gluon-robust evaluate --recipe`` runs it);
+    the PGD columns (``pgd_steps > 0``) are a separate run of PGD alone, never mixed into the recipe's figure.
+
+    Parameters
+    ----------
+    model : Classifier
+        The trained model, on pixel inputs in [0, 1].
+    source : DataSource
+        The held-out digits.
+    eps_list : sequence of float
+        L-inf budgets.
+    recipe : str
+        A name of :data:`gluon_robust.evaluation.recipes.RECIPES`.
+    pgd_steps, restarts : int
+        PGD-``pgd_steps`` with ``restarts`` random starts on its own (Madry et al. 2018,
+        https://arxiv.org/abs/1706.06083); ``pgd_steps=0`` leaves it out.
+    batch_size, seed : int
+        Evaluation batch size and the attacks' seed.
+
+    Returns
+    -------
+    dict
+        ``clean``, ``recipe``, ``robust@EPS`` (the recipe's worst case), ``stages`` (label, eps and
+        accuracy after each stage, as the report lists them), ``warnings``, and with PGD ``pgd@EPS``.
+    """
+    report = evaluate_recipe(model, source, recipe=recipe, eps=list(eps_list), norm="linf", batch_size=batch_size,
+                             seed=seed, progress=False, max_examples=0)
+    out: Dict[str, Any] = {"clean": report["clean_accuracy"], "recipe": report["recipe"],
+                           "recipe_seconds": round(report["seconds"], 1)}
+    worst = {float(w["eps"]): w["robust_accuracy"] for w in report["worst_case"]}
     for eps in eps_list:
-        attacks.append((f"pgd@{eps:g}", get_attack("pgd", eps=eps, steps=steps, restarts=restarts)))
-        if "apgd" in ATTACKS:
-            attacks.append((f"apgd@{eps:g}", get_attack("apgd", eps=eps, steps=apgd_steps)))
-    result = evaluate_attacks(model, source, attacks, batch_size=batch_size, cascade=True, progress=False)
-    out = {"clean": result.clean_accuracy, "seconds": round(result.seconds, 1)}
-    for eps in eps_list:
-        pgd = next(o for o in result.outcomes if o.name == f"pgd@{eps:g}")
-        out[f"pgd@{eps:g}"] = pgd.robust_accuracy(result.correct)
-        out[f"worst@{eps:g}"] = float(result.robust_mask("linf", eps).mean())
-    out["worst_attacks"] = [name for name, _ in attacks]
+        out[f"robust@{eps:g}"] = worst[float(eps)]
+    # what ran, as the report says: label, eps and accuracy after each stage of the cascade
+    out["stages"] = [{"label": a["name"], "eps": a["eps"], "robust_accuracy_after": after, "seconds": a["seconds"]}
+                     for a, after in zip(report["attacks"], stage_accuracies(report))]
+    out["warnings"] = list(report.get("warnings", []))
+    if pgd_steps > 0:
+        attacks = [(f"pgd@{eps:g}", get_attack("pgd", eps=eps, steps=pgd_steps, restarts=restarts, seed=seed))
+                   for eps in eps_list]
+        result = evaluate_attacks(model, source, attacks, batch_size=batch_size, cascade=False, progress=False)
+        for outcome, eps in zip(result.outcomes, eps_list):
+            out[f"pgd@{eps:g}"] = outcome.robust_accuracy(result.correct)
+        out["pgd_seconds"] = round(result.seconds, 1)
     return out
 
 
-def targets(rows):
-    """Which of the issue's targets the measured rows meet (None where a method is missing)."""
-    by = {r["method"]: r for r in rows}
+def targets(rows: List[Dict[str, Any]]) -> Dict[str, bool]:
+    """Which of the issue's targets (stated on PGD) the measured rows meet; empty without PGD columns."""
+    by = {r["method"]: r for r in rows if "pgd@0.3" in r and "pgd@0.1" in r}
     checks = {}
     for name in ("pgd-at", "trades"):
         if name in by:
@@ -118,39 +202,62 @@ def targets(rows):
     return checks
 
 
-def report(args, eps_list, eval_digits, rows, runs):
-    """Write ``training.json`` and log the table for the rows measured so far, in recipe order."""
-    rows = sorted(rows, key=lambda r: list(RECIPES).index(r["method"]))
-
-    def pct(v):
+def table(rows: List[Dict[str, Any]], eps_list: Sequence[float], recipe: str, pgd_steps: int,
+          restarts: int) -> Tuple[List[str], List[List[str]]]:
+    """The header and rows of the results table; the robust columns are headed by the recipe's name."""
+    def pct(v: float) -> str:
         return f"{100 * v:.1f}%"
 
-    header = ["method", "clean"] + [f"PGD-{args.pgd_steps}x{args.restarts} @{e:g}" for e in eps_list] + \
-             [f"worst @{e:g}" for e in eps_list] + ["train time"]
-    table = [[r["method"], pct(r["clean"])] + [pct(r[f"pgd@{e:g}"]) for e in eps_list]
-             + [pct(r[f"worst@{e:g}"]) for e in eps_list]
-             + ["bundled" if r["train_seconds"] is None else f"{r['train_seconds']:.0f} s"] for r in rows]
+    pgd = pgd_label(pgd_steps, restarts)
+    header = ["method", "clean"] + [f"{recipe} @{e:g}" for e in eps_list]
+    if pgd_steps > 0:
+        header += [f"{pgd} @{e:g}" for e in eps_list]
+    header += ["train time"]
+    body = []
+    for r in rows:
+        line = [r["method"], pct(r["clean"])] + [pct(r[f"robust@{e:g}"]) for e in eps_list]
+        if pgd_steps > 0:
+            line += [pct(r[f"pgd@{e:g}"]) for e in eps_list]
+        body.append(line + ["bundled" if r["train_seconds"] is None else f"{r['train_seconds']:.0f} s"])
+    return header, body
+
+
+def report(args: argparse.Namespace, eval_digits: int, rows: List[Dict[str, Any]],
+           runs: Dict[str, Any]) -> Path:
+    """Write ``training.json`` and log the table for the rows measured so far, in recipe order."""
+    rows = sorted(rows, key=lambda r: list(RECIPES).index(r["method"]))
+    stages = get_recipe(args.recipe)
+    header, body = table(rows, args.eps_list, args.recipe, args.pgd_steps, args.restarts)
     payload = {
-        "reference": REFERENCE, "eval_digits": eval_digits, "limit": args.limit, "pgd_steps": args.pgd_steps,
-        "restarts": args.restarts, "apgd_steps": args.apgd_steps, "eps": eps_list, "apgd": "apgd" in ATTACKS,
-        "epochs_override": args.epochs, "rows": rows, "runs": runs, "targets_met": targets(rows),
+        "reference": REFERENCE, "eval_digits": eval_digits, "limit": args.limit, "eps": args.eps_list,
+        "recipe": args.recipe, "recipe_summary": RECIPE_SUMMARIES.get(args.recipe),
+        "recipe_stages": describe(stages), "differs_from_standard": deviations(stages),
+        "pgd_steps": args.pgd_steps, "restarts": args.restarts,
+        "pgd": pgd_label(args.pgd_steps, args.restarts) if args.pgd_steps else None,
+        "seed": args.seed, "epochs_override": args.epochs, "header": header, "rows": rows, "runs": runs,
+        "targets_met": targets(rows), "targets_attack": pgd_label(args.pgd_steps, args.restarts)
+        if args.pgd_steps else None,
     }
-    write_results(args.out, "training", payload, table, header)
+    return write_results(args.out, "training", payload, body, header, revision=REVISION)
 
 
-def previous_results(args, methods, eval_digits):
+#: The settings an ``--update`` must share with the file it extends.
+SETTINGS = ("eval_digits", "recipe", "pgd_steps", "restarts", "seed", "eps", "limit", "epochs_override")
+
+
+def previous_results(args: argparse.Namespace, methods: Sequence[str],
+                     eval_digits: int) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
     """The rows and runs of an earlier ``training.json`` for the methods not re-run now.
 
-    Refuses a file measured with other evaluation settings, so one table never mixes them.
+    Refuses a file measured with other evaluation settings (another recipe, say), so one table never mixes them.
     """
     path = Path(args.out) / "training.json"
-    if not path.is_file():
+    old = load_results(args.out, "training", REVISION)  # refuses rows of another revision
+    if not old:
         return [], {}
-    old = json.loads(path.read_text())
-    settings = ("eval_digits", "pgd_steps", "restarts", "apgd_steps", "limit", "epochs_override")
-    ours = dict(eval_digits=eval_digits, pgd_steps=args.pgd_steps, restarts=args.restarts,
-                apgd_steps=args.apgd_steps, limit=args.limit, epochs_override=args.epochs)
-    differ = [key for key in settings if old.get(key) != ours[key]]
+    ours = dict(eval_digits=eval_digits, recipe=args.recipe, pgd_steps=args.pgd_steps, restarts=args.restarts,
+                seed=args.seed, eps=args.eps_list, limit=args.limit, epochs_override=args.epochs)
+    differ = [key for key in SETTINGS if old.get(key) != ours[key]]
     if differ:
         raise SystemExit(f"--update: {path} was measured with other settings ({', '.join(differ)})")
     rows = [r for r in old["rows"] if r["method"] not in methods]
@@ -158,16 +265,38 @@ def previous_results(args, methods, eval_digits):
     return rows, runs
 
 
-def main(argv=None):
+def trained(name: str, config: TrainConfig) -> Optional[Dict[str, Any]]:
+    """The metrics of a finished earlier training run of ``config`` in its save_dir, or None if there is none.
+
+    SystemExit when the run there was made with other options or did not finish, so that ``--reuse-trained``
+    never reports another recipe's model under this one's name.
+    """
+    path = Path(config.save_dir) / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    if metrics.get("config") != config.fingerprint():
+        theirs = metrics.get("config") or {}
+        differ = sorted(k for k in set(theirs) | set(config.fingerprint())
+                        if theirs.get(k) != config.fingerprint().get(k))
+        raise SystemExit(f"--reuse-trained: {path} is a run of {name} with other options ({', '.join(differ)})")
+    if not metrics.get("finished"):
+        raise SystemExit(f"--reuse-trained: {path} is an unfinished run of {name}")
+    return metrics
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     setup_logging()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in RECIPES]
     if unknown:
-        raise SystemExit(f"unknown methods {unknown}; choose from {', '.join(RECIPES)}")
-    eps_list = [float(e) for e in args.eps.split(",")]
+        raise SystemExit(f"--methods: unknown methods {unknown}; choose from {', '.join(RECIPES)}")
     test = load_data("mnist-sample", split="test", limit=args.eval_limit)
     rows, runs = previous_results(args, methods, len(test)) if args.update else ([], {})
+    logger.info("evaluation: recipe %s (%s)%s on %d held-out digits", args.recipe,
+                RECIPE_SUMMARIES.get(args.recipe, ""),
+                f", plus {pgd_label(args.pgd_steps, args.restarts)} on its own" if args.pgd_steps else "", len(test))
     for name in methods:
         recipe = RECIPES[name]
         if recipe is None:
@@ -178,21 +307,30 @@ def main(argv=None):
                 options["epochs"] = args.epochs
                 options["lr_decay_epoch"] = ()
             save_dir = Path(args.work_dir) / name
-            logger.info("training %s: %s", name, options)
-            tic = time.perf_counter()
-            metrics = run_training(TrainConfig(limit=args.limit, save_dir=str(save_dir),
-                                               name=name, progress=False, **options))
-            logger.info("%s trained in %.0f s (%.0f s with validation)", name, metrics["train_seconds"],
-                        time.perf_counter() - tic)
-            config, train_seconds = metrics["outputs"]["config"], metrics["train_seconds"]
-            epochs, stopped = metrics["epochs"], metrics["stopped_early"]
-            runs[name] = {"recipe": options, "epochs": epochs, "stopped_early": stopped}
+            train_config = TrainConfig(limit=args.limit, save_dir=str(save_dir), name=name, progress=False,
+                                       **options)
+            metrics = trained(name, train_config) if args.reuse_trained else None
+            reused = metrics is not None
+            if reused:
+                logger.info("%s: reusing the model trained in %s (%.0f s)", name, save_dir,
+                            metrics["train_seconds"])
+            else:
+                logger.info("training %s: %s", name, options)
+                tic = time.perf_counter()
+                metrics = run_training(train_config)
+                logger.info("%s trained in %.0f s (%.0f s with validation)", name, metrics["train_seconds"],
+                            time.perf_counter() - tic)
+            config = str(save_dir / f"{train_config.run_name}.yaml")
+            train_seconds, epochs, stopped = metrics["train_seconds"], metrics["epochs"], metrics["stopped_early"]
+            runs[name] = {"recipe": options, "epochs": epochs, "stopped_early": stopped,
+                          "trained": metrics.get("started"), "reused": reused}
         model = load_classifier(config)
-        scores = evaluate(model, test, eps_list, args.pgd_steps, args.restarts, args.apgd_steps, args.batch_size)
+        scores = evaluate(model, test, args.eps_list, recipe=args.recipe, pgd_steps=args.pgd_steps,
+                          restarts=args.restarts, batch_size=args.batch_size, seed=args.seed)
         rows.append(dict(method=name, train_seconds=train_seconds, stopped_early=stopped,
                          measured=time.strftime("%Y-%m-%d %H:%M"), **scores))
-        logger.info("%s: %s", name, scores)
-        report(args, eps_list, len(test), rows, runs)  # after each method, so a long run keeps what it measured
+        logger.info("%s: %s", name, {k: v for k, v in scores.items() if k not in ("stages", "warnings")})
+        report(args, len(test), rows, runs)  # after each method, so a long run keeps what it measured
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -58,14 +57,6 @@ def markdown(rows: List[Dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def git_revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--log", required=True, help="the JSON-lines log the tests wrote")
@@ -78,7 +69,7 @@ def main() -> int:
     if not rows:
         logger.error("%s holds no cases", args.log)
         return 1
-    write_results(args.out, "reliability", {"rows": rows, "revision": git_revision(), "fuzz_scale": args.scale},
+    write_results(args.out, "reliability", {"rows": rows, "fuzz_scale": args.scale},
                   [[r["class"], r["tried"], r["handled"]] for r in rows], ["class", "tried", "handled"])
     if args.readme:
         readme = Path(args.readme)

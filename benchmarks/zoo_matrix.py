@@ -408,6 +408,11 @@ def metadata() -> Dict[str, Any]:
     }
 
 
+def same_revision(row: Optional[str], current: str) -> bool:
+    """Whether a row's recorded revision is this run's, both clean (``abc1234``, not ``abc1234+dirty``)."""
+    return bool(row) and row == current and "+dirty" not in current and current != "unknown"
+
+
 def load_results(path: Path) -> Dict[str, Any]:
     if path.is_file():
         return json.loads(path.read_text())
@@ -438,6 +443,21 @@ def sweep(args: argparse.Namespace) -> int:
         todo = wanted
     else:
         todo = [n for n in names if not (args.update and n in results["networks"])]
+    # A row of another revision (or of a dirty tree) is never kept next to new ones: --update re-checks it,
+    # --only refuses to add rows to a file that holds such rows.
+    current = git_revision()
+    stale = sorted(n for n, r in results["networks"].items() if not same_revision(r.get("revision"), current))
+    if args.only:
+        kept_stale = [n for n in stale if n not in set(todo)]
+        if kept_stale:
+            print(f"--only: {len(kept_stale)} rows of {path} are from another revision or a dirty tree "
+                  f"(e.g. {kept_stale[0]}: {results['networks'][kept_stale[0]].get('revision')}), this run is "
+                  f"{current}; re-run the whole sweep so that one table never mixes code versions", file=sys.stderr)
+            return 2
+    elif args.update and stale:
+        print(f"--update: re-checking {len(stale)} rows of another revision or a dirty tree (this run is {current})",
+              file=sys.stderr)
+        todo = [n for n in names if n in set(todo) | set(stale)]
     print(f"{len(todo)} of {len(names)} classifiers to check ({len(excluded)} names excluded)", file=sys.stderr)
 
     def record(name: str, row: Dict[str, Any]) -> None:

@@ -179,7 +179,8 @@ def check_common_args(args: argparse.Namespace) -> None:
 
     ``--ctx`` (a device list) must name devices of this machine, and only one
     unless the command trains data-parallel; ``--out`` must be a writable
-    directory; counts must be positive and ``--seed`` non-negative.
+    directory; counts must be positive and ``--seed`` non-negative;
+    ``--cluster`` must be ``local:N`` or ``tcp://HOST:PORT``.
     """
     for name in ("batch_size", "limit", "steps", "restarts", "max_queries", "eot_samples", "fit_limit"):
         value = getattr(args, name, None)
@@ -195,6 +196,16 @@ def check_common_args(args: argparse.Namespace) -> None:
         check_contexts("ctx", args.ctx, multiple=False)
     if hasattr(args, "out") and args.out is not None:
         check_out_dir("out", args.out)
+    if getattr(args, "cluster", None) is not None:
+        from .cluster import parse_cluster  # pure Python: Dask is imported only when the cluster is used
+
+        parse_cluster(args.cluster)
+        if getattr(args, "shard", None):
+            raise ConfigError("--cluster and --shard cannot be combined: the cluster runs every shard")
+    if getattr(args, "chunk_size", None) is not None:
+        check_int("chunk_size", args.chunk_size)
+        if getattr(args, "cluster", None) is None:
+            raise ConfigError("--chunk-size needs --cluster")
 
 
 def model_from_args(args: argparse.Namespace):

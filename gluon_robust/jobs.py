@@ -25,7 +25,8 @@ from .model import Classifier, load_classifier
 from .reporting import format_table, save_png, staged_output, versions
 from .validation import check_eps
 
-__all__ = ["run_attack_job", "run_demo", "demo_table", "contrast_reports", "contrast_table", "DEMO_CONFIGS"]
+__all__ = ["run_attack_job", "run_demo", "demo_table", "demo_outputs", "demo_report_dir", "contrast_reports",
+           "contrast_table", "DEMO_CONFIGS"]
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ def run_demo(
                 model = load_classifier(config, ctx=ctx)
                 source = load_data("mnist-sample", split="test", limit=limit, input_size=model.input_size[1:])
                 report = evaluate(model, source, recipe=recipe, eps=eps, norm="linf", batch_size=batch_size,
-                                  seed=seed, out_dir=out / config if len(configs) > 1 else out, progress=progress,
+                                  seed=seed, out_dir=out / demo_report_dir(config, configs), progress=progress,
                                   args={"config": config, "recipe": recipe, "eps": list(eps), "limit": limit,
                                         "batch_size": batch_size, "seed": seed})
                 report["config"] = config
@@ -278,17 +279,35 @@ def run_demo(
     return {"reports": reports, "contrast": contrast}
 
 
+def demo_report_dir(config: str, configs: Sequence[str]) -> str:
+    """Where the demo writes ``config``'s report, relative to its output directory: ``CONFIG/``, or ``.`` alone."""
+    return config if len(configs) > 1 else "."
+
+
+def demo_outputs(out_dir: str | Path, configs: Sequence[str]) -> str:
+    """The demo's closing lines: the real path of each report (and of the contrast), as the user typed ``out_dir``."""
+    out = Path(out_dir)
+    if len(configs) == 1:
+        return f"report: {out / 'report.html'} (and report.json, report.md)"
+    lines = ["reports (report.html, with report.json and report.md beside it):"]
+    lines += [f"  {config}: {out / config / 'report.html'}" for config in configs]
+    lines.append(f"contrast: {out / 'contrast.md'} (and contrast.json)")
+    return "\n".join(lines)
+
+
 def contrast_reports(reports: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """One row per report: clean accuracy, the first stage's and the worst-case accuracy at each eps."""
+    from .evaluation.report import stage_accuracies
+
     rows = []
     for report in reports:
         first = report["attacks"][0]["name"] if report["attacks"] else None
         row: Dict[str, Any] = {"config": report.get("config"), "model": report["model"], "n": report["n"],
                                "clean_accuracy": report["clean_accuracy"], "first_stage_name": first,
                                "first_stage": {}, "worst_case": {}}
-        for a in report["attacks"]:
+        for a, accuracy in zip(report["attacks"], stage_accuracies(report)):
             if a["name"] == first and a["eps"] is not None:
-                row["first_stage"][f"{a['eps']:g}"] = a["robust_accuracy_after"]
+                row["first_stage"][f"{a['eps']:g}"] = accuracy
         for w in report["worst_case"]:
             if w["eps"] is not None:
                 row["worst_case"][f"{w['eps']:g}"] = w["robust_accuracy"]
@@ -309,7 +328,7 @@ def contrast_table(contrast: Dict[str, Any]) -> str:
 
 
 def demo_table(report: Dict[str, Any]) -> str:
-    """The demo's printed table: one row per attack stage (its own and the cumulative accuracy), then the worst case."""
+    """The demo's printed table: one row per attack stage (the robust accuracy after it, of all digits), then the worst case."""
     from .evaluation.report import summary_table
 
     return summary_table(report)

@@ -355,9 +355,9 @@ def test_demo_writes_a_report(tmp_path, capsys):
     assert 0.85 <= report["clean_accuracy"] <= 1.0
     assert report["attacks"], "the demo ran no attack"
     for attack in report["attacks"]:
-        assert {"name", "norm", "eps", "robust_accuracy"} <= set(attack)
+        assert {"name", "norm", "eps", "cumulative_robust_accuracy"} <= set(attack)
         assert attack["norm"] == "linf" and attack["eps"] == pytest.approx(0.1)
-        assert 0.0 <= attack["robust_accuracy"] <= report["clean_accuracy"]
+        assert 0.0 <= attack["cumulative_robust_accuracy"] <= report["clean_accuracy"]
     names = [a["name"] for a in report["attacks"]]
     assert names[:3] == ["pgd-40", "apgd-ce", "apgd-t"]
     assert "clean" in captured.out and "pgd-40" in captured.out and "apgd-ce" in captured.out

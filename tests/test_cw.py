@@ -7,16 +7,18 @@ perturbation that flips the decision has norm ``|f(x)| / ||w||_2`` and the small
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any, Callable, List, NamedTuple, Tuple
 
 import numpy as np
 import pytest
+import mxnet as mx
 from mxnet import autograd, gluon, nd
 
 from conftest import linear_classifier
-from gluon_robust.attacks.cw import CarliniWagnerL2
+from gluon_robust.attacks.cw import CarliniWagnerL2, ConstantSearch
 from gluon_robust.attacks.cw_linf import CarliniWagnerLinf
 from gluon_robust.attacks.pgd import PGD
 from gluon_robust.config import config_dir
@@ -240,6 +242,74 @@ def test_cw_l2_is_a_minimal_l2_attack() -> None:
     assert attack.eps is None and attack.norm.name == "l2" and attack.supports_targeted
 
 
+def test_cw_l2_defaults_are_the_reference_implementation_values() -> None:
+    # Carlini & Wagner's reference implementation (released with the 2017 paper): 9 binary search steps,
+    # learning rate 1e-2, early abort, kappa 0, up to 10,000 iterations. The iterations are cut, but not
+    # to the 100 that left about half the MNIST digits unattacked (see the slow tests below).
+    defaults = {k: v.default for k, v in inspect.signature(CarliniWagnerL2).parameters.items()}
+    assert defaults["binary_search_steps"] == 9
+    assert defaults["learning_rate"] == 1e-2
+    assert defaults["abort_early"] is True
+    assert defaults["confidence"] == 0.0
+    assert 1000 <= defaults["steps"] <= 10_000
+    attack = CarliniWagnerL2()
+    assert (attack.binary_search_steps, attack.steps, attack.learning_rate) == (9, defaults["steps"], 1e-2)
+
+
+# ------------------------------------------------------------------ the constant search
+def test_constant_search_follows_the_bisection_by_hand() -> None:
+    search = ConstantSearch(3, 1e-2, mx.cpu())
+    # Sample 0 always fails, sample 1 always succeeds, sample 2 fails twice then succeeds.
+    outcomes = [[0, 1, 0], [0, 1, 0], [0, 1, 1], [0, 1, 0]]
+    for succeeded in outcomes:
+        search.update(nd.array(succeeded))
+    # By hand: 0: 1e-2 -> 0.1 -> 1 -> 10 -> 100. 1: upper 1e-2, then halving: 5e-3, 2.5e-3, 1.25e-3, 6.25e-4.
+    # 2: 1e-2 -> 0.1 -> 1 (success: bracket [0.1, 1]) -> 0.55 (failure: bracket [0.55, 1]) -> 0.775.
+    np.testing.assert_allclose(search.const.asnumpy(), [100.0, 6.25e-4, 0.775], rtol=1e-6)
+
+
+def test_constant_search_keeps_a_failing_constant_finite() -> None:
+    search = ConstantSearch(2, 1e-2, mx.cpu())
+    for _ in range(60):  # 1e-2 * 10**60 overflows float32 without a cap
+        search.update(nd.array([0, 0]))
+    const = search.const.asnumpy()
+    assert np.isfinite(const).all() and (const == 1e10).all()
+
+
+def test_constant_search_stops_at_a_fixed_point_with_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A long search ends where float32 bisection has no digits left; the steps after that would repeat the
+    # last one exactly, so stopping there must change nothing but the work done. The oracle is the plain
+    # search loop, which runs every step.
+    p = linear_problem(8, 4, (0.2, 1.0), 2)
+    ran: List[int] = []
+
+    def plain_run(self: ConstantSearch, attack: str, steps: int, descend: Callable) -> np.ndarray:
+        iterations = nd.zeros_like(self.const)
+        for _ in range(steps):
+            succeeded, taken = descend(self.const)
+            self.update(succeeded)
+            iterations = iterations + taken
+        ran.append(steps)
+        return iterations.asnumpy().astype(np.int64)
+
+    class Counting(CarliniWagnerL2):
+        def _descend(self, *args: Any, **kwargs: Any) -> Any:
+            ran.append(0)
+            return super()._descend(*args, **kwargs)
+
+    stopped = Counting(binary_search_steps=120, steps=20)(p.model, p.x, p.y)
+    steps_run = len(ran)
+    assert 20 < steps_run < 60, steps_run  # about 25 bisections after bracketing, far fewer than 120
+    monkeypatch.setattr(ConstantSearch, "run", plain_run)
+    full = CarliniWagnerL2(binary_search_steps=steps_run + 10, steps=20)(p.model, p.x, p.y)
+    np.testing.assert_array_equal(stopped.x_adv, full.x_adv)
+    np.testing.assert_array_equal(stopped.success, full.success)
+    assert stopped.success.all()
+    up_to_the_stop = CarliniWagnerL2(binary_search_steps=steps_run, steps=20)(p.model, p.x, p.y)
+    np.testing.assert_array_equal(stopped.iterations, up_to_the_stop.iterations)
+    assert (full.iterations > stopped.iterations).all()
+
+
 # ------------------------------------------------------------------ C&W L-inf
 @pytest.mark.parametrize("ratio, succeeds", [(0.5, False), (0.85, False), (1.2, True), (2.0, True)])
 def test_cw_linf_succeeds_exactly_beyond_the_closed_form_radius(ratio: float, succeeds: bool) -> None:
@@ -297,14 +367,64 @@ def test_cw_linf_rejects_bad_hyperparameters(kwargs: Any, match: str) -> None:
 
 
 # ------------------------------------------------------------------ reference model
+def correctly_classified(model: Classifier, mnist_test: Batch, count: int) -> Batch:
+    """The first ``count`` bundled test digits that ``model`` classifies correctly."""
+    x, y = mnist_test
+    right = np.flatnonzero(model.predict(x[: 2 * count]).argmax(axis=1) == y[: 2 * count])[:count]
+    assert len(right) == count
+    return x[right], y[right]
+
+
+#: Correctly classified digits compared with the ten-times-longer run, which costs about 30 search steps
+#: (the search stops at its fixed point) of up to 10,000 Adam steps per digit: about half an hour per digit
+#: on two CPU cores.
+TEN_TIMES_DIGITS = 3
+
+#: Digits among the first 50 where the former defaults (100 Adam steps per search step) failed; each is a
+#: correctly classified digit that the defaults must make adversarial.
+HARD_DIGITS = (5, 8)
+
+
 @pytest.mark.slow
-def test_cw_l2_succeeds_on_every_mnist_digit(mnist_test: Batch, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cw_l2_defaults_attack_digits_that_100_steps_could_not(
+    mnist_test: Batch, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = reference_model(monkeypatch)
-    x, y = mnist_test[0][:100], mnist_test[1][:100]
-    # Most MNIST pixels sit on a bound, where the tanh variable starts at |w| = 7.25: at the default rate
-    # (0.01) 100 Adam steps cannot move them, so the attack needs a larger rate (see the class docstring).
-    result = CarliniWagnerL2(learning_rate=0.1)(model, x, y)
-    median = float(np.median(result.distance))
-    logger.info("C&W L2 on 100 MNIST digits: success %.2f, median L2 %.3f", result.success.mean(), median)
+    x, y = mnist_test[0][list(HARD_DIGITS)], mnist_test[1][list(HARD_DIGITS)]
+    assert (model.predict(x).argmax(axis=1) == y).all()
+    former = CarliniWagnerL2(steps=100)(model, x, y)
+    assert not former.success.any()  # the test would not tell the defaults apart otherwise
+    result = CarliniWagnerL2()(model, x, y)
+    logger.info("C&W L2 defaults on digits %s: L2 %s", HARD_DIGITS, np.round(result.distance, 3))
     assert result.success.all()
+    assert (result.distance < 3.0).all()  # minimal perturbations, not a whole-image change (||x||_2 ~ 9)
+
+
+@pytest.mark.slow
+def test_cw_l2_defaults_succeed_on_mnist_digits(mnist_test: Batch, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 16: on the reference model the defaults make >= 99 % of the correctly classified digits adversarial.
+    model = reference_model(monkeypatch)
+    x, y = correctly_classified(model, mnist_test, 48)
+    result = CarliniWagnerL2()(model, x, y)
+    median = float(np.median(result.distance[result.success]))
+    logger.info("C&W L2 defaults on %d MNIST digits: success %.3f, median L2 %.3f", len(x), result.success.mean(),
+                median)
+    assert result.success.mean() >= 0.99
     assert 0.2 < median < 3.0
+
+
+@pytest.mark.slow
+def test_cw_l2_defaults_are_near_a_ten_times_longer_run(mnist_test: Batch, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 16: the defaults' median L2 is within 5 % of a run with 10x the iterations and the search steps,
+    # so that a longer run would not report a markedly smaller perturbation.
+    model = reference_model(monkeypatch)
+    x, y = correctly_classified(model, mnist_test, TEN_TIMES_DIGITS)
+    default = CarliniWagnerL2()
+    result = default(model, x, y)
+    longer = CarliniWagnerL2(steps=10 * default.steps, binary_search_steps=10 * default.binary_search_steps)(
+        model, x, y)
+    assert longer.success.all() and result.success.all()
+    ratio = float(np.median(result.distance) / np.median(longer.distance))
+    logger.info("C&W L2 median L2 on %d digits: defaults %.4f, 10x %.4f, ratio %.4f", len(x),
+                np.median(result.distance), np.median(longer.distance), ratio)
+    assert abs(ratio - 1) <= 0.05

@@ -475,7 +475,7 @@ def test_epoch_line_of_an_adversarial_method_keeps_eps_and_pgd(tmp_path, caplog)
     with caplog.at_level(logging.INFO, logger="gluon_robust"):
         run_training(cfg)
     (line,) = _epoch_lines(caplog)
-    assert "eps=0.1" in line and "pgd_accuracy=" in line
+    assert "eps=0.1" in line and "pgd_accuracy=" in line and "pgd_iters=1" in line
 
 
 def test_standard_training_measures_pgd_when_asked(tmp_path, caplog):
@@ -486,5 +486,5 @@ def test_standard_training_measures_pgd_when_asked(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="gluon_robust"):
         metrics = run_training(cfg)
     (line,) = _epoch_lines(caplog)
-    assert "pgd_accuracy=" in line and "eps=" not in line
+    assert "pgd_accuracy=" in line and "pgd_iters=1" in line and "eps=" not in line
     assert 0.0 <= metrics["epochs"][0]["pgd_accuracy"] <= metrics["epochs"][0]["clean_accuracy"]

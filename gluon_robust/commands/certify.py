@@ -29,9 +29,10 @@ from ..cli import (
     add_data_args, add_model_args, add_run_args, command, data_from_args, emit, emit_warnings, model_from_args,
     parse_count, parse_floats, parse_fraction,
 )
+from ..errors import ConfigError
 from ..validation import check_int, check_positive, check_probability, check_sample_count, check_source_labels
 
-__all__ = ["certify_source"]
+__all__ = ["certify_source", "certify_points", "certify_report", "POINT_ARRAYS"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ def _configure_certify(parser: argparse.ArgumentParser) -> None:
                        help="comma-separated L2 radii of the report (default 0,0.25,0.5,0.75,1.0)")
     group.add_argument("--clip-noise", action="store_true", help="clip noisy inputs to the model bounds")
     group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from .evaluate import add_cluster_args
+
+    add_cluster_args(parser, resume=True)
 
 
 def _check_options(sigma: Any, n0: Any, n: Any, alpha: Any, radii: Sequence[float], batch_size: Any) -> None:
@@ -109,17 +113,43 @@ def certify_source(
         accuracy at or below chance: see
         :func:`gluon_robust.evaluation.sanity.accuracy_warnings`).
     """
-    from ..defenses.smoothing import ABSTAIN, SmoothedClassifier, certified_accuracy
-    from ..evaluation.sanity import accuracy_warnings, emit as emit_sanity
-
-    from ..data import as_source, check_fits
+    from ..data import as_source
 
     _check_options(sigma, n0, n, alpha, radii, batch_size)
+    source = as_source(source)
+    start = time.perf_counter()
+    arrays = certify_points(model, source, sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size, clip=clip,
+                            seed=seed, progress=progress)
+    return certify_report(arrays, model=model, data=getattr(source, "name", type(source).__name__),
+                          sigma=sigma, n0=n0, n=n, alpha=alpha, radii=radii, batch_size=batch_size, clip=clip, seed=seed,
+                          seconds=time.perf_counter() - start)
+
+
+#: The per-sample arrays of :func:`certify_points` (and ``clean_correct``, a count).
+POINT_ARRAYS = ("index", "label", "prediction", "radius", "p_lower", "clean_correct")
+
+
+def certify_points(
+    model: Any, source: Any, *, sigma: float, n0: int = 100, n: int = 1000, alpha: float = 0.001,
+    batch_size: int = 1000, clip: bool = False, seed: int = 0, progress: bool = True,
+) -> Dict[str, np.ndarray]:
+    """Certify every sample of ``source``: the per-sample arrays of :data:`POINT_ARRAYS`.
+
+    Every point draws its noise from ``(seed, the point's bytes)`` (see
+    :mod:`gluon_robust.defenses.smoothing`), so the arrays of a slice of the
+    source are the slice of the whole source's arrays: the chunks of
+    ``certify --cluster`` concatenate to the single-process result.
+    ``clean_correct`` is the base classifier's count of correct clean
+    predictions (a 0-d array).
+    """
+    from ..data import as_source, check_fits
+    from ..defenses.smoothing import SmoothedClassifier
+
+    _check_options(sigma, n0, n, alpha, (0.0,), batch_size)
     source = as_source(source)
     check_fits(model, source)
     check_source_labels(source, getattr(model, "num_classes", None))
     smoothed = SmoothedClassifier(model, sigma=sigma, batch_size=batch_size, clip=clip, seed=seed)
-    start = time.perf_counter()
     preds, rad, plow, labels, index = [np.zeros(0, np.int64)], [np.zeros(0)], [np.zeros(0)], [np.zeros(0, np.int64)], [
         np.zeros(0, np.int64)]  # an empty source gives empty arrays
     clean_correct = 0
@@ -137,11 +167,23 @@ def certify_source(
             index.append(batch.index)
     finally:
         bar.close()
-    predictions, radius, p_lower = np.concatenate(preds), np.concatenate(rad), np.concatenate(plow)
-    y, idx = np.concatenate(labels), np.concatenate(index)
+    return {"index": np.concatenate(index).astype(np.int64), "label": np.concatenate(labels),
+            "prediction": np.concatenate(preds).astype(np.int64), "radius": np.concatenate(rad).astype(np.float64),
+            "p_lower": np.concatenate(plow).astype(np.float64), "clean_correct": np.array(clean_correct, np.int64)}
+
+
+def certify_report(
+    arrays: Dict[str, np.ndarray], *, model: Any, data: str, sigma: float, n0: int, n: int, alpha: float,
+    radii: Sequence[float], batch_size: int, clip: bool, seed: int, seconds: float,
+) -> Dict[str, Any]:
+    """The report of :func:`certify_source` from the per-sample arrays of :func:`certify_points`."""
+    from ..defenses.smoothing import ABSTAIN, certified_accuracy
+    from ..evaluation.sanity import accuracy_warnings, emit as emit_sanity
+
+    predictions, radius, p_lower = arrays["prediction"], arrays["radius"], arrays["p_lower"]
+    y, idx, clean_correct = arrays["label"], arrays["index"], int(arrays["clean_correct"])
     accuracy = certified_accuracy(predictions, radius, y, radii)
     abstain = predictions == ABSTAIN
-    seconds = time.perf_counter() - start
     points = [
         {"index": int(idx[i]), "label": int(y[i]), "prediction": int(predictions[i]), "radius": float(radius[i]),
          "p_lower": float(p_lower[i]), "correct": bool(predictions[i] == y[i]), "abstain": bool(abstain[i])}
@@ -164,7 +206,7 @@ def certify_source(
         "average_certified_radius": float(np.where(correct, radius, 0.0).sum() / max(len(y), 1)),
         "seconds": round(seconds, 3),
         "model": model.describe() if hasattr(model, "describe") else type(model).__name__,
-        "data": getattr(source, "name", type(source).__name__),
+        "data": data,
         "points": points,
         "warnings": warnings,
     }
@@ -182,13 +224,14 @@ _HELP = "Certified L2 accuracy of a model under randomized smoothing (Cohen et a
 
 @command("certify", _HELP)(_configure_certify)
 def run_certify(args: argparse.Namespace) -> int:
-    from ..io import atomic_write_json
-    from ..reporting import staged_output, versions
-
     from ..memory import resolve_batch_size
 
     _check_options(args.sigma, args.n0, args.n, args.alpha, args.radii,
                    _MAX_AUTO_BATCH if args.batch_size is None else args.batch_size)
+    if args.resume and args.cluster is None:
+        raise ConfigError("--resume needs --cluster (a certify run without it has no state to resume)")
+    if args.cluster is not None:
+        return _run_on_cluster(args)
     model = model_from_args(args)
     source = data_from_args(args, model)
     batch_size, batch_source = resolve_batch_size(model, source.sample_shape, args.batch_size, args.max_memory,
@@ -198,11 +241,33 @@ def run_certify(args: argparse.Namespace) -> int:
         batch_size=batch_size, clip=args.clip_noise, seed=args.seed, progress=not args.no_progress,
     )
     report["batch_size_source"] = batch_source
+    return _publish(report, args)
+
+
+def _run_on_cluster(args: argparse.Namespace) -> int:
+    """``certify --cluster``: the same certificates, its chunks on Dask (:mod:`gluon_robust.cluster`)."""
+    from ..cluster import CertifySettings, certify_on_cluster
+    from .evaluate import ArgsLoader
+
+    settings = CertifySettings(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size,
+                               clip=args.clip_noise, seed=args.seed)
+    report = certify_on_cluster(ArgsLoader(args), settings, radii=args.radii, cluster=args.cluster, out_dir=args.out,
+                                resume=args.resume, chunk_size=args.chunk_size, progress=not args.no_progress,
+                                announce=emit, max_memory=args.max_memory)
+    return _publish(report, args)
+
+
+def _publish(report: Dict[str, Any], args: argparse.Namespace) -> int:
+    """Write ``certify.json`` (removing a finished cluster run's chunks) and print the table."""
+    from ..cluster import STATE_DIR
+    from ..io import atomic_write_json
+    from ..reporting import staged_output, versions
+
     report["command"] = "certify"
     report["args"] = {k: ([str(c) for c in v] if k == "ctx" else list(v) if isinstance(v, tuple) else v)
                       for k, v in sorted(vars(args).items())}
     report["versions"] = versions()
-    with staged_output(args.out) as stage:  # replaces an earlier run's outputs in --out
+    with staged_output(args.out, replaces=(STATE_DIR,)) as stage:  # replaces an earlier run's outputs in --out
         atomic_write_json(stage / "certify.json", report)
     path = Path(args.out) / "certify.json"
     logger.info("wrote %s", path)

@@ -25,7 +25,7 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
                  "(PGD-40, then a lighter AutoAttack) and contrast them.")(_configure_demo)
 def run_demo_command(args: argparse.Namespace) -> int:
     from ..evaluation.report import recipe_line
-    from ..jobs import DEMO_CONFIGS, contrast_table, demo_table, run_demo
+    from ..jobs import DEMO_CONFIGS, contrast_table, demo_outputs, demo_table, run_demo
 
     configs = tuple(args.configs or DEMO_CONFIGS)
     result = run_demo(args.out, configs=configs, recipe=args.recipe, eps=args.eps, limit=args.limit,
@@ -38,7 +38,5 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if len(configs) > 1:
         emit("\n== contrast (robust accuracy: a digit counts only if no attack broke it)\n")
         emit(contrast_table(result["contrast"]))
-        emit(f"\nreports: {args.out}/CONFIG/report.html for each model; contrast in {args.out}/contrast.md")
-    else:
-        emit(f"\nreport: {args.out}/report.html (and report.json, report.md)")
+    emit("\n" + demo_outputs(args.out, configs))
     return 0

@@ -1,4 +1,12 @@
-"""``gluon-robust detect``: screen inputs with an adversarial-example detector calibrated to a false-positive rate."""
+"""``gluon-robust detect``: screen inputs with an adversarial-example detector calibrated to a false-positive rate.
+
+With ``--clean`` and ``--adversarial`` (for instance the ``adversarial.npz`` of
+``gluon-robust attack``) it also measures the detector: the true-positive rate
+on the successful adversarial examples at the threshold calibrated to
+``--fpr``, the false-positive rate that threshold has on the clean inputs, and
+the ROC-AUC as the Mann-Whitney rank statistic (Hanley & McNeil 1982; see
+:func:`~gluon_robust.detection.base.evaluate_scores`).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +15,10 @@ import csv
 import io
 import json
 import logging
+import os
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 
@@ -36,9 +45,17 @@ def _configure_detect(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--detector-params", metavar="FILE",
                        help="fitted detector state: loaded when FILE exists (no fitting), else written after fitting")
     data = parser.add_argument_group("inputs to screen")
-    data.add_argument("--data", required=True, help="npz:FILE, folder:DIR, or any data spec of gluon-robust")
-    data.add_argument("--split", default="test", choices=("train", "test"))
+    data.add_argument("--data", help="npz:FILE, folder:DIR, or any data spec of gluon-robust (the adversarial.npz "
+                                     "of gluon-robust attack too); needed unless --clean and --adversarial are given")
+    data.add_argument("--split", default="test", choices=("train", "test"), help="split of --data and --clean")
     data.add_argument("--limit", type=int, help="screen only the first N inputs")
+    rates = parser.add_argument_group("detection rates (give both)")
+    rates.add_argument("--clean", metavar="PATH_OR_DATASET",
+                       help="clean inputs (negatives), a data spec such as mnist-sample or npz:FILE: report the FPR "
+                            "the calibrated threshold has on them")
+    rates.add_argument("--adversarial", metavar="PATH",
+                       help="adversarial inputs (positives): the adversarial.npz of gluon-robust attack (its "
+                            "successful x_adv) or an .npz with x: report the TPR at the threshold and ROC-AUC")
     run = parser.add_argument_group("run")
     run.add_argument("--ctx", type=parse_ctx, default="cpu", help="cpu or gpu:0")
     run.add_argument("--batch-size", type=int, default=128)
@@ -99,14 +116,132 @@ def _detector_with_seed(spec: str, seed: int) -> Any:
     return make_detector(name, options)
 
 
+def check_data_flag(flag: str, spec: Any) -> None:
+    """Refuse a data spec that names no dataset or no existing file or folder, naming ``flag`` (no data is read)."""
+    from ..data import BUILTIN_DATASETS
+
+    text = spec.strip() if isinstance(spec, str) else ""
+    forms = "mnist-sample, " + ", ".join(BUILTIN_DATASETS) + ", npz:FILE or folder:DIR"
+    if text in ("mnist-sample",) + tuple(BUILTIN_DATASETS):
+        return
+    kind, colon, path = text.partition(":")
+    if colon and kind in ("npz", "folder"):
+        if not path:
+            raise ConfigError(f"{flag} {spec!r} names no path after '{kind}:'")
+        folder = kind == "folder"
+    elif text.lower().endswith(".npz"):
+        path, folder = text, False
+    elif text and os.path.isdir(os.path.expanduser(text)):
+        return
+    else:
+        raise ConfigError(f"{flag} {spec!r} is not a data spec; use one of: {forms}")
+    full = os.path.expanduser(path)
+    if folder and not os.path.isdir(full):
+        raise ConfigError(f"{flag} {spec}: no such folder")
+    if not folder and not os.path.isfile(full):
+        raise ConfigError(f"{flag} {spec}: " + ("is not a file" if os.path.exists(full) else "file not found"))
+
+
+class AdversarialInputs:
+    """The positives of ``--adversarial``: its successful adversarial examples, with their source indices.
+
+    Reads the ``adversarial.npz`` of ``gluon-robust attack`` (``x_adv`` for every
+    sample, the clean input where none was attacked, and ``success``): only the
+    rows with ``success`` count, since an unattacked or unbroken row is no
+    adversarial example. An ``.npz`` with ``x`` (and no ``success``) counts whole.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``--adversarial`` and the path: a missing file, no ``.npz``, a
+        pickle, no ``x_adv`` or ``x``, a ``success`` or ``index`` of another
+        length, or no successful example at all.
+    """
+
+    def __init__(self, text: str) -> None:
+        from ..data import ArraySource
+        from ..integrity import load_npz
+
+        flag = "--adversarial"
+        path = Path(os.path.expanduser(text[4:] if text.startswith("npz:") else text))
+        if not path.exists():
+            raise ConfigError(f"{flag} {text}: file not found")
+        if not path.is_file():
+            raise ConfigError(f"{flag} {text}: is not a file")
+        arrays = load_npz(path, flag, ConfigError, fix="give the adversarial.npz of gluon-robust attack, or an .npz "
+                                                       "with the images as x")
+        key = "x_adv" if "x_adv" in arrays else "x" if "x" in arrays else None
+        if key is None:
+            raise ConfigError(f"{flag} {text}: has no array x_adv or x (it has {sorted(arrays)})")
+        x = arrays[key]
+        total = len(x) if x.ndim else 0
+        keep = np.ones(total, bool)
+        if "success" in arrays:
+            if arrays["success"].shape != (total,):
+                raise ConfigError(f"{flag} {text}: success has shape {arrays['success'].shape}, not ({total},)")
+            keep = arrays["success"].astype(bool)
+        index = arrays.get("index", np.arange(total))
+        if np.shape(index) != (total,):
+            raise ConfigError(f"{flag} {text}: index has shape {np.shape(index)}, not ({total},)")
+        if not keep.any():
+            raise ConfigError(f"{flag} {text}: none of its {total} inputs is a successful adversarial example; "
+                              "nothing to detect")
+        self.path = str(path)
+        self.total = int(total)
+        self.index = np.asarray(index, np.int64)[keep]
+        self.source = ArraySource(x[keep], np.zeros(int(keep.sum()), np.int64), name=f"{flag} {text}")
+
+
+def _check_inputs(args: argparse.Namespace) -> Optional[AdversarialInputs]:
+    """Check ``--data``, ``--clean`` and ``--adversarial`` before any work; returns the adversarial inputs."""
+    if (args.clean is None) != (args.adversarial is None):
+        given, missing = ("--clean", "--adversarial") if args.adversarial is None else ("--adversarial", "--clean")
+        value = args.clean if args.adversarial is None else args.adversarial
+        raise ConfigError(f"{given} {value} needs {missing} too: the detection rates compare clean with "
+                          "adversarial inputs")
+    if args.data is None and args.clean is None:
+        raise ConfigError("detect needs --data (inputs to screen), or --clean and --adversarial (to measure TPR, "
+                          "FPR and ROC-AUC), or both")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be a positive integer, got {args.limit}")
+    if args.clean is None:
+        return None
+    check_data_flag("--clean", args.clean)
+    return AdversarialInputs(args.adversarial)
+
+
+def _score_rows(detector: Any, model: Any, source: Any, batch_size: int, label: str,
+                index: Optional[np.ndarray] = None) -> Iterator[Dict[str, Any]]:
+    """One row per input of ``source``: its index (``index[position]`` when given), score, flag, prediction, set."""
+    for batch in source.batches(batch_size):
+        scores = detector.score(model, batch.x, batch_size=batch_size)
+        predictions = model.predict(batch.x, batch_size=batch_size).argmax(axis=1)
+        positions = batch.index if index is None else index[batch.index]
+        for position, score, pred in zip(positions, scores, predictions):
+            yield {"index": int(position), "score": float(score), "flag": bool(score > detector.threshold),
+                   "prediction": int(pred), "set": label}
+
+
+def detection_rates(detector: Any, clean_rows: List[Dict[str, Any]], adversarial_rows: List[Dict[str, Any]],
+                    ) -> Dict[str, Any]:
+    """TPR on the adversarial rows at the calibrated threshold, FPR on the clean rows, and ROC-AUC (rank statistic)."""
+    from ..detection import evaluate_scores
+
+    rates = evaluate_scores([r["score"] for r in clean_rows], [r["score"] for r in adversarial_rows],
+                            detector.threshold)
+    rates["target_fpr"] = detector.fpr
+    rates["roc_auc_method"] = "Mann-Whitney rank statistic (ties count one half)"
+    return rates
+
+
 def _write_csv(path: Path, rows: list) -> None:
     from ..io import atomic_write_text
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["index", "score", "flag", "prediction"])
+    writer.writerow(["index", "score", "flag", "prediction", "set"])
     for row in rows:
-        writer.writerow([row["index"], repr(row["score"]), int(row["flag"]), row["prediction"]])
+        writer.writerow([row["index"], repr(row["score"]), int(row["flag"]), row["prediction"], row["set"]])
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -121,6 +256,7 @@ def run_detect(args: argparse.Namespace) -> int:
     fpr = float(args.fpr)
     if not 0.0 < fpr < 1.0:
         raise ConfigError(f"--fpr must be strictly between 0 and 1, got {args.fpr}")
+    adversarial = _check_inputs(args)
     name, _ = parse_spec(args.detector)
     canonical = DETECTORS.resolve(name)
     params_file = Path(args.detector_params) if args.detector_params else None
@@ -132,7 +268,13 @@ def run_detect(args: argparse.Namespace) -> int:
     else:
         detector = _detector_with_seed(args.detector, args.seed)  # validate options before loading anything
     model = model_from_args(args)
-    source = _open(args.data, args.split, args.limit, model, "data")
+    source = _open(args.data, args.split, args.limit, model, "data") if args.data is not None else None
+    clean = None
+    if adversarial is not None:
+        clean = _open(args.clean, args.split, None, model, "--clean data")
+        if model.input_size and tuple(adversarial.source.sample_shape) != tuple(model.input_size):
+            raise DataError(f"--adversarial {args.adversarial} has samples of shape "
+                            f"{adversarial.source.sample_shape} but the model expects {tuple(model.input_size)}")
 
     calibration: Dict[str, Any] = {"loaded_from": str(params_file)} if loaded else {}
     if not loaded or detector.threshold is None or not np.isclose(detector.fpr or -1.0, fpr):
@@ -148,24 +290,33 @@ def run_detect(args: argparse.Namespace) -> int:
         warnings = sanity.accuracy_warnings(calibration["calibration_samples"], calibration["calibration_correct"],
                                             model.num_classes, "clean accuracy on the calibration data")
         sanity.emit(warnings)
-    rows = []
-    for batch in source.batches(args.batch_size):
-        scores = detector.score(model, batch.x, batch_size=args.batch_size)
-        predictions = model.predict(batch.x, batch_size=args.batch_size).argmax(axis=1)
-        for index, score, pred in zip(batch.index, scores, predictions):
-            rows.append({"index": int(index), "score": float(score), "flag": bool(score > detector.threshold),
-                         "prediction": int(pred)})
-    out = Path(args.out)
-    summary = {
+    rows = list(_score_rows(detector, model, source, args.batch_size, "data")) if source is not None else []
+    summary: Dict[str, Any] = {
         "detector": detector.name, "config": detector.config(), "threshold": detector.threshold,
-        "target_fpr": detector.fpr, "data": source.name, "n": len(rows),
-        "flagged": int(sum(r["flag"] for r in rows)), "calibration": calibration,
-        "seconds": round(time.perf_counter() - start, 3), "warnings": warnings,
+        "target_fpr": detector.fpr,
     }
+    if source is not None:
+        summary.update(data=source.name, n=len(rows), flagged=int(sum(r["flag"] for r in rows)))
+    if adversarial is not None:
+        clean_rows = list(_score_rows(detector, model, clean, args.batch_size, "clean"))
+        adversarial_rows = list(_score_rows(detector, model, adversarial.source, args.batch_size, "adversarial",
+                                            adversarial.index))
+        summary["evaluation"] = dict(
+            detection_rates(detector, clean_rows, adversarial_rows), clean_data=clean.name,
+            adversarial_file=adversarial.path, adversarial_rows=adversarial.total,
+            adversarial_not_successful=adversarial.total - len(adversarial_rows))
+        if clean.name in (calibration.get("fit_data"), calibration.get("calibration_data")):
+            message = (f"--clean {args.clean} is the data the detector was fitted or calibrated on: the measured "
+                       "FPR is optimistic; give held-out clean data")
+            warnings.append(message)
+            logger.warning(message)
+        rows += clean_rows + adversarial_rows
+    summary.update(calibration=calibration, seconds=round(time.perf_counter() - start, 3), warnings=warnings)
+    out = Path(args.out)
     with staged_output(out) as stage:  # replaces an earlier run's outputs in --out
         _write_csv(stage / "detections.csv", rows)
         atomic_write_json(stage / "detections.json", dict(summary, inputs=rows))
-    emit(json.dumps({k: summary[k] for k in ("detector", "threshold", "target_fpr", "n", "flagged", "warnings")},
-                    indent=2))
+    shown = ("detector", "threshold", "target_fpr", "n", "flagged", "evaluation", "warnings")
+    emit(json.dumps({k: summary[k] for k in shown if k in summary}, indent=2))
     emit_warnings(warnings, stderr=True)  # stdout stays one JSON document
     return 0

@@ -246,7 +246,9 @@ class ArraySource(DataSource):
             The archive, as written by :func:`numpy.savez` or
             :func:`numpy.savez_compressed`.
         x_key, y_key : str, optional
-            Names of the image and label arrays in the archive.
+            Names of the image and label arrays in the archive. With the
+            default ``x_key="x"``, an archive with no ``x`` but an ``x_adv``
+            (the ``adversarial.npz`` of ``gluon-robust attack``) is read from ``x_adv``.
         name : str, optional
             Identifier of the source; default ``"npz:<absolute path>"``.
 
@@ -304,6 +306,9 @@ def _read_npz(path: str, x_key: str, y_key: str, name: str) -> tuple[np.ndarray,
     except _NPZ_READ_ERRORS as err:
         raise DataError(f"{name}: corrupt .npz archive ({one_line(err)})") from err
     with archive:
+        if x_key == "x" and "x" not in archive.files and "x_adv" in archive.files:
+            x_key = "x_adv"  # the adversarial.npz that gluon-robust attack writes
+            logger.info("%s: no array 'x'; reading the adversarial images 'x_adv'", name)
         missing = [key for key in (x_key, y_key) if key not in archive.files]
         if missing:
             raise DataError(f"{name}: missing array(s) {', '.join(map(repr, missing))}; "

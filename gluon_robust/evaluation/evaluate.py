@@ -25,6 +25,7 @@ import json
 import logging
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -47,7 +48,8 @@ from .report import EXAMPLE_KEYS, empty_examples, write_report
 from .robustness import RobustnessResult, evaluate_attacks
 from .state import STATE_NAME, StateFile
 
-__all__ = ["evaluate", "merge_reports", "parse_shard", "shard_slice", "run_fingerprint"]
+__all__ = ["evaluate", "merge_reports", "parse_shard", "shard_slice", "run_fingerprint", "prepare", "Prepared",
+           "merge_loaded", "load_shard"]
 
 logger = logging.getLogger(__name__)
 
@@ -195,16 +197,46 @@ def evaluate(
     DataError
         With ``resume``, for a state file written by a run on other data (see :func:`run_fingerprint`).
     """
+    return _evaluate(model, source, labels, recipe=recipe, attacks=attacks, eps=eps, norm=norm, batch_size=batch_size,
+                     seed=seed, out_dir=out_dir, resume=resume, shard=shard, probe_size=probe_size,
+                     max_examples=max_examples, progress=progress, args=args, max_memory=max_memory)[0]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An evaluation's validated settings: its source, recipe stages, configured attacks and batch size."""
+
+    source: Any
+    stages: Tuple[Any, ...]
+    recipe: str
+    built: List[Tuple[str, Any]]
+    differs: List[str]
+    norm: str
+    eps: List[float]
+    batch_size: int
+    batch_source: str
+
+
+def prepare(
+    model: Any, source: Any, labels: Any = None, *, recipe: str = "standard", attacks: Optional[Sequence[str]] = None,
+    eps: Sequence[float] = (8 / 255,), norm: str = "linf", batch_size: Optional[int] = None, seed: int = 0,
+    max_memory: Optional[int] = None,
+) -> Prepared:
+    """Validate an evaluation's settings and configure its attacks, as :func:`evaluate` does before any work.
+
+    The parameters are :func:`evaluate`'s. Used by :func:`evaluate` and by the
+    cluster client (:mod:`gluon_robust.cluster`), which fingerprints the whole
+    run before it hands out chunks.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown recipe or attack, a bad epsilon, norm or batch size.
+    """
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     source = as_source(source, labels)
     check_fits(model, source)
-    if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 1:
-        raise ConfigError(f"probe_size must be a positive integer, got {probe_size!r}")
-    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 0:
-        raise ConfigError(f"max_examples must be a non-negative integer, got {max_examples!r}")
-    if resume and out_dir is None:
-        raise ConfigError("resume=True needs out_dir, where the state file is")
     stages = custom_recipe(attacks) if attacks is not None else get_recipe(recipe)
     recipe_name = "custom" if attacks is not None else str(recipe).strip().lower()
     stages = _with_eot(stages, int(getattr(model, "eot_samples", 1)))
@@ -215,13 +247,63 @@ def evaluate(
     for value in eps:  # in the units of the model's bounds: 8 for a [0, 1] model is refused
         check_eps("eps", value, norm, getattr(model, "bounds", (0.0, 1.0)), source.sample_shape)
     batch_size, batch_source = resolve_batch_size(model, source.sample_shape, batch_size, max_memory)
+    return Prepared(source=source, stages=tuple(stages), recipe=recipe_name, built=list(built), differs=list(differs),
+                    norm=norm, eps=eps, batch_size=batch_size, batch_source=batch_source)
+
+
+def sanity_probe(
+    model: Any, source: Any, *, norm: str, seed: int, probe_size: int = 32,
+) -> Tuple[Dict[str, Any], List[str]]:
+    """The model sanity checks of :func:`evaluate` on the first ``probe_size`` samples of the *whole* source.
+
+    Seeds MXNet's, NumPy's and Python's global generators with ``seed`` first,
+    as :func:`evaluate` does, so that every process measures the same numbers;
+    see :func:`~gluon_robust.evaluation.sanity.probe_model`.
+    """
+    mx.random.seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    probe = source.subset(slice(0, min(probe_size, len(source))))
+    px, py = probe.arrays()
+    return sanity.probe_model(model, px, py, norm=norm, seed=seed)
+
+
+def _evaluate(
+    model: Any, source: Any, labels: Any = None, *, recipe: str = "standard", attacks: Optional[Sequence[str]] = None,
+    eps: Sequence[float] = (8 / 255,), norm: str = "linf", batch_size: Optional[int] = None, seed: int = 0,
+    out_dir: Optional[str | Path] = None, resume: bool = False, shard: Optional[Tuple[int, int]] = None,
+    probe_size: int = 32, max_examples: int = 8, progress: bool = True, args: Optional[Dict[str, Any]] = None,
+    max_memory: Optional[int] = None, probe_cache: Optional[Dict[Any, Any]] = None, weights: Optional[str] = None,
+) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+    """:func:`evaluate`, returning the report and its examples (the arrays of ``examples.npz``).
+
+    ``probe_cache`` (a dict kept with the model, e.g. on a cluster worker) keeps
+    the sanity probe's result per norm, seed and probe size, so that the chunks
+    of one evaluation run it once; ``weights`` is the model's known weights
+    fingerprint (not recomputed).
+    """
+    if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 1:
+        raise ConfigError(f"probe_size must be a positive integer, got {probe_size!r}")
+    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 0:
+        raise ConfigError(f"max_examples must be a non-negative integer, got {max_examples!r}")
+    if resume and out_dir is None:
+        raise ConfigError("resume=True needs out_dir, where the state file is")
+    prepared = prepare(model, source, labels, recipe=recipe, attacks=attacks, eps=eps, norm=norm,
+                       batch_size=batch_size, seed=seed, max_memory=max_memory)
+    source, stages, recipe_name, built = prepared.source, prepared.stages, prepared.recipe, prepared.built
+    differs, norm, eps = prepared.differs, prepared.norm, prepared.eps
+    batch_size, batch_source = prepared.batch_size, prepared.batch_source
     mx.random.seed(seed)
     np.random.seed(seed)
     random.seed(seed)
 
-    probe = source.subset(slice(0, min(probe_size, len(source))))
-    px, py = probe.arrays()
-    measurements, probe_warnings = sanity.probe_model(model, px, py, norm=norm, seed=seed)
+    probe_key = (norm, int(seed), probe_size)
+    if probe_cache is not None and probe_key in probe_cache:
+        measurements, probe_warnings = probe_cache[probe_key]
+    else:
+        measurements, probe_warnings = sanity_probe(model, source, norm=norm, seed=seed, probe_size=probe_size)
+        if probe_cache is not None:
+            probe_cache[probe_key] = (measurements, probe_warnings)
 
     full_size = len(source)
     shard_info = None
@@ -233,7 +315,7 @@ def evaluate(
 
     model_name = model.describe() if hasattr(model, "describe") else type(model).__name__
     fingerprint = run_fingerprint(model, source, built, stages=stages, recipe=recipe_name, eps=eps, norm=norm,
-                                  seed=seed, batch_size=batch_size)
+                                  seed=seed, batch_size=batch_size, weights=weights)
     examples = _Examples(built, source.sample_shape, max_examples)
     checkpoint = None
     if out_dir is not None:
@@ -264,7 +346,7 @@ def evaluate(
         with staged_output(out_dir, replaces=(STATE_NAME,)) as stage:  # the finished run's state goes with it
             write_report(stage, report, examples.get(), bounds=tuple(report["bounds"]))
         logger.info("report: %s", Path(out_dir) / "report.html")
-    return report
+    return report, examples.get()
 
 
 def _class_names(model: Any) -> Optional[List[str]]:
@@ -307,7 +389,7 @@ def _finish(
 
 def run_fingerprint(
     model: Any, source: Any, attacks: Sequence[Tuple[str, Any]], *, stages: Sequence[Any], recipe: str,
-    eps: Sequence[float], norm: str, seed: int, batch_size: int,
+    eps: Sequence[float], norm: str, seed: int, batch_size: int, weights: Optional[str] = None,
 ) -> RunFingerprint:
     """The fingerprint of an evaluation: its model's weights, its data slice and every setting of its recipe.
 
@@ -331,6 +413,9 @@ def run_fingerprint(
         The seed of every attack.
     batch_size : int
         Samples per read of ``source`` (the digest does not depend on it).
+    weights : str, optional
+        The model's weights fingerprint when already known (a cluster worker
+        computes it once per loaded model); else it is computed.
 
     Returns
     -------
@@ -343,7 +428,7 @@ def run_fingerprint(
         "bounds": [float(b) for b in getattr(model, "bounds", (0.0, 1.0))],
         "defense": model.defense_report() if hasattr(model, "defense_report") else None,
     }
-    fingerprint = RunFingerprint(weights=weights_fingerprint(model), data=data_fingerprint(source, batch_size),
+    fingerprint = RunFingerprint(weights=weights or weights_fingerprint(model), data=data_fingerprint(source, batch_size),
                                  recipe=recipe_fingerprint(settings))
     logger.info("run fingerprint: %s (%.2f s)", fingerprint, time.perf_counter() - start)
     return fingerprint
@@ -502,7 +587,30 @@ def merge_reports(dirs: Sequence[str | Path], out_dir: Optional[str | Path] = No
     for d in dirs:
         report, ex, fingerprint = _load_shard(Path(d))
         loaded.append((report, ex, fingerprint, str(d)))
-    loaded.sort(key=lambda item: item[0]["shard"]["k"])
+    merged, examples = merge_loaded(loaded)
+    if out_dir is not None:
+        bounds = tuple(merged["bounds"])
+        with staged_output(out_dir) as stage:
+            write_report(stage, merged, examples, bounds=bounds)
+    return merged
+
+
+#: Read one shard directory: ``(report, examples, fingerprint)`` (see :func:`merge_reports` for what is refused).
+load_shard = _load_shard
+
+
+def merge_loaded(
+    loaded: Sequence[Tuple[Dict[str, Any], Dict[str, np.ndarray], RunFingerprint, str]],
+) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+    """Merge shards already read by :func:`load_shard`: ``(report, examples, fingerprint, directory)`` each.
+
+    Returns the merged report and its examples; the checks and the result are
+    :func:`merge_reports`'s. The cluster client (:mod:`gluon_robust.cluster`)
+    merges its chunks with it.
+    """
+    if not loaded:
+        raise ConfigError("merge-reports needs at least one report directory")
+    loaded = sorted(loaded, key=lambda item: item[0]["shard"]["k"])
     _check_shards(loaded)
     first, _, first_fp, _ = loaded[0]
     shards = [{"k": r["shard"]["k"], "start": r["shard"]["start"], "stop": r["shard"]["stop"], "data": fp.data}
@@ -527,9 +635,5 @@ def merge_reports(dirs: Sequence[str | Path], out_dir: Optional[str | Path] = No
     order = np.argsort(examples["index"], kind="stable")[:limit]
     examples = {k: v[order] for k, v in examples.items()}
     sanity.emit(merged["warnings"])
-    if out_dir is not None:
-        bounds = tuple(first["bounds"])
-        with staged_output(out_dir) as stage:
-            write_report(stage, merged, examples, bounds=bounds)
-    return merged
+    return merged, examples
 

@@ -88,7 +88,12 @@ class AttackOutcome:
             self.invalid = np.zeros(len(self.broken), bool)
 
     def robust_accuracy(self, correct: np.ndarray) -> float:
-        """Fraction of all points still correct after this attack (on the points it ran on)."""
+        """Fraction of all points still correct after this attack *alone* (it broke only the points it ran on).
+
+        In a cascade a later stage only runs on the points earlier stages left
+        robust, so this is not the robust accuracy after the stage: use
+        :meth:`RobustnessResult.cumulative_robust_accuracy` there.
+        """
         return float((correct & ~self.broken).mean()) if len(correct) else 0.0
 
 
@@ -137,14 +142,34 @@ class RobustnessResult:
                 names[i] = names[i] or outcome.name
         return names
 
+    def cumulative_robust_accuracy(self) -> List[float]:
+        """Per attack, the fraction of *all* ``n`` samples still robust after it and every earlier attack of its threat model.
+
+        Every stage has the same denominator (all evaluated samples), so in the
+        cascade the value after the last stage of a threat model equals its
+        worst-case robust accuracy, and the values of one threat model never rise.
+        """
+        out = []
+        running: Dict[Tuple[str, Optional[float]], np.ndarray] = {}
+        for o in self.outcomes:
+            mask = running.setdefault((o.norm, o.eps), self.correct.copy())
+            mask &= ~o.broken
+            out.append(float(mask.mean()) if self.n else 0.0)
+        return out
+
     def to_report(self) -> Dict[str, object]:
-        """The JSON-ready summary: n, clean accuracy, per-attack and worst-case robust accuracy, per sample."""
+        """The JSON-ready summary: n, clean accuracy, per-attack and worst-case robust accuracy, per sample.
+
+        Each attack's ``cumulative_robust_accuracy`` is over all ``n`` samples
+        (see :meth:`cumulative_robust_accuracy`); reports written before it held
+        a per-stage ``robust_accuracy`` (what the stage alone broke) and
+        ``robust_accuracy_after``, which :func:`~gluon_robust.evaluation.report.stage_accuracies` still reads.
+        """
         attacks = [
             {
                 "name": o.name,
                 "norm": o.norm,
                 "eps": o.eps,
-                "robust_accuracy": o.robust_accuracy(self.correct),
                 "attacked": int(o.attacked.sum()),
                 "broken": int(o.broken.sum()),
                 "seconds": round(o.seconds, 3),
@@ -157,14 +182,8 @@ class RobustnessResult:
             }
             for o in self.outcomes
         ]
-        cumulative = {}
-        running: Dict[Tuple[str, Optional[float]], np.ndarray] = {}
-        for k, o in enumerate(self.outcomes):
-            mask = running.setdefault((o.norm, o.eps), self.correct.copy())
-            mask &= ~o.broken
-            cumulative[k] = float(mask.mean()) if self.n else 0.0
-        for k, entry in enumerate(attacks):
-            entry["robust_accuracy_after"] = cumulative[k]
+        for entry, value in zip(attacks, self.cumulative_robust_accuracy()):
+            entry["cumulative_robust_accuracy"] = value
         worst = [
             {"norm": norm, "eps": eps, "robust_accuracy": float(self.robust_mask(norm, eps).mean()) if self.n else 0.0}
             for norm, eps in self.threat_models()
@@ -382,10 +401,10 @@ def evaluate_attacks(
     finally:
         bar.close()
     result.seconds = previous + time.perf_counter() - start
-    for o in outcomes:
+    for o, accuracy in zip(outcomes, result.cumulative_robust_accuracy()):
         logger.info(
-            "%-10s %s eps=%s: robust accuracy %.2f%% (%d of %d attacked points broken, %.1f s)",
-            o.name, o.norm, "-" if o.eps is None else f"{o.eps:g}", 100 * o.robust_accuracy(result.correct),
+            "%-10s %s eps=%s: robust accuracy after it %.2f%% of all %d samples (%d of %d attacked points broken, "
+            "%.1f s)", o.name, o.norm, "-" if o.eps is None else f"{o.eps:g}", 100 * accuracy, result.n,
             int(o.broken.sum()), int(o.attacked.sum()), o.seconds,
         )
     return result

@@ -124,9 +124,11 @@ class TrainingRun:
     Attributes
     ----------
     epochs : list of dict
-        Per-epoch metrics: ``epoch``, ``train_loss``, ``eps``, ``steps``,
-        ``lr``, ``seconds`` and, with validation, ``clean_accuracy`` and
-        ``pgd_accuracy``, plus ``guard`` when a guard runs.
+        Per-epoch metrics: ``epoch``, ``train_loss``, ``eps`` and ``steps``
+        (the training attack's budget), ``lr``, ``seconds`` and, with
+        validation, ``clean_accuracy``, ``pgd_accuracy`` and ``pgd_iters``
+        (the validation PGD's own steps, one start), plus ``guard`` when a
+        guard runs.
     seconds : float
         Training time (resumed runs included), validation excluded.
     stopped_early : str or None
@@ -547,6 +549,8 @@ def train_adversarial(
                 started = time.perf_counter()
                 metrics.update(_validate_workers(model, val, ctx[0], info, reducer, eps=val_eps, steps=val_steps,
                                                  norm=norm, batch_size=batch_size))
+                if "pgd_accuracy" in metrics:  # name the check's own budget: ``steps`` is the training attack's
+                    metrics["pgd_iters"] = int(val_steps)
                 validation_seconds = time.perf_counter() - started
             with deferred():
                 if validated:
