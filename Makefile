@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 ART_VENV := benchmarks/.venv-art
 AA_VENV  := benchmarks/.venv-autoattack
 
-.PHONY: demo test test-all bench bench-speed bench-tables bench-art bench-autoattack reliability zoo-matrix install clean
+.PHONY: demo test test-all bench bench-speed bench-tables bench-art bench-autoattack bench-torch reliability zoo-matrix install clean
 
 $(STAMP): setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -93,6 +93,23 @@ $(AA_VENV)/.installed: setup.py constraints.txt
 bench-autoattack: $(STAMP) $(AA_VENV)/.installed
 	nice -n 10 $(AA_VENV)/bin/python benchmarks/vs_autoattack.py --ours-python $(BIN)/python --out benchmarks/results
 	$(BIN)/python benchmarks/tables.py --readme README.md
+
+# torchattacks joins the AutoAttack benchmark's environment without its dependencies (torchvision does not
+# import with the CPU wheel), numpy and scipy being pinned by constraints.txt.
+$(AA_VENV)/.torchattacks: $(AA_VENV)/.installed
+	$(AA_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt --no-deps \
+		torchattacks==3.5.1
+	touch $@
+
+# PGD-10 against torchattacks and torch.compile (one thread, then two), then black-box cost per query.
+# TORCH_ARGS="--batch-size 8 --repeats 2" for a shorter run.
+TORCH_ARGS ?=
+bench-torch: $(STAMP) $(AA_VENV)/.torchattacks
+	nice -n 10 $(BIN)/python benchmarks/bench_vs_torch.py --threads 1 --torch-python $(AA_VENV)/bin/python \
+		--out benchmarks/results $(TORCH_ARGS)
+	nice -n 10 $(BIN)/python benchmarks/bench_vs_torch.py --threads 2 --torch-python $(AA_VENV)/bin/python \
+		--out benchmarks/results --readme README.md $(TORCH_ARGS)
+	nice -n 10 $(BIN)/python benchmarks/bench_blackbox_overhead.py --out benchmarks/results --readme README.md
 
 clean:
 	rm -rf $(VENV) $(ART_VENV) $(AA_VENV) runs build *.egg-info

@@ -254,7 +254,10 @@ class SquareAttack(BlackBoxAttack):
             if active.size == 0:
                 return best
             p = p_schedule(self.p_init, iteration, budget)
-            candidates = np.stack([update(x[i], best[i], p, rngs[i], low, high) for i in active])
+            if self.norm.name == "linf":
+                candidates = self._candidates_linf(x, best, active, p, rngs, low, high)
+            else:
+                candidates = np.stack([update(x[i], best[i], p, rngs[i], low, high) for i in active])
             scores = oracle.scores(candidates, active)
             new_margin = margin(scores, y[active], take(target, active))
             new_loss = self._loss(scores, new_margin, take(target, active))
@@ -290,13 +293,28 @@ class SquareAttack(BlackBoxAttack):
     def _update_linf(
         self, x: np.ndarray, best: np.ndarray, p: float, rng: np.random.Generator, low: float, high: float
     ) -> np.ndarray:
-        c, h, w = x.shape
+        return self._candidates_linf(x[None], best[None], np.zeros(1, np.int64), p, [rng], low, high)[0]
+
+    def _candidates_linf(
+        self, x: np.ndarray, best: np.ndarray, active: np.ndarray, p: float, rngs: Sequence[np.random.Generator],
+        low: float, high: float,
+    ) -> np.ndarray:
+        """One candidate per active sample: its best point with one window set to ``x + eps * signs``.
+
+        The batch is copied once and each window written in place; every
+        sample draws from its own generator, in the documented order.
+        ``minimum(maximum(.))`` is ``np.clip`` for finite values, without its
+        per-call dispatch cost.
+        """
+        c, h, w = x.shape[1:]
         side = square_side(p, h, w, "linf")
-        r, q = rng.integers(0, max(h - side, 1)), rng.integers(0, max(w - side, 1))
-        window = (slice(None), slice(r, r + side), slice(q, q + side))
-        candidate = best.copy()
-        candidate[window] = np.clip(x[window] + self.eps * _signs(rng, (c, 1, 1)), low, high)
-        return candidate
+        candidates = best[active]
+        for j, i in enumerate(active):
+            rng = rngs[i]
+            r, q = rng.integers(0, max(h - side, 1)), rng.integers(0, max(w - side, 1))
+            window = x[i, :, r : r + side, q : q + side] + self.eps * _signs(rng, (c, 1, 1))
+            candidates[j, :, r : r + side, q : q + side] = np.minimum(np.maximum(window, low), high)
+        return candidates
 
     # ---------------------------------------------------------------------- L2
     def _start_l2(self, shape: tuple, rng: np.random.Generator) -> np.ndarray:
