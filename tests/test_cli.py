@@ -347,7 +347,8 @@ def test_parse_fraction_rejects(text):
 
 def test_demo_writes_a_report(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = main(["demo", "--config", "mnist_resnet20", "--eps", "0.1", "--limit", "20", "--out", str(out)])
+    code = main(["demo", "--config", "mnist_resnet20", "--eps", "0.1", "--limit", "20", "--workers", "1",
+                 "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads((out / "report.json").read_text())
@@ -382,6 +383,33 @@ def test_demo_contrasts_the_standard_and_the_pgd_at_models(tmp_path, capsys):
     assert rows["mnist_resnet20"]["worst_case"]["0.3"] <= 0.1
     assert rows["mnist_resnet20_pgdat"]["worst_case"]["0.3"] >= 0.6
     assert "contrast" in captured.out and "mnist_resnet20_pgdat" in (out / "contrast.md").read_text()
+
+
+def test_demo_on_two_worker_processes_gives_the_same_figures_and_rows(tmp_path, capsys):
+    """--workers 2 splits each model's digits into chunks on a local cluster; per-sample seeds make it invisible."""
+    reports = {}
+    for workers in ("1", "2"):
+        out = tmp_path / f"demo{workers}"
+        code = main(["demo", "--recipe", "apgd-lite", "--eps", "0.1", "--limit", "8", "--workers", workers,
+                     "--out", str(out)])
+        assert code == 0, capsys.readouterr().err
+        reports[workers] = {c: json.loads((out / c / "report.json").read_text())
+                            for c in ("mnist_resnet20", "mnist_resnet20_pgdat")}
+    for config, single in reports["1"].items():
+        split = reports["2"][config]
+        assert "cluster" not in single and split["cluster"]["chunks"] == 4  # two chunks a worker, of 2 digits
+        assert split["per_sample"] == single["per_sample"]
+        assert split["worst_case"] == single["worst_case"] and split["clean_accuracy"] == single["clean_accuracy"]
+    assert json.loads((tmp_path / "demo1" / "contrast.json").read_text()) == \
+        json.loads((tmp_path / "demo2" / "contrast.json").read_text())
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_demo_refuses_a_bad_worker_count_before_any_work(value, tmp_path, capsys):
+    code = main(["demo", "--workers", value, "--out", str(tmp_path / "demo")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "--workers" in err[0] and value in err[0]
+    assert not (tmp_path / "demo").exists()
 
 
 @pytest.mark.parametrize("what, expected", [("attacks", "pgd"), ("configs", "mnist_resnet20"), ("models", "cifar_resnet20_v1"),
