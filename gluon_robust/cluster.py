@@ -437,6 +437,22 @@ def _open_state(out_dir: Path, identity: Dict[str, Any], resume: bool) -> Path:
     return state
 
 
+def _kept_chunks(state: Path, expected: Sequence[Dict[str, str]],
+                 finished: Optional[Callable[[Path, int, int, Dict[str, str]], Any]]) -> Dict[int, Any]:
+    """The chunks of an interrupted run that ``finished`` accepts (none without ``--resume``), by index."""
+    if finished is None:
+        return {}
+    found = {k: finished(state, k, len(expected), part) for k, part in enumerate(expected)}
+    return {k: value for k, value in found.items() if value is not None}
+
+
+def _announce(announce: Callable[[str], None], client: Any, spec: ClusterSpec, pending: Sequence[int], n_chunks: int,
+              size: int, reused: int, link: str) -> None:
+    workers = len(client.scheduler_info().get("workers", {}))
+    announce(f"cluster {spec.text}: {workers} worker(s), {len(pending)} of {n_chunks} chunk(s) of up to {size} "
+             f"samples to run ({reused} finished before), dashboard {link}")
+
+
 def _finished(state: Path, k: int, n: int, expected: Dict[str, str]) -> Optional[Tuple[Any, ...]]:
     """The loaded chunk ``k`` of ``n`` when the state holds it (and its fingerprint is the run's), else None."""
     from .evaluation.evaluate import load_shard
@@ -565,16 +581,10 @@ def evaluate_on_cluster(
                     "chunk_size": size, "model": model_name, "settings": asdict(settings)}
         out = prepare_output_dir(out_dir)
         state = _open_state(out, identity, resume)
-        done: Dict[int, Tuple[Any, ...]] = {}
-        for k in range(n_chunks):
-            found = _finished(state, k, n_chunks, expected[k]) if resume else None
-            if found is not None:
-                done[k] = found
+        done: Dict[int, Tuple[Any, ...]] = _kept_chunks(state, expected, _finished if resume else None)
         reused = sorted(done)
         pending = [k for k in range(n_chunks) if k not in done]
-        workers = len(client.scheduler_info().get("workers", {}))
-        announce(f"cluster {spec.text}: {workers} worker(s), {len(pending)} of {n_chunks} chunk(s) of up to {size} "
-                 f"samples to run ({len(reused)} finished before), dashboard {link}")
+        _announce(announce, client, spec, pending, n_chunks, size, len(reused), link)
         bar = tqdm(total=total, initial=sum(slices[k].stop - slices[k].start for k in reused), unit="image",
                    desc=f"evaluate on {spec.text}", disable=not progress, dynamic_ncols=True)
         try:
@@ -807,16 +817,11 @@ def certify_on_cluster(
         identity = {**fingerprint.to_dict(), "command": "certify", "n": total, "chunks": n_chunks, "chunk_size": size}
         out = prepare_output_dir(out_dir)
         state = _open_state(out, identity, resume)
-        done: Dict[int, Tuple[Dict[str, Any], Dict[str, np.ndarray]]] = {}
-        for k in range(n_chunks):
-            found = _certify_done(state, k, n_chunks, expected[k]) if resume else None
-            if found is not None:
-                done[k] = found
+        done: Dict[int, Tuple[Dict[str, Any], Dict[str, np.ndarray]]] = _kept_chunks(
+            state, expected, _certify_done if resume else None)
         reused = sorted(done)
         pending = [k for k in range(n_chunks) if k not in done]
-        workers = len(client.scheduler_info().get("workers", {}))
-        announce(f"cluster {spec.text}: {workers} worker(s), {len(pending)} of {n_chunks} chunk(s) of up to {size} "
-                 f"samples to run ({len(reused)} finished before), dashboard {link}")
+        _announce(announce, client, spec, pending, n_chunks, size, len(reused), link)
         tag = _tag(expected)
 
         def submit(k: int) -> Any:
