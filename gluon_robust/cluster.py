@@ -544,12 +544,10 @@ def evaluate_on_cluster(
         For bad settings; for a worker whose weights, recipe or data slice
         differ from the client's; with ``resume``, for a state of another run.
     """
-    from tqdm import tqdm
 
     from .evaluation.evaluate import load_shard, merge_loaded, prepare, run_fingerprint, sanity_probe, shard_slice
     from .evaluation.report import write_report
     from .fingerprint import data_fingerprint
-    from .interrupts import set_hint
     from .reporting import prepare_output_dir, staged_output
     from .validation import check_int
 
@@ -585,31 +583,20 @@ def evaluate_on_cluster(
         reused = sorted(done)
         pending = [k for k in range(n_chunks) if k not in done]
         _announce(announce, client, spec, pending, n_chunks, size, len(reused), link)
-        bar = tqdm(total=total, initial=sum(slices[k].stop - slices[k].start for k in reused), unit="image",
-                   desc=f"evaluate on {spec.text}", disable=not progress, dynamic_ncols=True)
-        try:
-            with bar:
-                if pending:
-                    tag = _tag(expected)
+        tag = _tag(expected)
 
-                    def submit(k: int) -> Any:
-                        return client.submit(run_chunk, loader, settings, k, n_chunks, expected[k], probe,
-                                             key=f"gluon-robust-{tag}-{k}", pure=False)
+        def submit(k: int) -> Any:
+            return client.submit(run_chunk, loader, settings, k, n_chunks, expected[k], probe,
+                                 key=f"gluon-robust-{tag}-{k}", pure=False)
 
-                    def store(k: int, result: Dict[str, Any]) -> Path:
-                        directory = _write_chunk(state, k, n_chunks, result["report"], result["examples"])
-                        report, examples, chunk_fingerprint = load_shard(directory)
-                        done[k] = (report, examples, chunk_fingerprint, str(directory))
-                        return directory
+        def store(k: int, result: Dict[str, Any]) -> Path:
+            directory = _write_chunk(state, k, n_chunks, result["report"], result["examples"])
+            report, examples, chunk_fingerprint = load_shard(directory)
+            done[k] = (report, examples, chunk_fingerprint, str(directory))
+            return directory
 
-                    _run_pending(client, spec, submit, pending, n_chunks, slices, state, bar, store, on_chunk)
-        except KeyboardInterrupt as err:
-            set_hint(err, f"the {len(done)} finished chunk(s) of {n_chunks} are kept in {state}; resume with the "
-                          f"same command plus --resume")
-            raise
-        finally:
-            for future in preloads:
-                future.cancel()
+        _run_with_progress(client, spec, submit, store, pending=pending, slices=slices, reused=reused, done=done,
+                           state=state, preloads=preloads, on_chunk=on_chunk, progress=progress, verb="evaluate")
     loaded = [done[k] for k in range(n_chunks)]
     merged, examples = merge_loaded(loaded)
     merged.pop("merged_shards", None)
@@ -626,6 +613,33 @@ def evaluate_on_cluster(
         write_report(stage, merged, examples, bounds=tuple(merged["bounds"]))
     logger.info("report: %s", out / "report.html")
     return merged
+
+
+def _run_with_progress(
+    client: Any, spec: ClusterSpec, submit: Callable[[int], Any], store: Callable[[int, Any], Path], *,
+    pending: List[int], slices: List[slice], reused: Sequence[int], done: Dict[int, Any], state: Path,
+    preloads: Sequence[Any], on_chunk: Optional[Callable[[int, Path], None]], progress: bool, verb: str,
+) -> None:
+    """:func:`_run_pending` under one progress bar over all chunks; an interrupt says where the finished ones are."""
+    from tqdm import tqdm
+
+    from .interrupts import set_hint
+
+    n_chunks = len(slices)
+    bar = tqdm(total=sum(part.stop - part.start for part in slices),
+               initial=sum(slices[k].stop - slices[k].start for k in reused), unit="image",
+               desc=f"{verb} on {spec.text}", disable=not progress, dynamic_ncols=True)
+    try:
+        with bar:
+            if pending:
+                _run_pending(client, spec, submit, pending, n_chunks, slices, state, bar, store, on_chunk)
+    except KeyboardInterrupt as err:
+        set_hint(err, f"the {len(done)} finished chunk(s) of {n_chunks} are kept in {state}; resume with the "
+                      f"same command plus --resume")
+        raise
+    finally:
+        for future in preloads:
+            future.cancel()
 
 
 def _run_pending(
@@ -777,12 +791,10 @@ def certify_on_cluster(
         The report of :func:`~gluon_robust.commands.certify.certify_source`
         plus ``cluster`` (chunks, per-worker timing) and ``fingerprint``.
     """
-    from tqdm import tqdm
 
     from .commands.certify import POINT_ARRAYS, certify_report
     from .evaluation.evaluate import shard_slice
     from .fingerprint import RunFingerprint, combine, data_fingerprint, recipe_fingerprint, weights_fingerprint
-    from .interrupts import set_hint
     from .io import atomic_save_npz, atomic_write_json
     from .reporting import prepare_output_dir
     from .validation import check_int
@@ -836,19 +848,8 @@ def certify_on_cluster(
             done[k] = (result["chunk"], result["arrays"])
             return directory
 
-        bar = tqdm(total=total, initial=sum(slices[k].stop - slices[k].start for k in reused), unit="image",
-                   desc=f"certify on {spec.text}", disable=not progress, dynamic_ncols=True)
-        try:
-            with bar:
-                if pending:
-                    _run_pending(client, spec, submit, pending, n_chunks, slices, state, bar, store, on_chunk)
-        except KeyboardInterrupt as err:
-            set_hint(err, f"the {len(done)} finished chunk(s) of {n_chunks} are kept in {state}; resume with the "
-                          f"same command plus --resume")
-            raise
-        finally:
-            for future in preloads:
-                future.cancel()
+        _run_with_progress(client, spec, submit, store, pending=pending, slices=slices, reused=reused, done=done,
+                           state=state, preloads=preloads, on_chunk=on_chunk, progress=progress, verb="certify")
     parts = [done[k][1] for k in range(n_chunks)]
     arrays = {name: np.concatenate([p[name] for p in parts]) for name in POINT_ARRAYS if name != "clean_correct"}
     arrays["clean_correct"] = np.array(sum(int(p["clean_correct"]) for p in parts), np.int64)
