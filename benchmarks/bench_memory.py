@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Memory at ImageNet scale: streaming, and the automatic batch size against measured peak memory.
 
-Three measurements, each in a fresh child process (peak resident memory,
+Four measurements, each in a fresh child process (peak resident memory,
 ``ru_maxrss``, is read inside the child):
 
 * ``streaming``: peak RSS of ``gluon-robust attack --attack fgsm`` on image
@@ -15,7 +15,17 @@ Three measurements, each in a fresh child process (peak resident memory,
   third of the automatic batch size and at the automatic batch size, against
   the estimate ``fixed + batch * per_sample``.
 
-Writes ``memory.json`` and logs a table. Takes about 3 to 5 minutes on 2 CPU cores.
+* ``evaluate_standard``: peak RSS of ``gluon-robust evaluate --recipe standard``
+  under ``--max-memory`` on image folders of 1,000 and 10,000 random 224x224
+  JPEGs (``mobilenet0.25``, random weights, 10 classes). A first pass records
+  the model's own prediction of every image; then the same 16 images (spread
+  over the folder) are filed under their predicted class and every other image
+  under another class, so that clean accuracy is exactly 16/n and every stage
+  of the recipe runs on the same 16 images whatever n is. Memory is then flat
+  in n only if the images, the per-sample records and the report are streamed.
+
+Writes ``memory.json`` and logs a table. Takes about 10 to 15 minutes on 2 CPU cores
+(``--evaluate-sizes 0`` skips the evaluate runs: 3 to 5 minutes).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,12 +90,36 @@ print(json.dumps({"maxrss_kib": peak_kib(), "seconds": seconds}), file=sys.stder
 """
 
 
+#: Child of the prediction pass: the model's clean prediction of every image of a folder, in the folder's order.
+PREDICT_CHILD = """
+import json, sys
+import numpy as np
+from mxnet.gluon.data.vision import ImageFolderDataset
+from gluon_robust.data.folder import FolderSource
+from gluon_robust.model import load_classifier
+root, out = sys.argv[1], sys.argv[2]
+model = load_classifier("mobilenet0.25", classes=10)
+source = FolderSource(root)
+preds = [model.predict(batch.x, batch_size=len(batch.x)).argmax(axis=1) for batch in source.batches(32)]
+paths = [path for path, _ in ImageFolderDataset(root, flag=1).items]
+json.dump({"paths": paths, "preds": np.concatenate(preds).tolist()}, open(out, "w"))
+print(json.dumps({"images": len(paths)}), file=sys.stderr)
+"""
+
+#: Images of every evaluate run that the model classifies as labelled (the ones the recipe attacks).
+ATTACKED = 16
+#: The memory budget the evaluate runs are given.
+EVALUATE_BUDGET = "1G"
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="8,32,64", help="folder sizes of the streaming runs")
     parser.add_argument("--nets", default="mobilenet0.25,mobilenet1.0,resnet18_v1,resnet50_v1",
                         help="zoo nets whose automatic batch size is reported")
     parser.add_argument("--measure", default="mobilenet0.25,resnet18_v1", help="the nets whose peak memory is measured")
+    parser.add_argument("--evaluate-sizes", default="1000,10000",
+                        help="folder sizes of the evaluate --recipe standard runs (0: none)")
     parser.add_argument("--out", default="benchmarks/results")
     return parser.parse_args(argv)
 
@@ -104,6 +139,46 @@ def image_folder(root: Path, n: int) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(folder / f"{i:04d}.png"), rng.integers(0, 256, (256, 256, 3), dtype=np.uint8))
     return root
+
+
+def labelled_folder(root: Path, n: int) -> Path:
+    """``n`` random JPEGs, ATTACKED of them filed under the model's prediction, the rest under another class."""
+    rng = np.random.default_rng(n)
+    staging = root / "c0"
+    staging.mkdir(parents=True)
+    for c in range(1, 10):
+        (root / f"c{c}").mkdir()
+    for i in range(n):
+        cv2.imwrite(str(staging / f"{i:05d}.jpg"), rng.integers(0, 256, (256, 256, 3), dtype=np.uint8))
+    found = root.parent / f"predictions{n}.json"
+    child(PREDICT_CHILD, [str(root), str(found)])
+    record = json.loads(found.read_text())
+    attacked = set(np.linspace(0, n - 1, ATTACKED).round().astype(int).tolist())
+    for i, (path, pred) in enumerate(zip(record["paths"], record["preds"])):
+        label = pred if i in attacked else (pred + 1) % 10
+        if label != 0:
+            os.replace(path, root / f"c{label}" / os.path.basename(path))
+    return root
+
+
+def evaluate_standard(sizes: List[int], work: Path) -> List[Dict]:
+    rows = []
+    for n in sizes:
+        data = labelled_folder(work / f"labelled{n}", n)
+        out = work / f"evaluate{n}"
+        start = time.perf_counter()
+        result = child(CLI_CHILD, ["evaluate", "--model", "mobilenet0.25", "--classes", "10", "--data",
+                                   f"folder:{data}", "--recipe", "standard", "--eps", "8/255", "--max-memory",
+                                   EVALUATE_BUDGET, "--no-progress", "--out", str(out)])
+        report = json.loads((out / "report.json").read_text())
+        clean = report["clean_accuracy"]
+        rows.append({"n": n, "peak_rss_mib": round(result["maxrss_kib"] / 1024, 1), "budget": EVALUATE_BUDGET,
+                     "clean_accuracy": clean, "attacked": round(clean * n),
+                     "images_if_held_mib": round(n * 3 * 224 * 224 * 4 / 2 ** 20, 1),
+                     "seconds": round(time.perf_counter() - start, 1)})
+        logger.info("evaluate --recipe standard n=%d: %s", n, rows[-1])
+        shutil.rmtree(data)
+    return rows
 
 
 def streaming(sizes: List[int], work: Path) -> List[Dict]:
@@ -163,6 +238,7 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         stream = streaming([int(s) for s in args.sizes.split(",")], Path(tmp))
+        evaluated = evaluate_standard([int(s) for s in args.evaluate_sizes.split(",") if int(s) > 0], Path(tmp))
     auto = auto_batches([n for n in args.nets.split(",") if n])
     measure = []
     for name in [n for n in args.measure.split(",") if n]:
@@ -170,9 +246,11 @@ def main(argv=None) -> None:
         if chosen is None:
             chosen = auto_batches([name])[0]["auto_batch_size"]
         measure += measured(name, chosen)
-    payload = {"streaming": stream, "auto_batch": auto, "measured": measure,
+    payload = {"streaming": stream, "evaluate_standard": evaluated, "auto_batch": auto, "measured": measure,
                "budget": format_size(DEFAULT_MAX_MEMORY), "seconds": round(time.perf_counter() - start, 1)}
     rows = [["streaming", f"n={r['n']}", r["peak_rss_mib"], ""] for r in stream]
+    rows += [["evaluate standard", f"n={r['n']}, {r['attacked']} attacked", r["peak_rss_mib"],
+              f"budget {r['budget']}"] for r in evaluated]
     rows += [["auto batch", r["net"], r["estimated_peak_mib"], r["auto_batch_size"]] for r in auto]
     rows += [["measured", f"{r['net']} batch {r['batch_size']}", r["measured_peak_mib"], r["estimated_peak_mib"]]
              for r in measure]
