@@ -113,10 +113,25 @@ def art_table(data: Dict[str, Any]) -> str:
     return "\n\n".join([intro, markdown_table(["PGD L∞", "time", "robust accuracy"], rows)])
 
 
+def memory_table(data: Dict[str, Any]) -> str:
+    """Peak resident memory of ``evaluate --recipe standard`` at 224x224 against the number of images."""
+    rows = [[f"{r['n']:,}", r.get("budget", "–"), f"{r['peak_rss_mib']:.0f} MiB", f"{r['images_if_held_mib']:.0f} MiB",
+             r["attacked"], _pct(r.get("clean_accuracy"))]
+            for r in data.get("evaluate_standard", [])]
+    if not rows:
+        return ""
+    intro = ("Peak resident memory of `evaluate --recipe standard` on n images of 3x224x224 (`bench_memory.py`; "
+             "the same images are attacked whatever n, so the rows differ only in the data streamed), against "
+             "what the images alone would take if they were held in memory:")
+    header = ["images", "--max-memory", "peak RSS", "images if held", "attacked", "clean accuracy"]
+    return "\n\n".join([intro, markdown_table(header, rows)])
+
+
 #: The results files with a README table, in the order they appear.
 RENDERERS: Dict[str, Callable[[Dict[str, Any]], str]] = {
     "autoattack": autoattack_table,
     "art": art_table,
+    "memory": memory_table,
 }
 
 

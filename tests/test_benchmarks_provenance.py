@@ -234,3 +234,22 @@ def test_vs_autoattack_flags_are_refused_in_one_line(capsys):
             vs_autoattack.parse_args(argv)
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert flag in err and argv[1] in err
+
+
+def test_tables_render_the_memory_results(tmp_path):
+    data = {
+        "evaluate_standard": [
+            {"n": 1000, "peak_rss_mib": 856.8, "budget": "1G", "clean_accuracy": 0.016, "attacked": 16,
+             "images_if_held_mib": 574.2, "seconds": 10.0},
+            {"n": 10000, "peak_rss_mib": 890.7, "budget": "1G", "clean_accuracy": 0.0016, "attacked": 16,
+             "images_if_held_mib": 5742.2, "seconds": 10.0},
+        ],
+        "revision": {"commit": "fedcba9876543210", "dirty": False},
+        "machine": {"cpus": 2},
+        "versions": {"mxnet": "1.9.1"},
+    }
+    (tmp_path / "memory.json").write_text(json.dumps(data))
+    lines = tables.render(tmp_path).splitlines()
+    assert "| 1,000 | 1G | 857 MiB | 574 MiB | 16 | 1.6 % |" in lines
+    assert "| 10,000 | 1G | 891 MiB | 5742 MiB | 16 | 0.2 % |" in lines
+    assert "From `benchmarks/results/memory.json`, revision fedcba9, 2 cores, mxnet 1.9.1." in lines
