@@ -8,12 +8,19 @@ from the code before the redesign: adversarial examples, success, distances,
 predictions, iterations and queries; losses, parameters and adversarial
 batches after a few training steps; detector scores and flags after
 calibration; defence outputs and the gradients passed back through them.
-The cases are defined in ``tests/golden/cases.py``; each seeds itself, so the
-result does not depend on which cases ran before it.
+The cases are defined in ``tests/golden/cases.py`` (with ``fixtures.py`` and
+``cases_defenses.py``); each seeds itself, so the result does not depend on
+which cases ran before it. Every comparison is exact (``np.array_equal``, NaNs
+equal, same dtype and shape): no tolerance is needed because the cases run in
+a separate worker process with one OpenMP thread (``tests/golden/env.py``),
+the only setting found to change MXNet's last bits (in training updates).
+A failure names the case, each differing array, how many values differ and
+the largest difference.
 
 Re-record ONLY when a behaviour change is intended (and say so in the commit):
 ``python -m tests.golden.record`` (all cases) or
-``python -m tests.golden.record CASE ...`` (some), from the repository root.
+``python -m tests.golden.record CASE ...`` (some), from the repository root;
+the recorder imposes the same one-thread environment.
 """
 
 from __future__ import annotations
@@ -118,6 +125,28 @@ def test_golden(case: str, worker: Worker) -> None:
     with np.load(path, allow_pickle=False) as data:
         expected = {key: data[key] for key in data.files}
     compare(case, expected, worker.run(case))
+
+
+def test_every_registered_name_has_a_case() -> None:
+    """Every attack, training method, detector and defence of the registries is covered, under the same names."""
+    from gluon_robust.attacks import ATTACKS
+    from gluon_robust.defenses import DEFENSES
+    from gluon_robust.detection import DETECTORS
+    from gluon_robust.training import TRAINING_METHODS
+    from golden.cases import ATTACK_OPTIONS, TRAINING_OPTIONS
+    from golden.cases_defenses import DEFENSE_OPTIONS, DETECTOR_OPTIONS
+
+    for kind, registry, covered in (("attack", ATTACKS, ATTACK_OPTIONS), ("training method", TRAINING_METHODS,
+                                    TRAINING_OPTIONS), ("detector", DETECTORS, DETECTOR_OPTIONS),
+                                    ("defense", DEFENSES, DEFENSE_OPTIONS)):
+        assert set(registry.names()) == set(covered), (
+            f"{kind} registry names {sorted(registry.names())} differ from the golden cases' {sorted(covered)}")
+    for name in ATTACKS.names():
+        factory = ATTACKS.factory(name)
+        for norm in factory.norms:
+            modes = ("untargeted", "targeted") if factory.supports_targeted else ("untargeted",)
+            for mode in modes:
+                assert f"attack-{name}-{norm}-{mode}" in CASES, f"no golden case for attack {name}, {norm}, {mode}"
 
 
 def test_every_golden_file_has_a_case() -> None:

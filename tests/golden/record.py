@@ -14,16 +14,16 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, holding the golden package
 
-from env import golden_environ, is_golden_environ  # noqa: E402
+from golden.env import golden_environ, is_golden_environ  # noqa: E402
 
 if __name__ == "__main__" and not is_golden_environ():  # before MXNet is imported: one OpenMP thread
     os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]], golden_environ())
 
 import numpy as np  # noqa: E402
 
-from cases import CASES  # noqa: E402
+from golden.cases import CASES  # noqa: E402
 
 logger = logging.getLogger("golden.record")
 

@@ -16,9 +16,9 @@ import sys
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, holding the golden package
 
-from env import golden_environ, is_golden_environ  # noqa: E402
+from golden.env import golden_environ, is_golden_environ  # noqa: E402
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not break the protocol
     import numpy as np
 
-    from cases import CASES
+    from golden.cases import CASES
 
     for line in sys.stdin:
         case = line.strip()
