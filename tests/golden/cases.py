@@ -166,11 +166,37 @@ def training_cases() -> Dict[str, Callable[[], Arrays]]:
     return cases
 
 
+def loop_case() -> Arrays:
+    """Two short epochs of the complete loop (``train_adversarial``) with a curriculum and validation."""
+    from gluon_robust.data import ArraySource
+    from gluon_robust.training import Curriculum
+    from gluon_robust.training.loop import train_adversarial
+
+    seed_all()
+    model = train_model()
+    rng = np.random.RandomState(4)
+    train = ArraySource(inputs(24, seed=6), rng.randint(0, CLASSES, 24).astype(np.int64), name="golden-train")
+    val = ArraySource(inputs(8, seed=7), rng.randint(0, CLASSES, 8).astype(np.int64), name="golden-val")
+    method = TRAINING_METHODS.get("pgd-at", eps=0.1, steps=2)
+    run = train_adversarial(
+        model, method, train, val=val, epochs=2, batch_size=8, optimizer="sgd", lr=0.05,
+        curriculum=Curriculum(eps=0.1, steps=2, warmup_epochs=1), val_eps=0.1, val_steps=2, seed=3, progress=False,
+    )
+    out: Arrays = {}
+    for key in ("train_loss", "eps", "steps", "lr", "clean_accuracy", "pgd_accuracy", "pgd_iters"):
+        out[f"epochs.{key}"] = np.asarray([epoch[key] for epoch in run.epochs], dtype=np.float64)
+    out["global_step"] = np.int64(run.global_step)
+    for key, p in structural_params(model.net).items():
+        out[f"param.{key}"] = p.data().asnumpy()
+    return out
+
+
 def all_cases() -> Dict[str, Callable[[], Arrays]]:
     """Every golden case by name."""
     cases: Dict[str, Callable[[], Arrays]] = {}
     cases.update(attack_cases())
     cases.update(training_cases())
+    cases["train-loop-pgd-at-curriculum"] = loop_case
     cases.update(detector_cases())
     cases["adaptive-max-softmax"] = adaptive_case
     cases.update(defense_cases())
