@@ -268,6 +268,14 @@ class AdversarialMethod(TrainingMethod):
         noise = np.stack([rng.standard_normal(tuple(x.shape[1:])) for rng in self._generators(x)]) * scale
         return nd.array(noise.astype(np.float32), ctx=x.context, dtype="float32")
 
+    def _ce_ascent(self, model: gluon.Block, x: nd.NDArray, y: nd.NDArray, *, random_start: bool, steps: int
+                   ) -> nd.NDArray:
+        """Cross-entropy ascent (PGD, or FGSM with one step) from a uniform random start or from ``x``."""
+        start = self._random_start(x, self.eps) if random_start else nd.zeros_like(x)
+        with self._attack_scope(model, x) as target:
+            return self._ascend(target, x, lambda logits: cross_entropy(logits, y), start,
+                                steps=steps, step_size=self.step_size, bounds=bounds_of(model))
+
     def _ascend(
         self,
         target: gluon.Block,

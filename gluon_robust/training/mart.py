@@ -29,18 +29,10 @@ class MART(RegularisedMethod):
 
     Parameters
     ----------
-    eps : float
-        Radius in pixel units.
-    norm : str
-        ``"linf"`` (default) or ``"l2"``.
-    steps : int
-        PGD steps (default 10).
-    step_size : float, optional
-        Absolute step; default ``2.5 * eps / steps``.
     beta : float
         Weight of the misclassification-aware KL term (default 6, the paper's choice).
-    attack_bn, attack_updates_stats, seed
-        See :class:`~gluon_robust.training.adversarial.AdversarialMethod`.
+    eps, norm, steps, step_size, attack_bn, attack_updates_stats, seed
+        See :class:`~gluon_robust.training.regularised.RegularisedMethod` (``steps`` defaults to 10).
     """
 
     name = "mart"

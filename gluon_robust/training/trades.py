@@ -26,18 +26,10 @@ class TRADES(RegularisedMethod):
 
     Parameters
     ----------
-    eps : float
-        Radius in pixel units.
-    norm : str
-        ``"linf"`` (default) or ``"l2"``.
-    steps : int
-        Steps of the inner maximisation (default 10).
-    step_size : float, optional
-        Absolute step; default ``2.5 * eps / steps``.
     beta : float
         Weight of the KL term (default 6, the paper's choice; 1/lambda there).
-    attack_bn, attack_updates_stats, seed
-        See :class:`~gluon_robust.training.adversarial.AdversarialMethod`.
+    eps, norm, steps, step_size, attack_bn, attack_updates_stats, seed
+        See :class:`~gluon_robust.training.regularised.RegularisedMethod` (``steps`` defaults to 10).
 
     Examples
     --------
