@@ -32,7 +32,7 @@ class IterativeGradientAttack(Attack):
     norm : str
         ``"linf"``, ``"l2"`` or ``"l1"``.
     steps : int
-        Gradient steps per restart.
+        Gradient steps per restart (default 40, PGD's).
     step_size : float, optional
         Absolute step size; default ``2.5 * eps / steps`` (Madry et al. 2018).
     random_start : bool
@@ -57,7 +57,7 @@ class IterativeGradientAttack(Attack):
         *,
         eps: float,
         norm: str = "linf",
-        steps: int = 10,
+        steps: int = 40,
         step_size: Optional[float] = None,
         random_start: bool = True,
         restarts: int = 1,

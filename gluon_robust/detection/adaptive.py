@@ -29,17 +29,10 @@ unflagged with the largest slack), not the last one, and each stage only
 attacks the points no earlier candidate got through. Success is recomputed
 at the end from real forward passes of the classifier and the detector.
 
-:class:`DetectorAwareClassifier` is the same pair as one network with ``K + 1``
-logits (C&W 2017, section 3.1)::
-
-    G(x)_k = z_k                                    for k < K
-    G(x)_K = max_k z_k + kappa * (s(x) - tau) / sigma   ("detected")
-
-``G`` predicts ``K`` exactly when the detector flags ``x``, so any gradient
-attack run on it with :func:`detector_aware_loss` attacks both; its
-``max(z_y, z_detected)`` objective is weak where the path to a
-misclassification crosses flagged inputs (low confidence near the decision
-boundary, for instance), which is why :class:`AdaptiveAttack` does not use it.
+:class:`~.combined.DetectorAwareClassifier` (in :mod:`.combined`) is the
+pair as one network with ``K + 1`` logits (C&W 2017, section 3.1); see
+there why this attack does not use it. It stays public API, tested, for
+running any registered attack on the combined network.
 
 Gradients through the detector are exact where its score is differentiable
 and BPDA (identity through the squeezer) for feature squeezing, see
@@ -215,18 +208,10 @@ class AdaptiveAttack(Attack):
                                                      "score_margin": self.score_margin}))
         return [(name if r == 0 else f"{name} r{r}", kw, r) for r in range(self.restarts) for name, kw in objectives]
 
-    def __call__(  # type: ignore[override]
-        self,
-        model: Any,
-        detector: Detector,
-        x: np.ndarray,
-        y: np.ndarray,
-        *,
-        candidates: Optional[Mapping[str, np.ndarray]] = None,
-        batch_size: int = 128,
-    ) -> AdaptiveResult:
-        """The attack needs the detector too: see :meth:`evade`."""
-        return self.evade(model, detector, x, y, candidates=candidates, batch_size=batch_size)
+    def __call__(self, model: Any, detector: Detector, x: np.ndarray, y: np.ndarray,  # type: ignore[override]
+                 **options: Any) -> AdaptiveResult:
+        """The attack needs the detector too: see :meth:`evade` (``options``: ``candidates``, ``batch_size``)."""
+        return self.evade(model, detector, x, y, **options)
 
     def _run(self, model: Any, x: nd.NDArray, y: nd.NDArray, target: Optional[nd.NDArray],
              rngs: Sequence[np.random.Generator]) -> Tuple[nd.NDArray, int]:
