@@ -27,10 +27,8 @@ class FastAT(AdversarialMethod):
 
     Parameters
     ----------
-    eps : float
-        Radius in pixel units.
-    norm : str
-        ``"linf"`` (default) or ``"l2"``.
+    eps, norm
+        The threat model, as in :class:`~gluon_robust.training.adversarial.AdversarialMethod`.
     step_size : float, optional
         The FGSM step ``alpha``; default ``1.25 * eps``. Steps of ``2 * eps``
         or more, or no random start, bring catastrophic overfitting.

@@ -43,10 +43,8 @@ class FreeAT(AdversarialMethod):
 
     Parameters
     ----------
-    eps : float
-        Radius in pixel units.
-    norm : str
-        ``"linf"`` (default) or ``"l2"``.
+    eps, norm
+        The threat model, as in :class:`~gluon_robust.training.adversarial.AdversarialMethod`.
     replays : int
         How many times each batch is replayed (``m`` in the paper, default 4).
     step_size : float, optional

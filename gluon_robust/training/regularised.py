@@ -28,10 +28,8 @@ class RegularisedMethod(AdversarialMethod):
 
     Parameters
     ----------
-    eps : float
-        Radius in pixel units.
-    norm : str
-        ``"linf"`` (default) or ``"l2"``.
+    eps, norm
+        The threat model, as in :class:`~gluon_robust.training.adversarial.AdversarialMethod`.
     steps : int
         Steps of the inner maximisation (default 10).
     step_size : float, optional
