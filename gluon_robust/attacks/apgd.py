@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import mxnet as mx
 import numpy as np
@@ -31,60 +31,17 @@ from mxnet import nd
 from ..errors import ConfigError
 from ..validation import check_int, check_positive
 from .base import Attack, input_gradient
+from .engine import AdaptiveStep, apgd_checkpoints
 from .losses import LossFn, get_loss
+from .norms import Norm, get_norm
 
 __all__ = ["APGD", "APGDStep", "apgd_checkpoints", "apgd_random_start"]
 
 logger = logging.getLogger(__name__)
 
-_TINY = 1e-12
-
-
-def apgd_checkpoints(steps: int) -> List[int]:
-    """The iterations after which APGD may halve its step size.
-
-    The paper (Section 3.2) places the checkpoints at ``w_j = ceil(p_j *
-    N_iter)`` with ``p_0 = 0``, ``p_1 = 0.22`` and ``p_{j+1} = p_j +
-    max(p_j - p_{j-1} - 0.03, 0.06)``. The reference implementation realises
-    this with whole-step gaps, which is what runs in AutoAttack and what we
-    follow: the first gap is ``floor(0.22 * N_iter)`` steps, each later gap is
-    ``floor(0.03 * N_iter)`` steps shorter, and no gap is shorter than
-    ``n_iter_min = floor(0.06 * N_iter)`` (each of the three at least 1).
-    The two agree for ``N_iter = 100``; for other budgets the floors make the
-    reference's checkpoints differ from ``ceil(p_j * N_iter)`` (50 steps:
-    11, 21, 30, 38, 45 against 11, 21, 29, 35, 40, ...). A checkpoint at the
-    very last step is kept, as in the reference: it changes nothing returned.
-
-    Parameters
-    ----------
-    steps : int
-        The iteration budget ``N_iter``.
-
-    Returns
-    -------
-    list of int
-        Increasing checkpoint iterations (1-based step counts) in ``[1, steps]``.
-
-    Examples
-    --------
-    >>> apgd_checkpoints(100)
-    [22, 41, 57, 70, 80, 87, 93, 99]
-    """
-    steps = check_int("steps", steps)
-    gap = max(22 * steps // 100, 1)  # integer arithmetic equals int(0.22 * steps) in floats (checked to 1e5)
-    shrink = max(3 * steps // 100, 1)
-    floor = max(6 * steps // 100, 1)
-    out: List[int] = []
-    at = gap
-    while at <= steps:
-        out.append(at)
-        gap = max(gap - shrink, floor)
-        at += gap
-    return out
-
 
 def apgd_random_start(
-    rngs: Sequence[np.random.Generator], shape: Tuple[int, ...], eps: float, norm: str
+    rngs: Sequence[np.random.Generator], shape: Tuple[int, ...], eps: float, norm: str | Norm
 ) -> np.ndarray:
     """APGD's random starting perturbation, one per sample, float32 (N, *shape).
 
@@ -94,16 +51,9 @@ def apgd_random_start(
     ``eps``; L2 draws ``t ~ N(0, I)`` (one ``rng.standard_normal(shape)``)
     and returns ``eps * t / ||t||_2``, a point of the sphere. Both divide by
     the norm plus ``1e-12``. The caller clips ``x + delta`` to the bounds.
+    The draw is the norm's :meth:`~.norms.Norm.sphere_start`.
     """
-    out = []
-    for rng in rngs:
-        if norm == "linf":
-            t = rng.uniform(-1.0, 1.0, size=shape)
-            out.append(eps * t / (np.abs(t).max() + _TINY))
-        else:
-            t = rng.standard_normal(shape)
-            out.append(eps * t / (np.sqrt((t**2).sum()) + _TINY))
-    return np.stack(out).astype(np.float32)
+    return get_norm(norm).sphere_start(rngs, shape, eps)
 
 
 @dataclass(frozen=True)
@@ -349,12 +299,9 @@ class APGD(Attack):
         run: int = 0,
         samples: Optional[np.ndarray] = None,
     ) -> Tuple[nd.NDArray, nd.NDArray, nd.NDArray]:
-        """One APGD run; returns ``(x_adv, best_loss, found)``, all on the device."""
+        """One APGD run on :class:`~.engine.AdaptiveStep`; returns ``(x_adv, best_loss, found)``, on the device."""
         low, high = model.bounds
-        n = x.shape[0]
-        ctx = x.context
-        checkpoints = set(apgd_checkpoints(self.steps))
-        rows = np.arange(n) if samples is None else np.asarray(samples)
+        rows = np.arange(x.shape[0]) if samples is None else np.asarray(samples)
 
         def project(point: nd.NDArray) -> nd.NDArray:
             return nd.clip(x + self.norm.project(point - x, self.eps), low, high)
@@ -365,55 +312,15 @@ class APGD(Attack):
             success = pred == aim if targeted else pred != y
             return grad, value, success
 
+        def observe(step: int, *arrays: nd.NDArray) -> None:
+            self._observe(run, step, rows, *arrays)
+
         start = x
         if self.random_start:
-            noise = apgd_random_start(rngs, tuple(x.shape[1:]), self.eps, self.norm.name)
-            start = nd.clip(x + nd.array(noise, ctx=ctx, dtype="float32"), low, high)
-        x_cur = x_prev = start
-        grad, loss, found = evaluate(x_cur)
-        x_found = x_best = x_cur
-        grad_best, loss_best = grad, loss
-
-        eta = nd.full((n,), 2.0 * self.eps, ctx=ctx)
-        increases = nd.zeros((n,), ctx=ctx)
-        loss_prev = nd.zeros((n,), ctx=ctx)  # the reference's loss history starts at zero
-        best_at_check = loss_best
-        halved_at_check = nd.ones((n,), ctx=ctx)  # switches the no-improvement test off at the first checkpoint
-        last_check = 0
-        per_sample = (-1,) + (1,) * (x.ndim - 1)
-        self._observe(run, 0, rows, x_cur, loss, x_best, loss_best, eta, found)
-
-        for k in range(1, self.steps + 1):
-            z = project(x_cur + eta.reshape(per_sample) * self.norm.direction(grad))
-            if k > 1:  # the first step has no momentum: x_1 = z
-                z = project(x_cur + self.alpha * (z - x_cur) + (1.0 - self.alpha) * (x_cur - x_prev))
-            x_prev, x_cur = x_cur, z
-            grad, loss, success = evaluate(x_cur)
-            if self.steps > 1:  # one step: the reference compares the step's loss with itself
-                increases = increases + (loss > loss_prev)
-            loss_prev = loss
-
-            improved = loss > loss_best
-            x_best = nd.where(improved, x_cur, x_best)
-            grad_best = nd.where(improved, grad, grad_best)
-            loss_best = nd.where(improved, loss, loss_best)
-            x_found = nd.where(success, x_cur, x_found)
-            found = nd.maximum(found, success)
-            x_seen = x_cur
-
-            if k in checkpoints:
-                oscillating = increases <= self.rho * (k - last_check)
-                stuck = (1 - halved_at_check) * (best_at_check >= loss_best)
-                halve = nd.maximum(oscillating, stuck)
-                eta = nd.where(halve, 0.5 * eta, eta)
-                x_cur = nd.where(halve, x_best, x_cur)
-                grad = nd.where(halve, grad_best, grad)
-                halved_at_check, best_at_check = halve, loss_best
-                increases = nd.zeros_like(increases)
-                last_check = k
-            self._observe(run, k, rows, x_seen, loss, x_best, loss_best, eta, found)
-
-        return nd.where(found, x_found, x_best), loss_best, found
+            noise = apgd_random_start(rngs, tuple(x.shape[1:]), self.eps, self.norm)
+            start = nd.clip(x + nd.array(noise, ctx=x.context, dtype="float32"), low, high)
+        rule = AdaptiveStep(eps=self.eps, steps=self.steps, rho=self.rho, alpha=self.alpha)
+        return rule.run(evaluate, project, self.norm, start, observe if self._trace is not None else None)
 
     def _observe(
         self,

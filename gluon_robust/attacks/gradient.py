@@ -1,8 +1,8 @@
 """The shared loop of iterative gradient attacks (FGSM, BIM/PGD, MI-FGSM).
 
-One loop serves every norm: the norm object supplies the random start, the
-steepest-ascent direction and the projection (see :mod:`.norms`). Subclasses
-change the step direction through :meth:`IterativeGradientAttack._direction`
+The loop is :func:`.engine.ascend`: the norm object supplies the random
+start, the steepest-ascent direction and the projection (see :mod:`.norms`).
+Subclasses change the step through :meth:`IterativeGradientAttack._rule`
 (momentum, for instance), never by branching on the norm.
 """
 
@@ -16,6 +16,7 @@ from mxnet import nd
 
 from ..validation import check_int, check_positive
 from .base import Attack, input_gradient
+from .engine import FixedStep, ascend, best_of_restarts
 from .losses import LossFn, get_loss
 
 __all__ = ["IterativeGradientAttack"]
@@ -31,7 +32,7 @@ class IterativeGradientAttack(Attack):
     norm : str
         ``"linf"``, ``"l2"`` or ``"l1"``.
     steps : int
-        Gradient steps per restart.
+        Gradient steps per restart (default 40, PGD's).
     step_size : float, optional
         Absolute step size; default ``2.5 * eps / steps`` (Madry et al. 2018).
     random_start : bool
@@ -56,7 +57,7 @@ class IterativeGradientAttack(Attack):
         *,
         eps: float,
         norm: str = "linf",
-        steps: int = 10,
+        steps: int = 40,
         step_size: Optional[float] = None,
         random_start: bool = True,
         restarts: int = 1,
@@ -74,19 +75,20 @@ class IterativeGradientAttack(Attack):
         self.restarts = check_int("restarts", restarts)
         self.loss = get_loss(loss)
         self.eot_samples = check_int("eot_samples", eot_samples)
-        if self.norm.name == "l1":
-            from .norms import L1Norm
-
-            self.norm = L1Norm(sparsity=l1_sparsity)
+        self.norm = self.norm.with_sparsity(l1_sparsity)
 
     # ----------------------------------------------------------------- hooks
+    def _rule(self) -> FixedStep:
+        """The step rule of the ascent (subclasses: momentum, for instance)."""
+        return FixedStep(self.step_size)
+
     def _begin(self, x: nd.NDArray) -> Dict[str, Any]:
-        """Per-restart state for :meth:`_direction`."""
-        return {}
+        """Per-run state of the step rule."""
+        return self._rule().begin(x)
 
     def _direction(self, grad: nd.NDArray, state: Dict[str, Any]) -> nd.NDArray:
-        """The unit step direction for a gradient; plain steepest ascent by default."""
-        return self.norm.direction(grad)
+        """The unit step direction of the step rule for a gradient."""
+        return self._rule().direction(self.norm, grad, state)
 
     # ------------------------------------------------------------------ loop
     def _start(self, x: nd.NDArray, rngs: Sequence[np.random.Generator]) -> nd.NDArray:
@@ -103,22 +105,16 @@ class IterativeGradientAttack(Attack):
         target: Optional[nd.NDArray],
         rngs: Sequence[np.random.Generator],
     ) -> Tuple[nd.NDArray, int]:
-        low, high = model.bounds
-        best_x = x
-        best_score = nd.full((x.shape[0],), -np.inf, ctx=x.context)
-        for _ in range(self.restarts):
-            state = self._begin(x)
-            delta = nd.clip(x + self._start(x, rngs), low, high) - x
-            for _ in range(self.steps):
-                grad, _, _ = input_gradient(model, x + delta, y, target, self.loss, self.eot_samples)
-                delta = self.norm.project(delta + self.step_size * self._direction(grad, state), self.eps)
-                delta = nd.clip(x + delta, low, high) - x
-            x_adv = x + delta
-            score = self._score(model, x_adv, y, target)
-            better = (score > best_score).reshape((-1,) + (1,) * (x.ndim - 1))
-            best_x = nd.where(better.broadcast_like(x), x_adv, best_x)
-            best_score = nd.maximum(score, best_score)
-        return best_x, self.steps * self.restarts
+        def gradient(point: nd.NDArray) -> Tuple[nd.NDArray, None]:
+            grad, _, _ = input_gradient(model, point, y, target, self.loss, self.eot_samples)
+            return grad, None
+
+        def run(_: int) -> nd.NDArray:
+            return ascend(gradient, x, self._start(x, rngs), norm=self.norm, eps=self.eps, steps=self.steps,
+                          rule=self._rule(), bounds=model.bounds)
+
+        best = best_of_restarts(x, self.restarts, run, lambda x_adv: self._score(model, x_adv, y, target))
+        return best, self.steps * self.restarts
 
     def _score(self, model: mx.gluon.Block, x_adv: nd.NDArray, y: nd.NDArray, target: Optional[nd.NDArray]) -> nd.NDArray:
         """Loss at ``x_adv``, lifted to +inf where the attack already succeeds."""

@@ -12,17 +12,12 @@ form), L2 or L1 (sparse steps). Targeted and untargeted.
 
 from __future__ import annotations
 
-from typing import Any, Dict
-
-from mxnet import nd
-
 from ..validation import check_int, check_positive
+from .engine import MomentumStep
 from .gradient import IterativeGradientAttack
 from .losses import LossFn
 
 __all__ = ["MIFGSM"]
-
-_TINY = 1e-12
 
 
 class MIFGSM(IterativeGradientAttack):
@@ -94,10 +89,5 @@ class MIFGSM(IterativeGradientAttack):
         )
         self.decay = check_positive("decay", decay, allow_zero=True)
 
-    def _begin(self, x: nd.NDArray) -> Dict[str, Any]:
-        return {"momentum": nd.zeros_like(x)}
-
-    def _direction(self, grad: nd.NDArray, state: Dict[str, Any]) -> nd.NDArray:
-        scale = nd.mean(nd.abs(grad.reshape((grad.shape[0], -1))), axis=1) + _TINY
-        state["momentum"] = self.decay * state["momentum"] + grad / scale.reshape((-1,) + (1,) * (grad.ndim - 1))
-        return self.norm.direction(state["momentum"])
+    def _rule(self) -> MomentumStep:
+        return MomentumStep(self.step_size, self.decay)

@@ -57,6 +57,19 @@ class Norm(abc.ABC):
     def __repr__(self) -> str:
         return self.name
 
+    # ---------------------------------------------- added for attacks/engine.py
+    def sphere_start(self, rngs: Sequence[np.random.Generator], shape: Tuple[int, ...], eps: float) -> np.ndarray:
+        """APGD's random start: a point of the sphere of radius ``eps`` per sample, float32 (N, *shape).
+
+        Croce & Hein (2020), https://arxiv.org/abs/2003.01690, as their
+        reference implementation draws it; norms without one raise.
+        """
+        raise ConfigError(f"norm {self.name} has no APGD random start; use linf or l2")
+
+    def with_sparsity(self, sparsity: float) -> "Norm":
+        """This norm with the given step sparsity; only L1 steps are sparse, so others return ``self``."""
+        return self
+
 
 class LinfNorm(Norm):
     """L-infinity: the box ``|delta_i| <= eps``; the steepest direction is the sign."""
@@ -74,6 +87,15 @@ class LinfNorm(Norm):
 
     def random_start(self, rngs: Sequence[np.random.Generator], shape: Tuple[int, ...], eps: float) -> np.ndarray:
         return np.stack([rng.uniform(-eps, eps, size=shape) for rng in rngs]).astype(np.float32)
+
+    # ---------------------------------------------- added for attacks/engine.py
+    def sphere_start(self, rngs: Sequence[np.random.Generator], shape: Tuple[int, ...], eps: float) -> np.ndarray:
+        """``eps * t / ||t||_inf`` with ``t ~ U[-1, 1]^d``: the largest coordinate is ``eps``."""
+        out = []
+        for rng in rngs:
+            t = rng.uniform(-1.0, 1.0, size=shape)
+            out.append(eps * t / (np.abs(t).max() + _TINY))
+        return np.stack(out).astype(np.float32)
 
 
 class L2Norm(Norm):
@@ -99,6 +121,15 @@ class L2Norm(Norm):
         for rng in rngs:
             v = rng.standard_normal(shape)
             out.append(v / (np.linalg.norm(v) + _TINY) * eps * rng.random() ** (1.0 / d))
+        return np.stack(out).astype(np.float32)
+
+    # ---------------------------------------------- added for attacks/engine.py
+    def sphere_start(self, rngs: Sequence[np.random.Generator], shape: Tuple[int, ...], eps: float) -> np.ndarray:
+        """``eps * t / ||t||_2`` with ``t ~ N(0, I)``: a point of the sphere."""
+        out = []
+        for rng in rngs:
+            t = rng.standard_normal(shape)
+            out.append(eps * t / (np.sqrt((t**2).sum()) + _TINY))
         return np.stack(out).astype(np.float32)
 
 
@@ -156,6 +187,11 @@ class L1Norm(Norm):
             v = rng.laplace(size=shape)
             out.append(v / (np.abs(v).sum() + _TINY) * eps * rng.random() ** (1.0 / d))
         return np.stack(out).astype(np.float32)
+
+    # ---------------------------------------------- added for attacks/engine.py
+    def with_sparsity(self, sparsity: float) -> "L1Norm":
+        """A new L1 norm whose steps move the top ``sparsity`` fraction of coordinates."""
+        return L1Norm(sparsity=sparsity)
 
 
 class L0Norm(Norm):

@@ -51,25 +51,7 @@ class PGD(IterativeGradientAttack):
     """
 
     name = "pgd"
-
-    def __init__(
-        self,
-        *,
-        eps: float,
-        norm: str = "linf",
-        steps: int = 40,
-        step_size: Optional[float] = None,
-        random_start: bool = True,
-        restarts: int = 1,
-        loss: str | LossFn = "ce",
-        eot_samples: int = 1,
-        l1_sparsity: float = 0.01,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            eps=eps, norm=norm, steps=steps, step_size=step_size, random_start=random_start, restarts=restarts,
-            loss=loss, eot_samples=eot_samples, l1_sparsity=l1_sparsity, seed=seed,
-        )
+    # The constructor is IterativeGradientAttack's (steps default 40).
 
 
 class BIM(PGD):

@@ -29,17 +29,10 @@ unflagged with the largest slack), not the last one, and each stage only
 attacks the points no earlier candidate got through. Success is recomputed
 at the end from real forward passes of the classifier and the detector.
 
-:class:`DetectorAwareClassifier` is the same pair as one network with ``K + 1``
-logits (C&W 2017, section 3.1)::
-
-    G(x)_k = z_k                                    for k < K
-    G(x)_K = max_k z_k + kappa * (s(x) - tau) / sigma   ("detected")
-
-``G`` predicts ``K`` exactly when the detector flags ``x``, so any gradient
-attack run on it with :func:`detector_aware_loss` attacks both; its
-``max(z_y, z_detected)`` objective is weak where the path to a
-misclassification crosses flagged inputs (low confidence near the decision
-boundary, for instance), which is why :class:`AdaptiveAttack` does not use it.
+:class:`~.combined.DetectorAwareClassifier` (in :mod:`.combined`) is the
+pair as one network with ``K + 1`` logits (C&W 2017, section 3.1); see
+there why this attack does not use it. It stays public API, tested, for
+running any registered attack on the combined network.
 
 Gradients through the detector are exact where its score is differentiable
 and BPDA (identity through the squeezer) for feature squeezing, see
@@ -53,237 +46,22 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from mxnet import autograd, gluon, nd
+from mxnet import nd
 
-from ..attacks.base import _padded, _pad_rows, gradient_recording, sample_generators
-from ..attacks.losses import LossFn
+from ..attacks.base import Attack, _padded, _pad_rows, sample_generators
 from ..attacks.norms import Norm, get_norm
 from ..attacks.pgd import PGD
 from ..errors import ConfigError, DataError
 from ..validation import check_int, check_positive
 from .base import Detector
+from .combined import DetectorAwareClassifier, detector_aware_loss
+from .evasion import evasion_objective, evasion_pgd
 
 __all__ = [
     "DetectorAwareClassifier", "detector_aware_loss", "AdaptiveAttack", "AdaptiveResult", "evasion_objective",
 ]
 
 logger = logging.getLogger(__name__)
-
-_NEG = -1e30
-
-
-class DetectorAwareClassifier(gluon.Block):
-    """A classifier and a calibrated detector as one network with a ``detected`` logit (index ``K``).
-
-    It looks like a :class:`~gluon_robust.model.Classifier` to attacks: it has
-    ``bounds``, ``ctx``, ``input_size``, ``num_classes`` (``K + 1``) and
-    ``mode_free``.
-
-    Parameters
-    ----------
-    model : Classifier
-        The protected classifier.
-    detector : Detector
-        A fitted and calibrated detector.
-    kappa : float
-        Weight of the detector in the extra logit (logit units per clean score spread).
-    """
-
-    def __init__(self, model: Any, detector: Detector, *, kappa: float = 1.0) -> None:
-        super().__init__()
-        if detector.threshold is None:
-            raise ConfigError(f"detector {detector.name} is not calibrated: call calibrate(clean_scores, fpr) first")
-        self.kappa = check_positive("kappa", kappa)
-        self.model = model
-        self.detector = detector
-        self.bounds = model.bounds
-        self.ctx = model.ctx
-        self.input_size = getattr(model, "input_size", None)
-        self.num_classes = int(model.num_classes) + 1
-        self.detected_class = int(model.num_classes)
-        # The detectors' own networks have no BatchNorm or Dropout, so the combined
-        # graph is mode free exactly when the classifier is.
-        self.mode_free = bool(getattr(model, "mode_free", False))
-        self.scale = float(detector.clean_scale or 1.0)
-
-    def detection_logit(self, logits: nd.NDArray, score: nd.NDArray) -> nd.NDArray:
-        """``max_k z_k + kappa * (score - threshold) / scale``, shape ``(N,)``."""
-        return nd.max(logits, axis=1) + self.kappa * (score - self.detector.threshold) / self.scale
-
-    def forward(self, x: nd.NDArray) -> nd.NDArray:  # noqa: D102 (Gluon's signature)
-        logits = self.model(x)
-        score = self.detector.score_nd(self.model, x, logits=logits)
-        return nd.concat(logits, self.detection_logit(logits, score).reshape((-1, 1)), dim=1)
-
-
-def _bad_mask(logits: nd.NDArray, labels: nd.NDArray) -> nd.NDArray:
-    """One-hot of the true class plus the ``detected`` class (the last)."""
-    k = logits.shape[1]
-    detected = nd.one_hot(nd.full(labels.shape, k - 1, ctx=labels.context), k)
-    return nd.clip(nd.one_hot(labels, k) + detected, 0, 1)
-
-
-def _detector_aware_ce(logits: nd.NDArray, labels: nd.NDArray, target: Optional[nd.NDArray] = None) -> nd.NDArray:
-    """``-log(p_y + p_detected)`` (untargeted), ``log p_target`` (targeted), on ``K + 1`` logits."""
-    if target is not None:
-        return nd.pick(nd.log_softmax(logits, axis=1), target, axis=1)
-    bad = _bad_mask(logits, labels)
-    masked = nd.where(bad, logits, nd.full(logits.shape, _NEG, ctx=logits.context))
-    return _logsumexp(logits) - _logsumexp(masked)
-
-
-def _detector_aware_margin(logits: nd.NDArray, labels: nd.NDArray, target: Optional[nd.NDArray] = None
-                           ) -> nd.NDArray:
-    """C&W margin on ``K + 1`` logits: best allowed class minus ``max(z_y, z_detected)`` (or the target's margin)."""
-    neg = nd.full(logits.shape, _NEG, ctx=logits.context)
-    if target is not None:
-        others = nd.where(nd.one_hot(target, logits.shape[1]), neg, logits)
-        return nd.pick(logits, target, axis=1) - nd.max(others, axis=1)
-    bad = _bad_mask(logits, labels)
-    return nd.max(nd.where(bad, neg, logits), axis=1) - nd.max(nd.where(bad, logits, neg), axis=1)
-
-
-def _logsumexp(z: nd.NDArray) -> nd.NDArray:
-    top = nd.max(z, axis=1, keepdims=True)
-    top = nd.stop_gradient(top)
-    return nd.log(nd.sum(nd.exp(nd.broadcast_sub(z, top)), axis=1)) + top.reshape((-1,))
-
-
-def detector_aware_loss(name: str) -> LossFn:
-    """The objective to ascend on :class:`DetectorAwareClassifier` logits: ``"ce"`` or ``"margin"``.
-
-    Both treat the true class and ``detected`` (the last logit) as the classes
-    to leave; the margin is positive exactly when the input is misclassified
-    and not flagged.
-    """
-    losses: dict = {"ce": _detector_aware_ce, "margin": _detector_aware_margin, "cw": _detector_aware_margin}
-    key = str(name).strip().lower()
-    if key not in losses:
-        raise ConfigError(f"loss must be one of ce, margin; got {name!r}")
-    return losses[key]
-
-
-# ------------------------------------------------------------------ the evasion objective
-_OBJECTIVES = ("selective", "weighted")
-_SUCCESS_BONUS = 1e6  # puts every misclassified-and-unflagged iterate above every other one
-
-
-def _class_margin(logits: nd.NDArray, labels: nd.NDArray) -> nd.NDArray:
-    """``z_y - max_{j != y} z_j``: negative exactly when the input is misclassified."""
-    neg = nd.full(logits.shape, _NEG, ctx=logits.context)
-    others = nd.where(nd.one_hot(labels, logits.shape[1]), neg, logits)
-    return nd.pick(logits, labels, axis=1) - nd.max(others, axis=1)
-
-
-def evasion_objective(
-    logits: nd.NDArray,
-    scores: nd.NDArray,
-    labels: nd.NDArray,
-    *,
-    threshold: float,
-    scale: float,
-    objective: str = "selective",
-    c: float = 1.0,
-    confidence: float = 0.0,
-    score_margin: float = 0.0,
-) -> Tuple[nd.NDArray, nd.NDArray]:
-    """The per-sample value an adaptive attack ascends, and the key by which it ranks iterates.
-
-    With the classification margin ``m = z_y - max_{j != y} z_j`` and the
-    normalised detector score ``d = (s - threshold) / scale`` (the input is
-    flagged when ``d > 0``):
-
-    * ``"weighted"`` (C&W 2017): ascend ``-(max(m, -confidence) + c * relu(d + score_margin))``;
-    * ``"selective"`` (Bryniarski et al. 2021): ascend ``-m`` while
-      ``m > -confidence`` (not yet misclassified with that margin), else ``-d``.
-      Scale free: each sample follows one term's gradient at a time.
-
-    Parameters
-    ----------
-    logits : NDArray
-        Classifier logits ``(N, K)``.
-    scores : NDArray
-        Detector scores ``(N,)``.
-    labels : NDArray
-        True labels ``(N,)`` (float32).
-    threshold, scale : float
-        The detector's threshold and clean score spread.
-    objective : str
-        ``"selective"`` or ``"weighted"``.
-    c : float
-        Weight of the detector term (``"weighted"`` only).
-    confidence : float
-        Logit margin by which to misclassify.
-    score_margin : float
-        How far below the threshold, in units of ``scale``, the weighted term pushes the score.
-
-    Returns
-    -------
-    value, key : NDArray
-        ``value`` ``(N,)`` to ascend; ``key`` ``(N,)`` ranks iterates: above
-        ``1e5`` exactly when misclassified and unflagged (then larger means
-        more slack on both), otherwise ``-(relu(m) + relu(d))``.
-    """
-    margin = _class_margin(logits, labels)
-    d = (scores - threshold) / scale
-    if objective == "weighted":
-        value = -(nd.maximum(margin, -confidence) + c * nd.relu(d + score_margin))
-    elif objective == "selective":
-        value = nd.where(margin > -confidence, -margin, -d)
-    else:
-        raise ConfigError(f"objective must be one of {', '.join(_OBJECTIVES)}; got {objective!r}")
-    success = (margin < 0) * (d <= 0)
-    key = nd.where(success, _SUCCESS_BONUS + nd.minimum(-margin, -d), -(nd.relu(margin) + nd.relu(d)))
-    return value, key
-
-
-def _evasion_pgd(
-    model: Any,
-    detector: Detector,
-    x: nd.NDArray,
-    y: nd.NDArray,
-    delta: nd.NDArray,
-    *,
-    norm: Norm,
-    eps: float,
-    steps: int,
-    step_size: float,
-    objective: Dict[str, Any],
-) -> nd.NDArray:
-    """PGD on :func:`evasion_objective` from ``x + delta``; per sample the best iterate over all steps.
-
-    The detector's threshold and scale come from ``detector``; ``objective``
-    holds the other keywords of :func:`evasion_objective`. Gradients are taken
-    with respect to the input only, under :func:`gradient_recording`.
-    """
-    low, high = model.bounds
-    threshold, scale = float(detector.threshold), float(detector.clean_scale or 1.0)
-    delta = nd.clip(x + norm.project(delta, eps), low, high) - x
-    best_x = x + delta
-    best_key = nd.full((x.shape[0],), -np.inf, ctx=x.context)
-    for step in range(steps + 1):
-        xv = x + delta
-        if step < steps:
-            xv.attach_grad()
-            with gradient_recording(model):
-                logits = model(xv)
-                scores = detector.score_nd(model, xv, logits=logits)
-                value, _ = evasion_objective(logits, scores, y, threshold=threshold, scale=scale, **objective)
-            (grad,) = autograd.grad(value, [xv], retain_graph=False)
-            logits, scores = logits.detach(), scores.detach()
-        else:  # the last iterate is ranked too
-            with autograd.pause(train_mode=False):
-                logits = model(xv)
-                scores = detector.score_nd(model, xv, logits=logits)
-        with autograd.pause():
-            _, key = evasion_objective(logits, scores, y, threshold=threshold, scale=scale, **objective)
-            better = (key > best_key).reshape((-1,) + (1,) * (x.ndim - 1)).broadcast_like(x)
-            best_x = nd.where(better, xv.detach(), best_x)
-            best_key = nd.maximum(key, best_key)
-            if step < steps:
-                delta = norm.project(delta + step_size * norm.direction(grad), eps)
-                delta = nd.clip(x + delta, low, high) - x
-    return best_x
 
 
 # ------------------------------------------------------------------ the attack
@@ -331,7 +109,7 @@ class AdaptiveResult:
         return {str(k): int(v) for k, v in zip(names, counts)}
 
 
-class AdaptiveAttack:
+class AdaptiveAttack(Attack):
     """Worst case over naive and detector-aware PGD; success = misclassified and not flagged.
 
     Carlini & Wagner (2017), https://arxiv.org/abs/1705.07263; Tramer et al.
@@ -377,6 +155,10 @@ class AdaptiveAttack:
     >>> result.success.mean(), result.wins()   # misclassified and not detected; which candidate won
     """
 
+    name = "adaptive"
+    norms = ("linf", "l2", "l1")
+    supports_targeted = False
+
     def __init__(
         self,
         *,
@@ -393,10 +175,11 @@ class AdaptiveAttack:
         warm_start: bool = True,
         seed: int = 0,
     ) -> None:
-        self.eps = check_positive("eps", eps)
-        self.norm: Norm = get_norm(norm)
-        if self.norm.name not in ("linf", "l2", "l1"):
-            raise ConfigError(f"norm must be one of linf, l2, l1; got {norm!r}")
+        eps = check_positive("eps", eps)
+        if get_norm(norm).name not in self.norms:
+            raise ConfigError(f"norm must be one of {', '.join(self.norms)}; got {norm!r}")
+        seed = check_int("seed", seed, minimum=0)
+        super().__init__(norm=norm, eps=eps, seed=seed)
         self.steps = check_int("steps", steps)
         self.step_size = 2.5 * self.eps / self.steps if step_size is None else check_positive("step_size", step_size)
         self.restarts = check_int("restarts", restarts)
@@ -409,7 +192,6 @@ class AdaptiveAttack:
         self.score_margin = check_positive("score_margin", score_margin, allow_zero=True)
         self.naive = bool(naive)
         self.warm_start = bool(warm_start)
-        self.seed = check_int("seed", seed, minimum=0)
 
     def __repr__(self) -> str:
         return (f"AdaptiveAttack(eps={self.eps}, norm={self.norm.name!r}, steps={self.steps}, "
@@ -426,7 +208,17 @@ class AdaptiveAttack:
                                                      "score_margin": self.score_margin}))
         return [(name if r == 0 else f"{name} r{r}", kw, r) for r in range(self.restarts) for name, kw in objectives]
 
-    def __call__(
+    def __call__(self, model: Any, detector: Detector, x: np.ndarray, y: np.ndarray,  # type: ignore[override]
+                 **options: Any) -> AdaptiveResult:
+        """The attack needs the detector too: see :meth:`evade` (``options``: ``candidates``, ``batch_size``)."""
+        return self.evade(model, detector, x, y, **options)
+
+    def _run(self, model: Any, x: nd.NDArray, y: nd.NDArray, target: Optional[nd.NDArray],
+             rngs: Sequence[np.random.Generator]) -> Tuple[nd.NDArray, int]:
+        """Not used: the attack needs a detector, so it runs through :meth:`evade`."""
+        raise ConfigError("AdaptiveAttack needs a detector: call attack(model, detector, x, y) or attack.evade(...)")
+
+    def evade(
         self,
         model: Any,
         detector: Detector,
@@ -469,12 +261,13 @@ class AdaptiveAttack:
             for start in range(0, todo.size, batch_size):
                 idx = todo[start : start + batch_size]
                 warm = state.warm[idx] if restart == 0 and self.warm_start else None
-                out[start : start + idx.size] = self._run(model, detector, x[idx], y[idx], objective, warm, restart)
+                out[start : start + idx.size] = self._run_batch(model, detector, x[idx], y[idx], objective, warm,
+                                                                restart)
             state.offer(name, out, todo)
             logger.info("adaptive %s: %d of %d evade", name, int(state.success.sum()), len(x))
         return state.result()
 
-    def _run(self, model: Any, detector: Detector, x: np.ndarray, y: np.ndarray, objective: Dict[str, Any],
+    def _run_batch(self, model: Any, detector: Detector, x: np.ndarray, y: np.ndarray, objective: Dict[str, Any],
              warm: Optional[np.ndarray], restart: int) -> np.ndarray:
         """One PGD run on a batch (padded to a bucketed size), from ``warm`` where given, else a random start."""
         n = len(x)
@@ -488,7 +281,7 @@ class AdaptiveAttack:
         ctx = model.ctx
         x_nd = nd.array(x_pad, ctx=ctx, dtype="float32")
         y_nd = nd.array(_pad_rows(y, pad), ctx=ctx, dtype="float32")
-        best = _evasion_pgd(model, detector, x_nd, y_nd, nd.array(start, ctx=ctx, dtype="float32"), norm=self.norm,
+        best = evasion_pgd(model, detector, x_nd, y_nd, nd.array(start, ctx=ctx, dtype="float32"), norm=self.norm,
                             eps=self.eps, steps=self.steps, step_size=self.step_size, objective=objective)
         return best.asnumpy()[:n]
 

@@ -45,6 +45,7 @@ from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Tupl
 import numpy as np
 from mxnet import autograd, gluon, nd
 
+from ..attacks.engine import FixedStep, ascend
 from ..attacks.norms import Norm, get_norm
 from ..errors import ConfigError, DataError
 from ..model import check_trainable
@@ -267,6 +268,14 @@ class AdversarialMethod(TrainingMethod):
         noise = np.stack([rng.standard_normal(tuple(x.shape[1:])) for rng in self._generators(x)]) * scale
         return nd.array(noise.astype(np.float32), ctx=x.context, dtype="float32")
 
+    def _ce_ascent(self, model: gluon.Block, x: nd.NDArray, y: nd.NDArray, *, random_start: bool, steps: int
+                   ) -> nd.NDArray:
+        """Cross-entropy ascent (PGD, or FGSM with one step) from a uniform random start or from ``x``."""
+        start = self._random_start(x, self.eps) if random_start else nd.zeros_like(x)
+        with self._attack_scope(model, x) as target:
+            return self._ascend(target, x, lambda logits: cross_entropy(logits, y), start,
+                                steps=steps, step_size=self.step_size, bounds=bounds_of(model))
+
     def _ascend(
         self,
         target: gluon.Block,
@@ -280,16 +289,18 @@ class AdversarialMethod(TrainingMethod):
     ) -> nd.NDArray:
         """Projected steepest ascent of ``objective`` from ``x + start``; call inside :meth:`_attack_scope`.
 
+        The loop is :func:`~gluon_robust.attacks.engine.ascend` with a fixed
+        step, the gradient recorded in train mode.
+
         Returns the adversarial batch, detached, inside the eps-ball and the bounds.
         """
-        low, high = bounds
-        delta = nd.clip(x + self.norm.project(start, self.eps), low, high) - x
-        for _ in range(steps):
-            xv = x + delta
-            xv.attach_grad()
+        def gradient(point: nd.NDArray) -> Tuple[nd.NDArray, None]:
+            point.attach_grad()
             with autograd.record(train_mode=True):
-                value = objective(target(xv))
-            (grad,) = autograd.grad(value, [xv], retain_graph=False)
-            delta = self.norm.project(delta + step_size * self.norm.direction(grad), self.eps)
-            delta = nd.clip(x + delta, low, high) - x
-        return (x + delta).detach()
+                value = objective(target(point))
+            (grad,) = autograd.grad(value, [point], retain_graph=False)
+            return grad, None
+
+        x_adv = ascend(gradient, x, self.norm.project(start, self.eps), norm=self.norm, eps=self.eps, steps=steps,
+                       rule=FixedStep(step_size), bounds=bounds)
+        return x_adv.detach()

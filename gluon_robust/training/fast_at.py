@@ -14,7 +14,7 @@ from typing import Optional
 
 from mxnet import gluon, nd
 
-from .adversarial import AdversarialMethod, bounds_of, cross_entropy
+from .adversarial import AdversarialMethod, cross_entropy
 
 __all__ = ["FastAT"]
 
@@ -27,10 +27,8 @@ class FastAT(AdversarialMethod):
 
     Parameters
     ----------
-    eps : float
-        Radius in pixel units.
-    norm : str
-        ``"linf"`` (default) or ``"l2"``.
+    eps, norm
+        The threat model, as in :class:`~gluon_robust.training.adversarial.AdversarialMethod`.
     step_size : float, optional
         The FGSM step ``alpha``; default ``1.25 * eps``. Steps of ``2 * eps``
         or more, or no random start, bring catastrophic overfitting.
@@ -72,10 +70,7 @@ class FastAT(AdversarialMethod):
         """The adversarial batch the method trains on (detached)."""
         if self.eps == 0:
             return x.detach()
-        start = self._random_start(x, self.eps) if self.random_start else nd.zeros_like(x)
-        with self._attack_scope(model, x) as target:
-            return self._ascend(target, x, lambda logits: cross_entropy(logits, y), start,
-                                steps=1, step_size=self.step_size, bounds=bounds_of(model))
+        return self._ce_ascent(model, x, y, random_start=self.random_start, steps=1)
 
     def _loss(self, model: gluon.Block, x: nd.NDArray, y: nd.NDArray) -> nd.NDArray:
         return cross_entropy(model(self.perturb(model, x, y)), y)

@@ -17,6 +17,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon, nd
 
+from ..attacks.engine import ball_step
 from ..validation import check_int
 from .adversarial import AdversarialMethod, bounds_of, cross_entropy
 
@@ -42,10 +43,8 @@ class FreeAT(AdversarialMethod):
 
     Parameters
     ----------
-    eps : float
-        Radius in pixel units.
-    norm : str
-        ``"linf"`` (default) or ``"l2"``.
+    eps, norm
+        The threat model, as in :class:`~gluon_robust.training.adversarial.AdversarialMethod`.
     replays : int
         How many times each batch is replayed (``m`` in the paper, default 4).
     step_size : float, optional
@@ -87,7 +86,7 @@ class FreeAT(AdversarialMethod):
         if used is None:
             return
         grad = used.grad if used.grad is not None else nd.zeros_like(used)
-        updated = self.norm.project(used.detach() + self.step_size * self.norm.direction(grad), self.eps)
+        updated = ball_step(self.norm, used.detach(), self.norm.direction(grad), self.step_size, self.eps)
         self._delta[key][: used.shape[0]] = updated
 
     def _fitted(self, key: str, x: nd.NDArray) -> nd.NDArray:

@@ -15,7 +15,7 @@ from typing import Optional
 from mxnet import gluon, nd
 
 from ..validation import check_positive
-from .adversarial import AdversarialMethod, bounds_of, cross_entropy
+from .adversarial import AdversarialMethod, cross_entropy
 
 __all__ = ["PGDAT"]
 
@@ -79,10 +79,7 @@ class PGDAT(AdversarialMethod):
         """The adversarial batch the method trains on (detached)."""
         if self.eps == 0 or self.mix == 1.0:
             return x.detach()
-        start = self._random_start(x, self.eps) if self.random_start else nd.zeros_like(x)
-        with self._attack_scope(model, x) as target:
-            return self._ascend(target, x, lambda logits: cross_entropy(logits, y), start,
-                                steps=self.steps, step_size=self.step_size, bounds=bounds_of(model))
+        return self._ce_ascent(model, x, y, random_start=self.random_start, steps=self.steps)
 
     def _loss(self, model: gluon.Block, x: nd.NDArray, y: nd.NDArray) -> nd.NDArray:
         if self.mix == 1.0:
