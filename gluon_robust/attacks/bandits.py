@@ -13,12 +13,23 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from ..validation import check_int, check_positive
-from .blackbox import GradientEstimationAttack, QueryCounter, lp_distance, margin, take
-from .norms import get_norm
+from .blackbox import GradientEstimationAttack, QueryCounter, margin, take
+from .norms import L2Norm, get_norm
 
 __all__ = ["Bandits"]
 
 _TINY = 1e-12
+_L2 = L2Norm()
+
+
+def _tanh_step(prior: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """The L-inf prior update: a step in the arctanh domain keeps the prior in (-1, 1)."""
+    return np.tanh(np.arctanh(np.clip(prior, -1 + 1e-9, 1 - 1e-9)) + step)
+
+
+def _plain_step(prior: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """The L2 prior update: a plain gradient step."""
+    return prior + step
 
 
 class Bandits(GradientEstimationAttack):
@@ -91,19 +102,21 @@ class Bandits(GradientEstimationAttack):
         seed: int = 0,
     ) -> None:
         eps = check_positive("eps", eps)
-        linf = get_norm(norm).name == "linf"
-        default_step = eps / 10 if linf else eps / 5
+        # The paper's defaults per norm: step, exploration, online learning rate.
+        default_step, exploration_default, online_lr_default = get_norm(norm).choose(
+            linf=(eps / 10, 1.0, 100.0), otherwise=(eps / 5, 0.1, 1.0)
+        )
         super().__init__(eps=eps, norm=norm, max_queries=max_queries,
                          step_size=default_step if step_size is None else step_size, seed=seed)
         self.tile_size = None if tile_size is None else check_int("tile_size", tile_size)
-        self.exploration = check_positive("exploration", (1.0 if linf else 0.1) if exploration is None else exploration)
+        self.exploration = check_positive("exploration", exploration_default if exploration is None else exploration)
         self.fd_eta = check_positive("fd_eta", 0.1 if fd_eta is None else fd_eta)
-        self.online_lr = check_positive("online_lr", (100.0 if linf else 1.0) if online_lr is None else online_lr)
+        self.online_lr = check_positive("online_lr", online_lr_default if online_lr is None else online_lr)
         self._estimate_cost = 2
 
     def _grid(self, shape: Tuple[int, ...]) -> Tuple[int, Tuple[int, int, int]]:
         c, h, w = shape
-        tile = self.tile_size or max(1, round(min(h, w) / (8 if self.norm.name == "linf" else 32)))
+        tile = self.tile_size or max(1, round(min(h, w) / self.norm.choose(linf=8, otherwise=32)))
         return tile, (c, -(-h // tile), -(-w // tile))
 
     def _up(self, prior: np.ndarray, tile: int, shape: Tuple[int, ...]) -> np.ndarray:
@@ -132,16 +145,13 @@ class Bandits(GradientEstimationAttack):
         u = np.stack([rng.standard_normal(grid) for rng in rngs]) * self.exploration / np.sqrt(np.prod(grid))
         probes = []
         for q in (self._up(prior + u, tile, shape), self._up(prior - u, tile, shape)):
-            unit = q / (lp_distance("l2", q).reshape(-1, 1, 1, 1) + _TINY)
+            unit = q / (_L2.distance(q).reshape(-1, 1, 1, 1) + _TINY)
             probes.append(np.clip(points + self.fd_eta * unit, low, high).astype(np.float32))
         scores = oracle.scores(np.concatenate(probes), np.concatenate([rows, rows]))
         both = np.concatenate([np.arange(len(rows))] * 2)
         loss = -margin(scores, y[both], take(target, both))  # the loss to ascend
         m = len(rows)
         g = ((loss[:m] - loss[m:]) / (self.fd_eta * self.exploration)).reshape(-1, 1, 1, 1) * u
-        if self.norm.name == "linf":
-            prior = np.tanh(np.arctanh(np.clip(prior, -1 + 1e-9, 1 - 1e-9)) + self.online_lr * g)
-        else:
-            prior = prior + self.online_lr * g
+        prior = self.norm.choose(linf=_tanh_step, otherwise=_plain_step)(prior, self.online_lr * g)
         state["prior"][rows] = prior
         return -self._up(prior, tile, shape)  # the prior points uphill in the loss, downhill in the margin

@@ -12,6 +12,13 @@ then the framework guarantees, whatever the subclass did:
 * the model's parameters and their gradients are never touched: gradients are
   taken with :func:`mxnet.autograd.grad` with respect to the input only.
 
+The contract is sealed: a subclass that defines ``__call__`` is refused at
+class creation (:class:`TypeError`). An attack declares which contract it
+follows with its :class:`AttackKind`; a black-box attack changes the model it
+is handed through :meth:`Attack._wrap_model`, and an attack whose call needs
+more objects than ``(model, x, y)`` defines ``_extended_call`` (see
+:meth:`Attack.__call__`).
+
 Randomness comes from one generator per sample, seeded by the attack's seed
 and the sample's bytes, so a sample's result does not depend on the batch it
 is in, and a seed reproduces a run exactly.
@@ -20,6 +27,7 @@ is in, and a seed reproduces a run exactly.
 from __future__ import annotations
 
 import abc
+import enum
 import logging
 import zlib
 from dataclasses import dataclass, field
@@ -35,12 +43,39 @@ from .losses import LossFn
 from .norms import Norm, get_norm
 
 __all__ = [
-    "Attack", "AttackResult", "input_gradient", "gradient_recording", "sample_generators", "check_positive", "check_int",
+    "Attack", "AttackKind", "AttackResult", "input_gradient", "gradient_recording", "sample_generators", "check_positive", "check_int",
 ]
 
 logger = logging.getLogger(__name__)
 
 ArrayLike = Union[nd.NDArray, np.ndarray]
+
+
+class AttackKind(enum.Enum):
+    """The contract an attack follows.
+
+    ``FIXED_EPS``: a white-box attack inside an epsilon-ball, which the
+    framework projects onto. ``MINIMUM_NORM``: a white-box attack that looks
+    for the smallest perturbation (FAB, C&W, DeepFool, EAD, JSMA); an optional
+    ``eps`` only cuts its result. ``BLACK_BOX`` and ``BLACK_BOX_MINIMUM_NORM``:
+    the same two contracts for attacks that only query the model, through a
+    :class:`~gluon_robust.attacks.queries.QueryCounter`.
+    """
+
+    FIXED_EPS = "fixed_eps"
+    MINIMUM_NORM = "minimum_norm"
+    BLACK_BOX = "black_box"
+    BLACK_BOX_MINIMUM_NORM = "black_box_minimum_norm"
+
+    @property
+    def black_box(self) -> bool:
+        """Whether the attack only queries the model (forward passes, counted)."""
+        return self in (AttackKind.BLACK_BOX, AttackKind.BLACK_BOX_MINIMUM_NORM)
+
+    @property
+    def minimum_norm(self) -> bool:
+        """Whether the attack looks for the smallest perturbation rather than working inside a fixed ball."""
+        return self in (AttackKind.MINIMUM_NORM, AttackKind.BLACK_BOX_MINIMUM_NORM)
 
 
 @dataclass
@@ -159,7 +194,7 @@ def input_gradient(
 
 
 class Attack(abc.ABC):
-    """Base class of every attack; subclasses implement :meth:`_run` only.
+    """Base class of every attack; subclasses implement :meth:`_run` only, never ``__call__``.
 
     Parameters
     ----------
@@ -179,6 +214,18 @@ class Attack(abc.ABC):
     norms: ClassVar[Tuple[str, ...]] = ("linf",)
     #: Whether the attack has a targeted mode.
     supports_targeted: ClassVar[bool] = True
+    #: The contract the attack follows.
+    kind: ClassVar[AttackKind] = AttackKind.FIXED_EPS
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__call__" in cls.__dict__:
+            raise TypeError(
+                f"{cls.__name__} defines __call__, but Attack.__call__ is sealed: implement _run (and _wrap_model "
+                "or _extended_call where the call differs) instead"
+            )
+        if not isinstance(cls.kind, AttackKind):
+            raise TypeError(f"{cls.__name__}.kind must be an AttackKind, got {cls.kind!r}")
 
     def __init__(self, *, norm: str, eps: Optional[float], seed: int = 0) -> None:
         self.norm: Norm = get_norm(norm)
@@ -230,8 +277,28 @@ class Attack(abc.ABC):
         """Model evaluations per sample; white-box attacks spend one per iteration."""
         return iterations
 
+    def _wrap_model(self, model: Any) -> Any:
+        """The model the contract runs on; black-box attacks wrap it in a query counter."""
+        return model
+
     # ------------------------------------------------------------- contract
-    def __call__(
+    def __call__(self, model: Any, *args: Any, **kwargs: Any) -> Any:
+        """Attack a batch: ``attack(model, x, y)`` or ``attack(model, x, y, target=t)``.
+
+        This method is sealed. It runs the standard contract of
+        :meth:`_contract` (validation, :meth:`_run`, the ball and the bounds,
+        a real success check, query counts, the result). An attack whose call
+        takes other objects (the adaptive detector attack,
+        ``attack(model, detector, x, y)``) defines
+        ``_extended_call(self, model, *args, **kwargs)``; the call is then
+        handed to it, and it is expected to end in the standard contract.
+        """
+        extended = getattr(self, "_extended_call", None)
+        if extended is not None:
+            return extended(model, *args, **kwargs)
+        return self._contract(model, *args, **kwargs)
+
+    def _contract(
         self,
         model: mx.gluon.Block,
         x: ArrayLike,
@@ -239,7 +306,7 @@ class Attack(abc.ABC):
         *,
         target: Optional[ArrayLike] = None,
     ) -> AttackResult:
-        """Attack a batch.
+        """Attack a batch under the framework's guarantees.
 
         Parameters
         ----------
@@ -256,6 +323,7 @@ class Attack(abc.ABC):
         -------
         AttackResult
         """
+        model = self._wrap_model(model)
         if target is not None and not self.supports_targeted:
             raise ConfigError(f"{self.name} has no targeted mode")
         ctx = getattr(model, "ctx", mx.cpu())

@@ -17,13 +17,16 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..validation import check_int, check_positive
+from .base import AttackKind
 from .blackbox import (
-    BlackBoxAttack, QueryCounter, boundary_search, is_adversarial, lp_distance, noise_start, per_sample, take,
+    BlackBoxAttack, QueryCounter, boundary_search, is_adversarial, noise_start, per_sample, take,
 )
+from .norms import L2Norm
 
 __all__ = ["BoundaryAttack"]
 
 _TINY = 1e-12
+_L2 = L2Norm()
 #: Trials per sample between two step-size adaptations, and the window of success statistics.
 _ADAPT_EVERY = 10
 _WINDOW = 30
@@ -93,6 +96,7 @@ class BoundaryAttack(BlackBoxAttack):
 
     name = "boundary"
     norms = ("l2",)
+    kind = AttackKind.BLACK_BOX_MINIMUM_NORM
     labels_only = True
 
     def __init__(
@@ -145,7 +149,7 @@ class BoundaryAttack(BlackBoxAttack):
         src_hits = np.full((n, _WINDOW), np.nan)
         trials = 0
         while True:
-            dist = lp_distance("l2", current - x)
+            dist = _L2.distance(current - x)
             alive = alive[(oracle.remaining[alive] > 0) & ~self._reached(dist[alive])]
             if alive.size == 0 or (self.steps is not None and trials >= self.steps):
                 break
@@ -166,7 +170,7 @@ class BoundaryAttack(BlackBoxAttack):
             if trials % _ADAPT_EVERY == 0:
                 self._adapt(alive, sph_hits, src_hits, spherical, source, min(trials, _WINDOW))
         if self.eps is not None:  # fixed-epsilon result: a sample not brought within eps keeps its clean input
-            far = ~self._reached(lp_distance("l2", current - x))
+            far = ~self._reached(_L2.distance(current - x))
             current[far] = x[far]
         return current
 
@@ -189,9 +193,9 @@ class BoundaryAttack(BlackBoxAttack):
         unit = towards / per_sample(dist + _TINY, towards)
         noise = np.stack([rng.standard_normal(x.shape[1:]) for rng in rngs])
         noise -= unit * per_sample((noise * unit).reshape(len(x), -1).sum(axis=1), noise)  # orthogonal to x_adv - x
-        noise *= per_sample(spherical * dist / (lp_distance("l2", noise) + _TINY), noise)
+        noise *= per_sample(spherical * dist / (_L2.distance(noise) + _TINY), noise)
         moved = towards + noise
-        moved *= per_sample(dist / (lp_distance("l2", moved) + _TINY), moved)  # back on the sphere of radius dist
+        moved *= per_sample(dist / (_L2.distance(moved) + _TINY), moved)  # back on the sphere of radius dist
         sphere = np.clip(x + moved, low, high).astype(np.float32)
         final = np.clip(x + (sphere - x) * per_sample(1.0 - source, x), low, high).astype(np.float32)
         return sphere, final

@@ -28,7 +28,7 @@ import numpy as np
 from mxnet import nd
 
 from ..validation import check_bool, check_int, check_positive
-from .base import Attack, input_gradient
+from .base import Attack, AttackKind, input_gradient
 from .losses import LossFn, margin
 
 __all__ = ["CarliniWagnerL2", "ClampedMargin", "ConstantSearch", "EarlyAbort"]
@@ -272,6 +272,7 @@ class CarliniWagnerL2(Attack):
     name = "cw"
     norms = ("l2",)
     supports_targeted = True
+    kind = AttackKind.MINIMUM_NORM
 
     def __init__(
         self,

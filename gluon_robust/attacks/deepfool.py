@@ -16,7 +16,7 @@ from mxnet import autograd, nd
 
 from ..errors import ConfigError
 from ..validation import check_int, check_positive
-from .base import Attack, gradient_recording
+from .base import Attack, AttackKind, gradient_recording
 
 __all__ = ["DeepFool"]
 
@@ -92,6 +92,7 @@ class DeepFool(Attack):
     name = "deepfool"
     norms = ("l2", "linf")
     supports_targeted = False
+    kind = AttackKind.MINIMUM_NORM
 
     def __init__(
         self,

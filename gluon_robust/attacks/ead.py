@@ -28,7 +28,7 @@ from mxnet import nd
 
 from ..errors import ConfigError
 from ..validation import check_bool, check_int, check_positive
-from .base import Attack, input_gradient
+from .base import Attack, AttackKind, input_gradient
 from .cw import ClampedMargin, ConstantSearch, EarlyAbort
 from .losses import margin
 
@@ -117,6 +117,7 @@ class EAD(Attack):
     name = "ead"
     norms = ("l1",)
     supports_targeted = True
+    kind = AttackKind.MINIMUM_NORM
 
     def __init__(
         self,

@@ -11,7 +11,7 @@ used by AutoAttack) runs FAB towards several likely classes in turn.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import mxnet as mx
 import numpy as np
@@ -19,8 +19,8 @@ from mxnet import autograd, nd
 
 from ..errors import ConfigError
 from ..validation import check_int, check_positive
-from .base import Attack, gradient_recording
-from .norms import Norm
+from .base import Attack, AttackKind, gradient_recording
+from .norms import Norm, get_norm
 
 __all__ = ["FAB", "FABT", "box_projection"]
 
@@ -33,7 +33,7 @@ def _per_sample(values: nd.NDArray, like: nd.NDArray) -> nd.NDArray:
 
 
 def box_projection(
-    x: nd.NDArray, w: nd.NDArray, c: nd.NDArray, low: float, high: float, norm: str
+    x: nd.NDArray, w: nd.NDArray, c: nd.NDArray, low: float, high: float, norm: Union[str, Norm]
 ) -> nd.NDArray:
     """Exact minimal-norm step onto a hyperplane inside a box.
 
@@ -51,8 +51,8 @@ def box_projection(
         Right-hand sides, (N,).
     low, high : float
         The box (``x`` must lie inside it).
-    norm : str
-        ``"linf"`` or ``"l2"``.
+    norm : str or Norm
+        ``"linf"`` or ``"l2"``; its :meth:`~Norm.hyperplane_direction` gives ``d``.
 
     Returns
     -------
@@ -72,13 +72,11 @@ def box_projection(
     Every AutoAttack-style FAB solves this by the same sort-based principle;
     this derivation covers L-inf and L2 with one solver.
     """
-    if norm not in ("linf", "l2"):
-        raise ConfigError(f"box_projection supports norms linf and l2, got norm={norm!r}")
     n, dim = x.shape
     flip = nd.where(c >= 0, nd.ones_like(c), -nd.ones_like(c)).reshape((-1, 1))
     w = nd.broadcast_mul(w, flip)  # <flip w, delta> = |c| is the same hyperplane
     c = nd.abs(c).reshape((-1, 1))
-    d = nd.sign(w) if norm == "linf" else w
+    d = get_norm(norm).hyperplane_direction(w)
     room = nd.where(d > 0, high - x, x - low)  # >= 0 inside the box
     slope = w * d  # |w| (L-inf) or w^2 (L2): the rate of <w, delta> while coordinate j moves
     saturated = nd.abs(w) * room  # what coordinate j contributes once it hits the box
@@ -190,6 +188,7 @@ class FAB(Attack):
     name = "fab"
     norms = ("linf", "l2")
     supports_targeted = False
+    kind = AttackKind.MINIMUM_NORM
 
     def __init__(
         self,
@@ -264,7 +263,7 @@ class FAB(Attack):
         scale = self.restart_eps if self.restart_eps is not None else self.eps
         unit = self.norm.random_start(rngs, x.shape[1:], 1.0)  # only the direction is used
         flat = unit.reshape(len(unit), -1)
-        size = np.abs(flat).max(axis=1) if self.norm.name == "linf" else np.linalg.norm(flat, axis=1)
+        size = self.norm.distance_like(flat)
         unit = unit / (size.reshape((-1,) + (1,) * (unit.ndim - 1)) + _TINY)
         radius = 0.5 * nd.minimum(best, nd.full(best.shape, scale, ctx=x.context))
         return nd.clip(x + _per_sample(radius, x) * nd.array(unit, ctx=x.context), low, high)
@@ -292,7 +291,7 @@ class FAB(Attack):
             c_cur = -margin
             c_orig = -margin - nd.sum(w * (x0 - xf), axis=1)
             both = box_projection(nd.concat(xf, x0, dim=0), nd.concat(w, w, dim=0),
-                                  nd.concat(c_cur, c_orig, dim=0), low, high, self.norm.name)
+                                  nd.concat(c_cur, c_orig, dim=0), low, high, self.norm)
             d_cur, d_orig = both[:n], both[n:]
             size_cur = nd.maximum(self.norm.distance(d_cur), nd.full((n,), 1e-8, ctx=x.context))
             size_orig = nd.maximum(self.norm.distance(d_orig), nd.full((n,), 1e-8, ctx=x.context))
@@ -337,17 +336,12 @@ class FAB(Attack):
         for j, margin in enumerate(margins):
             (grad,) = autograd.grad(margin, [xv], retain_graph=j < len(margins) - 1)
             value = margin.detach()
-            dist = nd.abs(value) / (_dual_norm(self.norm, grad) + _TINY)
+            dist = nd.abs(value) / (self.norm.dual_norm(grad) + _TINY)
             closer = dist < best_dist
             best_dist = nd.where(closer, dist, best_dist)
             best_margin = nd.where(closer, value, best_margin)
             best_grad = nd.where(_per_sample(closer, grad).broadcast_like(grad), grad, best_grad)
         return best_margin, best_grad
-
-
-def _dual_norm(norm: Norm, grad: nd.NDArray) -> nd.NDArray:
-    """``||grad||_*`` per sample: L1 for L-inf, L2 for L2 (``<grad, steepest unit direction>``)."""
-    return nd.sum((grad * norm.direction(grad)).reshape((grad.shape[0], -1)), axis=1)
 
 
 class FABT(FAB):

@@ -14,14 +14,17 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..validation import check_int, check_positive
+from .base import AttackKind
 from .blackbox import (
-    BlackBoxAttack, QueryCounter, blend, boundary_search, is_adversarial, lp_distance, noise_start, per_sample,
-    steepest_direction, take,
+    BlackBoxAttack, QueryCounter, blend, boundary_search, is_adversarial, noise_start, per_sample, take,
 )
+from .norms import L2Norm, LinfNorm
 
 __all__ = ["HopSkipJump"]
 
 _TINY = 1e-12
+_L2 = L2Norm()
+_LINF = LinfNorm()
 #: Halvings of the geometric step-size search before a sample gives up on a step.
 _MAX_HALVINGS = 30
 
@@ -29,7 +32,7 @@ _MAX_HALVINGS = 30
 
 def box(x: np.ndarray, x_adv: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """The L-inf path: ``x_adv`` clipped to the box of radius ``alpha * ||x_adv - x||_inf`` around ``x``."""
-    radius = per_sample(alpha * lp_distance("linf", x_adv - x), x).astype(np.float32)
+    radius = per_sample(alpha * _LINF.distance(x_adv - x), x).astype(np.float32)
     return np.clip(x_adv, x - radius, x + radius).astype(np.float32)
 
 
@@ -99,6 +102,7 @@ class HopSkipJump(BlackBoxAttack):
 
     name = "hopskipjump"
     norms = ("l2", "linf")
+    kind = AttackKind.BLACK_BOX_MINIMUM_NORM
     labels_only = True
 
     def __init__(
@@ -130,10 +134,9 @@ class HopSkipJump(BlackBoxAttack):
         target: Optional[np.ndarray],
         rngs: Sequence[np.random.Generator],
     ) -> np.ndarray:
-        norm = self.norm.name
         d = int(np.prod(x.shape[1:]))
-        theta = self.gamma / (d ** 1.5 if norm == "l2" else d**2)
-        path = blend if norm == "l2" else box
+        theta = self.gamma / self.norm.choose(l2=d**1.5, otherwise=d**2)
+        path = self.norm.choose(l2=blend, otherwise=box)
         rows = np.arange(len(x))
 
         clean_adv = is_adversarial(oracle.labels(x, rows), y, target)
@@ -158,7 +161,7 @@ class HopSkipJump(BlackBoxAttack):
                 break
             t += 1
             sub = take(target, alive)
-            dist = lp_distance(norm, current[alive] - x[alive])
+            dist = self.norm.distance(current[alive] - x[alive])
             direction = self._gradient_direction(oracle, current[alive], y[alive], sub, alive, rngs, t, dist, theta, d)
             stepped = self._step_search(oracle, x[alive], current[alive], direction, y[alive], sub, alive, dist / np.sqrt(t))
             current[alive], _ = boundary_search(oracle, x[alive], stepped, y[alive], sub, alive, tol=theta, between=path)
@@ -172,7 +175,7 @@ class HopSkipJump(BlackBoxAttack):
 
     def _keep_best(self, x: np.ndarray, current: np.ndarray, rows: np.ndarray, best: np.ndarray, best_dist: np.ndarray) -> None:
         """Record, per sample of ``rows``, the current boundary point if it is the closest so far (in place)."""
-        dist = lp_distance(self.norm.name, current[rows] - x[rows])
+        dist = self.norm.distance(current[rows] - x[rows])
         closer = dist < best_dist[rows]
         best[rows[closer]] = current[rows[closer]]
         best_dist[rows[closer]] = dist[closer]
@@ -192,7 +195,8 @@ class HopSkipJump(BlackBoxAttack):
     ) -> np.ndarray:
         """The estimated unit gradient direction of the adversarial region at each boundary point (step 3)."""
         low, high = oracle.bounds
-        norm = self.norm.name
+        draw = self.norm.choose(l2="standard_normal", otherwise="uniform")  # the paper's probes per norm
+        scale = self.norm.choose(l2=np.sqrt(d), otherwise=d)
         evals = min(int(self.initial_evals * np.sqrt(t)), self.max_evals)
         direction = np.zeros(points.shape, np.float64)
         for j, row in enumerate(rows):
@@ -200,12 +204,12 @@ class HopSkipJump(BlackBoxAttack):
             if count == 0:
                 continue
             shape = (count,) + points.shape[1:]
-            probes = rngs[row].standard_normal(shape) if norm == "l2" else rngs[row].uniform(-1.0, 1.0, shape)
-            probes /= per_sample(lp_distance("l2", probes) + _TINY, probes)
+            probes = rngs[row].standard_normal(shape) if draw == "standard_normal" else rngs[row].uniform(-1.0, 1.0, shape)
+            probes /= per_sample(_L2.distance(probes) + _TINY, probes)
             if t == 1:
                 delta = 0.1 * (high - low)
             else:
-                delta = (np.sqrt(d) if norm == "l2" else d) * theta * dist[j]
+                delta = scale * theta * dist[j]
             perturbed = np.clip(points[j] + delta * probes, low, high).astype(np.float32)
             probes = (perturbed - points[j]) / delta
             phi = np.where(
@@ -216,7 +220,7 @@ class HopSkipJump(BlackBoxAttack):
             if abs(phi.mean()) < 1.0:  # mixed answers: subtract the baseline
                 phi = phi - phi.mean()
             grad = np.tensordot(phi, probes, axes=1) / count
-            direction[j] = steepest_direction(norm, grad[None] / (lp_distance("l2", grad[None]) + _TINY))[0]
+            direction[j] = self.norm.direction(grad[None] / (_L2.distance(grad[None]) + _TINY))[0]
         return direction
 
     def _step_search(

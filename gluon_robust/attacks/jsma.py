@@ -20,7 +20,7 @@ from mxnet import autograd, nd
 
 from ..errors import ConfigError
 from ..validation import check_positive
-from .base import Attack, gradient_recording
+from .base import Attack, AttackKind, gradient_recording
 
 __all__ = ["JSMA"]
 
@@ -121,6 +121,7 @@ class JSMA(Attack):
     name = "jsma"
     norms = ("l0",)
     supports_targeted = True
+    kind = AttackKind.MINIMUM_NORM
 
     def __init__(
         self,

@@ -1,14 +1,19 @@
-"""Threat-model norms as small hook objects shared by every gradient attack.
+"""Threat-model norms as small hook objects shared by every attack.
 
 An attack never branches on the norm. It asks the norm for a random start, a
-steepest-ascent direction for a gradient, a projection onto the epsilon-ball
-and a per-sample distance. Everything stays an NDArray on the input's ctx.
+steepest-ascent direction for a gradient, a projection onto the epsilon-ball,
+a per-sample distance, the dual norm and the projection inside the bounds.
+Every method works on both backends: an NDArray in gives an NDArray out (on
+the input's ctx, for the white-box attacks) and a NumPy array in gives a NumPy
+array out (for the black-box attacks, which work in NumPy). The NumPy
+distances are float64. Where an attack's own hyperparameters differ per norm
+(a paper's defaults), it asks :meth:`Norm.choose` rather than testing the name.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import ClassVar, Dict, Sequence, Tuple, Type
+from typing import Any, ClassVar, Dict, Sequence, Tuple, Type, TypeVar, Union
 
 import numpy as np
 from mxnet import nd
@@ -18,15 +23,26 @@ from ..errors import ConfigError
 __all__ = ["Norm", "LinfNorm", "L2Norm", "L1Norm", "L0Norm", "get_norm", "NORMS"]
 
 _TINY = 1e-12
+Array = Union[nd.NDArray, np.ndarray]
+T = TypeVar("T")
+_MISSING: Any = object()
 
 
-def _flat(x: nd.NDArray) -> nd.NDArray:
+def _flat(x: Array) -> Array:
+    if isinstance(x, np.ndarray):
+        return x.reshape(len(x), int(np.prod(x.shape[1:])))
     return x.reshape((x.shape[0], -1))
 
 
-def _per_sample(values: nd.NDArray, like: nd.NDArray) -> nd.NDArray:
+def _per_sample(values: Array, like: Array) -> Array:
     """Reshape an (N,) array to broadcast against ``like`` (N, ...)."""
+    if isinstance(like, np.ndarray):
+        return np.asarray(values).reshape((-1,) + (1,) * (like.ndim - 1))
     return values.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def _is_np(a: Any) -> bool:
+    return isinstance(a, np.ndarray)
 
 
 class Norm(abc.ABC):
@@ -35,15 +51,15 @@ class Norm(abc.ABC):
     name: ClassVar[str]
 
     @abc.abstractmethod
-    def distance(self, delta: nd.NDArray) -> nd.NDArray:
+    def distance(self, delta: Array) -> Array:
         """Per-sample norm of ``delta`` (N, ...) -> (N,)."""
 
     @abc.abstractmethod
-    def project(self, delta: nd.NDArray, eps: float) -> nd.NDArray:
+    def project(self, delta: Array, eps: float) -> Array:
         """Project each sample of ``delta`` onto the ball of radius ``eps``."""
 
     @abc.abstractmethod
-    def direction(self, grad: nd.NDArray) -> nd.NDArray:
+    def direction(self, grad: Array) -> Array:
         """Steepest-ascent direction of unit norm for a gradient (the dual-norm maximiser)."""
 
     @abc.abstractmethod
@@ -53,6 +69,58 @@ class Norm(abc.ABC):
         One generator per sample keeps a sample's draw independent of the
         batch it is in (see :func:`gluon_robust.attacks.base.sample_generators`).
         """
+
+    def dual(self) -> "Norm":
+        """The dual norm (``1/p + 1/q = 1``): L1 for L-inf, L2 for L2, L-inf for L1."""
+        raise ConfigError(f"{self.name} has no dual norm")
+
+    def dual_norm(self, grad: Array) -> Array:
+        """Per-sample dual norm of ``grad``: ``max <grad, v>`` over the unit ball, ``<grad, direction(grad)>``.
+
+        The distance of a point to a hyperplane with normal ``grad`` is
+        ``|value| / dual_norm(grad)`` (used by DeepFool and FAB).
+        """
+        prod = _flat(grad * self.direction(grad))
+        return prod.sum(axis=1) if _is_np(prod) else nd.sum(prod, axis=1)
+
+    def distance_like(self, delta: np.ndarray) -> np.ndarray:
+        """Per-sample norm of a NumPy ``delta`` in its own dtype (``distance`` is float64)."""
+        raise ConfigError(f"{self.name} has no distance_like")
+
+    def clip_to_box(self, x: Array, delta: Array, eps: float, low: float, high: float) -> Array:
+        """``x + delta`` projected onto the eps-ball around ``x``, then clipped to the bounds ``[low, high]``.
+
+        With ``x`` inside the bounds, clipping moves coordinates towards ``x``
+        and so never leaves the ball again.
+        """
+        point = x + self.project(delta, eps)
+        return np.clip(point, low, high) if _is_np(point) else nd.clip(point, low, high)
+
+    def unbounded_radius(self, width: float, size: int) -> float:
+        """A radius whose ball covers the whole box of side ``width`` in ``size`` dimensions (its diagonal)."""
+        return width * np.sqrt(size)
+
+    def coordinate_bounds(self, x: Array, eps: float, low: float, high: float) -> Tuple[Any, Any]:
+        """Per-coordinate limits for moving one coordinate of ``x`` alone: the bounds, cut to the ball where it is a box."""
+        return low, high
+
+    def hyperplane_direction(self, w: Array) -> Array:
+        """The (unnormalised) direction of the minimal-norm step onto ``<w, delta> = c`` (KKT), for FAB."""
+        raise ConfigError(f"box_projection supports norms linf and l2, got norm={self.name!r}")
+
+    def choose(self, **options: T) -> T:
+        """The option named after this norm, else ``otherwise``: per-norm hyperparameters of an attack.
+
+        Examples
+        --------
+        >>> get_norm("l2").choose(linf=8, otherwise=32)
+        32
+        """
+        if self.name in options:
+            return options[self.name]
+        if "otherwise" in options:
+            return options["otherwise"]
+        raise ConfigError(f"no setting for norm {self.name!r}; settings exist for {', '.join(options)}")
 
     def __repr__(self) -> str:
         return self.name
@@ -76,14 +144,34 @@ class LinfNorm(Norm):
 
     name = "linf"
 
-    def distance(self, delta: nd.NDArray) -> nd.NDArray:
+    def distance(self, delta: Array) -> Array:
+        if _is_np(delta):
+            flat = _flat(delta).astype(np.float64)
+            return np.abs(flat).max(axis=1) if flat.shape[1] else np.zeros(len(flat))
         return nd.max(nd.abs(_flat(delta)), axis=1)
 
-    def project(self, delta: nd.NDArray, eps: float) -> nd.NDArray:
-        return nd.clip(delta, -eps, eps)
+    def distance_like(self, delta: np.ndarray) -> np.ndarray:
+        return np.abs(_flat(delta)).max(axis=1)
 
-    def direction(self, grad: nd.NDArray) -> nd.NDArray:
-        return nd.sign(grad)
+    def project(self, delta: Array, eps: float) -> Array:
+        return np.clip(delta, -eps, eps) if _is_np(delta) else nd.clip(delta, -eps, eps)
+
+    def direction(self, grad: Array) -> Array:
+        return np.sign(grad) if _is_np(grad) else nd.sign(grad)
+
+    def dual(self) -> Norm:
+        return L1Norm()
+
+    def unbounded_radius(self, width: float, size: int) -> float:
+        return width * 1.0
+
+    def coordinate_bounds(self, x: Array, eps: float, low: float, high: float) -> Tuple[Any, Any]:
+        if _is_np(x):
+            return np.maximum(low, x - eps), np.minimum(high, x + eps)
+        return nd.maximum(x - eps, low), nd.minimum(x + eps, high)
+
+    def hyperplane_direction(self, w: Array) -> Array:
+        return self.direction(w)
 
     def random_start(self, rngs: Sequence[np.random.Generator], shape: Tuple[int, ...], eps: float) -> np.ndarray:
         return np.stack([rng.uniform(-eps, eps, size=shape) for rng in rngs]).astype(np.float32)
@@ -103,16 +191,30 @@ class L2Norm(Norm):
 
     name = "l2"
 
-    def distance(self, delta: nd.NDArray) -> nd.NDArray:
+    def distance(self, delta: Array) -> Array:
+        if _is_np(delta):
+            return np.sqrt((_flat(delta).astype(np.float64) ** 2).sum(axis=1))
         return nd.norm(_flat(delta), ord=2, axis=1)
 
-    def project(self, delta: nd.NDArray, eps: float) -> nd.NDArray:
+    def distance_like(self, delta: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(_flat(delta), axis=1)
+
+    def project(self, delta: Array, eps: float) -> Array:
         norms = self.distance(delta)
+        if _is_np(delta):
+            factor = np.minimum(1.0, eps / (norms + _TINY))
+            return (delta * _per_sample(factor, delta)).astype(delta.dtype)
         factor = nd.minimum(nd.ones_like(norms), eps / (norms + _TINY))
         return delta * _per_sample(factor, delta)
 
-    def direction(self, grad: nd.NDArray) -> nd.NDArray:
+    def direction(self, grad: Array) -> Array:
         return grad / _per_sample(self.distance(grad) + _TINY, grad)
+
+    def dual(self) -> Norm:
+        return L2Norm()
+
+    def hyperplane_direction(self, w: Array) -> Array:
+        return w
 
     def random_start(self, rngs: Sequence[np.random.Generator], shape: Tuple[int, ...], eps: float) -> np.ndarray:
         # Uniform in the ball: a uniform direction (normalised Gaussian) times eps * U^(1/d).
@@ -151,10 +253,20 @@ class L1Norm(Norm):
             raise ConfigError(f"sparsity must be in (0, 1], got {sparsity!r}")
         self.sparsity = sparsity
 
-    def distance(self, delta: nd.NDArray) -> nd.NDArray:
+    def distance(self, delta: Array) -> Array:
+        if _is_np(delta):
+            return np.abs(_flat(delta).astype(np.float64)).sum(axis=1)
         return nd.sum(nd.abs(_flat(delta)), axis=1)
 
-    def project(self, delta: nd.NDArray, eps: float) -> nd.NDArray:
+    def distance_like(self, delta: np.ndarray) -> np.ndarray:
+        return np.abs(_flat(delta)).sum(axis=1)
+
+    def dual(self) -> Norm:
+        return LinfNorm()
+
+    def project(self, delta: Array, eps: float) -> Array:
+        if _is_np(delta):
+            return _np_l1_project(delta, eps)
         flat = _flat(delta)
         mag = nd.abs(flat)
         inside = self.distance(delta) <= eps
@@ -170,9 +282,14 @@ class L1Norm(Norm):
         out = nd.where(inside.reshape((-1, 1)).broadcast_like(flat), flat, shrunk)
         return out.reshape(delta.shape)
 
-    def direction(self, grad: nd.NDArray) -> nd.NDArray:
+    def direction(self, grad: Array) -> Array:
         flat = _flat(grad)
         k = max(1, int(round(self.sparsity * flat.shape[1])))
+        if _is_np(grad):
+            mag = np.abs(flat)
+            kth = -np.sort(-mag, axis=1)[:, k - 1 : k]
+            mask = (mag >= kth).astype(grad.dtype)
+            return (np.sign(flat) * mask / (mask.sum(axis=1, keepdims=True) + _TINY)).reshape(grad.shape)
         mag = nd.abs(flat)
         kth = nd.topk(mag, axis=1, k=k, ret_typ="value").min(axis=1, keepdims=True)
         mask = nd.broadcast_greater_equal(mag, kth)
@@ -202,7 +319,9 @@ class L0Norm(Norm):
 
     name = "l0"
 
-    def distance(self, delta: nd.NDArray) -> nd.NDArray:
+    def distance(self, delta: Array) -> Array:
+        if _is_np(delta):
+            return (np.abs(_flat(delta)) > 1e-7).sum(axis=1).astype(np.float64)
         return nd.sum(nd.abs(_flat(delta)) > 1e-7, axis=1)
 
     def project(self, delta: nd.NDArray, eps: float) -> nd.NDArray:
@@ -213,6 +332,21 @@ class L0Norm(Norm):
 
     def random_start(self, rngs: Sequence[np.random.Generator], shape: Tuple[int, ...], eps: float) -> np.ndarray:
         raise ConfigError("L0 has no random start")
+
+
+def _np_l1_project(delta: np.ndarray, eps: float) -> np.ndarray:
+    """NumPy twin of :meth:`L1Norm.project` (Duchi et al. 2008, sort-based soft threshold)."""
+    flat = _flat(delta)
+    mag = np.abs(flat)
+    inside = mag.sum(axis=1) <= eps
+    srt = -np.sort(-mag, axis=1)
+    cumsum = np.cumsum(srt, axis=1)
+    ks = np.arange(1, flat.shape[1] + 1).reshape(1, -1)
+    rho = ((srt - (cumsum - eps) / ks) > 0).sum(axis=1)
+    idx = np.maximum(rho - 1, 0)
+    theta = (cumsum[np.arange(len(flat)), idx] - eps) / np.maximum(rho, 1)
+    shrunk = np.sign(flat) * np.maximum(mag - theta.reshape(-1, 1), 0)
+    return np.where(inside.reshape(-1, 1), flat, shrunk).astype(delta.dtype).reshape(delta.shape)
 
 
 NORMS: Dict[str, Type[Norm]] = {"linf": LinfNorm, "l2": L2Norm, "l1": L1Norm, "l0": L0Norm}

@@ -15,7 +15,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from ..validation import check_int, check_positive
-from .blackbox import BlackBoxAttack, QueryCounter, is_adversarial, margin, project, take
+from .base import AttackKind
+from .blackbox import BlackBoxAttack, QueryCounter, is_adversarial, margin, take
 
 __all__ = ["SimBA", "SimBADCT", "dct_matrix", "frequency_order"]
 
@@ -96,6 +97,7 @@ class SimBA(BlackBoxAttack):
 
     name = "simba"
     norms = ("l2", "linf")
+    kind = AttackKind.BLACK_BOX_MINIMUM_NORM
     basis = "pixel"
 
     def __init__(
@@ -109,7 +111,8 @@ class SimBA(BlackBoxAttack):
     ) -> None:
         super().__init__(norm=norm, eps=None if eps is None else check_positive("eps", eps), max_queries=max_queries, seed=seed)
         if step_size is None:
-            step_size = self.eps if self.norm.name == "linf" and self.eps is not None else 0.2
+            linf_step = self.norm.choose(linf=self.eps, otherwise=None)  # the paper: eps for L-inf
+            step_size = linf_step if linf_step is not None else 0.2
         self.step_size = check_positive("step_size", step_size)
 
     # ---------------------------------------------------------------- basis
@@ -166,7 +169,7 @@ class SimBA(BlackBoxAttack):
     def _candidates(self, x: np.ndarray, points: np.ndarray, bounds: Tuple[float, float]) -> np.ndarray:
         """Points moved into the ball (when there is an eps) and the bounds."""
         if self.eps is not None:
-            points = x + project(self.norm.name, points - x, self.eps)
+            points = x + self.norm.project(points - x, self.eps)
         return np.clip(points, *bounds).astype(np.float32)
 
 

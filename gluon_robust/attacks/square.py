@@ -22,13 +22,15 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..validation import check_positive
-from .blackbox import BlackBoxAttack, QueryCounter, lp_distance, margin, take
+from .blackbox import BlackBoxAttack, QueryCounter, margin, take
+from .norms import L2Norm, get_norm
 
 __all__ = ["SquareAttack", "SquareStep", "p_schedule", "pseudo_gaussian", "square_pattern", "square_side"]
 
 #: Iterations after which the square fraction p is halved (the paper's 10,000-iteration schedule).
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 _TINY = 1e-12
+_L2 = L2Norm()
 
 
 def p_schedule(p_init: float, iteration: int, iterations: Optional[int] = None) -> float:
@@ -54,11 +56,10 @@ def square_side(p: float, h: int, w: int, norm: str) -> int:
     ``round(sqrt(p * h * w))`` (Python's round), at least 1 for L-inf and at
     least 3 and odd for L2, at most ``min(h, w)``.
     """
-    side = int(round(math.sqrt(p * h * w)))
-    if norm == "linf":
-        return min(max(side, 1), min(h, w))
-    side = max(side, 3)
-    side += side % 2 == 0
+    smallest, odd = get_norm(norm).choose(linf=(1, False), otherwise=(3, True))
+    side = max(int(round(math.sqrt(p * h * w))), smallest)
+    if odd:
+        side += side % 2 == 0
     return min(side, min(h, w))
 
 
@@ -240,13 +241,13 @@ class SquareAttack(BlackBoxAttack):
     ) -> np.ndarray:
         low, high = oracle.bounds
         rows = np.arange(len(x))
-        start = self._start_linf if self.norm.name == "linf" else self._start_l2
+        start = self.norm.choose(linf=self._start_linf, otherwise=self._start_l2)
         best = np.clip(x + np.stack([start(x.shape[1:], rng) for rng in rngs]), low, high).astype(np.float32)
         scores = oracle.scores(best, rows)
         margins = margin(scores, y, target)
         loss = self._loss(scores, margins, target)
         self._observe(0, rows, self.p_init, best, best, margins)
-        update = self._update_linf if self.norm.name == "linf" else self._update_l2
+        candidates_of = self.norm.choose(linf=self._candidates_linf, otherwise=self._candidates_l2)
         budget = self.max_queries - 1 if self.rescale_schedule else None
         iteration = 0
         while True:
@@ -254,10 +255,7 @@ class SquareAttack(BlackBoxAttack):
             if active.size == 0:
                 return best
             p = p_schedule(self.p_init, iteration, budget)
-            if self.norm.name == "linf":
-                candidates = self._candidates_linf(x, best, active, p, rngs, low, high)
-            else:
-                candidates = np.stack([update(x[i], best[i], p, rngs[i], low, high) for i in active])
+            candidates = candidates_of(x, best, active, p, rngs, low, high)
             scores = oracle.scores(candidates, active)
             new_margin = margin(scores, y[active], take(target, active))
             new_loss = self._loss(scores, new_margin, take(target, active))
@@ -317,6 +315,13 @@ class SquareAttack(BlackBoxAttack):
         return candidates
 
     # ---------------------------------------------------------------------- L2
+    def _candidates_l2(
+        self, x: np.ndarray, best: np.ndarray, active: np.ndarray, p: float, rngs: Sequence[np.random.Generator],
+        low: float, high: float,
+    ) -> np.ndarray:
+        """One candidate per active sample, from :meth:`_update_l2`."""
+        return np.stack([self._update_l2(x[i], best[i], p, rngs[i], low, high) for i in active])
+
     def _start_l2(self, shape: tuple, rng: np.random.Generator) -> np.ndarray:
         # The reference's grid: tiles of side s = H // 5 from row and column (H - 5 s) // 2, H // s rows of
         # W // s tiles; a tile reaching past the image is cut (and still draws), as the reference's slices do.
@@ -352,5 +357,5 @@ class SquareAttack(BlackBoxAttack):
         fresh *= np.sqrt(unused + moved) / (np.sqrt((fresh**2).sum(axis=(1, 2), keepdims=True)) + _TINY)
         delta[second] = 0.0
         delta[first] = fresh
-        delta *= self.eps / (lp_distance("l2", delta[None])[0] + _TINY)
+        delta *= self.eps / (_L2.distance(delta[None])[0] + _TINY)
         return np.clip(x + delta, low, high).astype(np.float32)

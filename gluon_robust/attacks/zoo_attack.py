@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..validation import check_int, check_positive
-from .blackbox import BlackBoxAttack, QueryCounter, is_adversarial, margin, project, take
+from .blackbox import BlackBoxAttack, QueryCounter, is_adversarial, margin, take
 
 __all__ = ["ZOO"]
 
@@ -139,15 +139,13 @@ class ZOO(BlackBoxAttack):
                 step = plus[np.arange(k), idx] - minus[np.arange(k), idx]
                 grad = np.divide(loss[1 : 1 + k] - loss[1 + k :], step, out=np.zeros(k), where=step > 0)
                 current[i] = self._adam(i, idx, grad, current[i], moment, second, updates)
-                delta = project(self.norm.name, (current[i] - flat_x[i])[None], self.eps)[0]
+                delta = self.norm.project((current[i] - flat_x[i])[None], self.eps)[0]
                 current[i] = np.clip(flat_x[i] + delta, *oracle.bounds).astype(np.float32)
         return best
 
     def _probes(self, x: np.ndarray, point: np.ndarray, idx: np.ndarray, bounds: tuple) -> tuple:
         """``point +- h e_i`` for each coordinate ``i`` of ``idx``, cut to the bounds (and, L-inf, the ball)."""
-        low, high = bounds
-        if self.norm.name == "linf":
-            low, high = np.maximum(low, x[idx] - self.eps), np.minimum(high, x[idx] + self.eps)
+        low, high = self.norm.coordinate_bounds(x[idx], self.eps, *bounds)
         rows = np.arange(len(idx))
         plus = np.repeat(point[None], len(idx), axis=0)
         minus = plus.copy()

@@ -30,6 +30,7 @@ from mxnet import autograd, nd
 
 from ..attacks.base import input_gradient
 from ..attacks.losses import margin
+from ..attacks.norms import get_norm
 
 __all__ = ["SanityWarning", "probe_model", "report_warnings", "accuracy_warnings", "emit", "ZERO_GRADIENT_FRACTION",
            "UNBOUNDED_ACCURACY"]
@@ -159,7 +160,7 @@ def probe_model(
     unbounded = None
     if correct.any():
         size = float(np.prod(x.shape[1:]))
-        big = (high - low) * (1.0 if norm == "linf" else np.sqrt(size))
+        big = get_norm(norm).unbounded_radius(high - low, size)
         attack = get_attack("pgd", eps=big, norm=norm, steps=unbounded_steps, seed=seed)
         result = attack(model, x[correct], y[correct])
         unbounded = float(np.mean(result.predictions == y[correct]))
