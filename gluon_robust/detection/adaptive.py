@@ -208,9 +208,10 @@ class AdaptiveAttack(Attack):
                                                      "score_margin": self.score_margin}))
         return [(name if r == 0 else f"{name} r{r}", kw, r) for r in range(self.restarts) for name, kw in objectives]
 
-    def __call__(self, model: Any, detector: Detector, x: np.ndarray, y: np.ndarray,  # type: ignore[override]
-                 **options: Any) -> AdaptiveResult:
-        """The attack needs the detector too: see :meth:`evade` (``options``: ``candidates``, ``batch_size``)."""
+    def _extended_call(self, model: Any, detector: Detector, x: np.ndarray, y: np.ndarray,
+                       **options: Any) -> AdaptiveResult:
+        """``attack(model, detector, x, y, **options)``: the sealed call hands over here, since the attack
+        needs the detector too; see :meth:`evade` (``options``: ``candidates``, ``batch_size``)."""
         return self.evade(model, detector, x, y, **options)
 
     def _run(self, model: Any, x: nd.NDArray, y: nd.NDArray, target: Optional[nd.NDArray],
