@@ -1,0 +1,238 @@
+"""``attack --cluster``: one attack over a source, in chunks on Dask; the outputs of the single-process ``attack``.
+
+Each chunk attacks its slice on a worker (the model cached there, see
+:mod:`.worker`) and sends back its per-sample arrays and adversarial
+examples. Attacks draw their random numbers per sample (from the seed and
+the source index, see :func:`~gluon_robust.attacks.base.sample_generators`),
+so the chunks' arrays, concatenated in order, are those of
+:func:`~gluon_robust.jobs.run_attack_job`, and the files written from them
+(``adversarial.npz``, ``per_sample.csv``, ``summary.json``, ``images/``) are
+the same; ``summary.json`` adds ``cluster`` (chunks, per-worker timing, the
+run's fingerprint) and its ``seconds`` is the client's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from .certify import _fingerprints
+from .connection import CONNECT_TIMEOUT, ClusterSpec, connect, dashboard
+from .driver import (
+    _preload_all, _run_with_progress, begin, chunk_slices, chunk_submitter, cluster_record, default_chunk_size,
+    start_run,
+)
+from .settings import AttackSettings, Loader
+from .state import STATE_DIR, read_arrays_chunk, write_arrays_chunk
+from .worker import check_parts, checked_load, chunk_record
+
+logger = logging.getLogger(__name__)
+
+#: The arrays of an attack chunk: the per-sample arrays, then the adversarial examples.
+_CHUNK_ARRAYS = ("y", "index", "clean_pred", "adv_pred", "success", "distance", "target", "attacked", "broken",
+                 "queries", "x_adv")
+
+
+def run_attack_chunk(loader: Loader, settings: AttackSettings, k: int, n: int,
+                     expected: Dict[str, str]) -> Dict[str, Any]:
+    """Attack chunk ``k`` of ``n`` of the source on this worker: its per-sample arrays, ``x_adv`` and record.
+
+    Raises
+    ------
+    ConfigError
+        If this worker's weights or attack settings (or version) differ from the client's.
+    DataError
+        If its data slice differs.
+    """
+    from ..attack_outputs import AdversarialSink, MemoryWriter, attack_rows
+    from ..evaluation.evaluate import shard_slice
+    from ..fingerprint import data_fingerprint, recipe_fingerprint
+
+    start = time.perf_counter()
+    entry, worker = checked_load(loader, expected)
+    part = entry.source.subset(shard_slice(len(entry.source), (k, n)))
+    check_parts({"data": data_fingerprint(part), "recipe": recipe_fingerprint(settings.identity())}, expected,
+                worker, k, n)
+    writer = MemoryWriter(part.sample_shape)
+    sink = AdversarialSink(writer, len(part), None, 0, entry.model.bounds)
+    arrays = attack_rows(entry.model, part, settings.make(), attack_name=settings.attack,
+                         batch_size=int(settings.batch_size), target_mode=settings.target_mode, seed=settings.seed,
+                         sink=sink, progress=False)
+    arrays["x_adv"] = writer.array()
+    entry.chunks += 1
+    return {"arrays": arrays, "chunk": chunk_record(k, n, worker, start, len(arrays["y"]), fingerprint=dict(expected))}
+
+
+def _attack_done(state: Path, k: int, n: int, expected: Dict[str, str]) -> Optional[Dict[str, Any]]:
+    """The record of the finished attack chunk ``k`` of ``n`` in the state (when it is the run's), else None."""
+    found = read_arrays_chunk(state, k, n, expected, _CHUNK_ARRAYS, "attack chunk")
+    return None if found is None else found[0]
+
+
+def attack_on_cluster(
+    loader: Loader,
+    settings: AttackSettings,
+    *,
+    cluster: ClusterSpec | str,
+    out_dir: str | Path,
+    resume: bool = False,
+    chunk_size: Optional[int] = None,
+    max_images: int = 100,
+    max_memory: Optional[int] = None,
+    progress: bool = True,
+    announce: Optional[Callable[[str], None]] = None,
+    on_chunk: Optional[Callable[[int, Path], None]] = None,
+    timeout: float = CONNECT_TIMEOUT,
+) -> Dict[str, Any]:
+    """Attack in chunks on a Dask cluster and write the outputs of :func:`~gluon_robust.jobs.run_attack_job`.
+
+    Parameters
+    ----------
+    loader : Loader
+        Builds the model (with its defences) and the whole data source, on the client and on every worker.
+    settings : AttackSettings
+        The attack, its options, the targets, the seed and the batch size (None: resolved here).
+    cluster : ClusterSpec or str
+        ``local:N`` or ``tcp://HOST:PORT`` (see :func:`~gluon_robust.cluster.parse_cluster`).
+    out_dir : path
+        Where the outputs go; ``out_dir/cluster.state/`` holds the finished chunks until they are written.
+    resume : bool
+        Keep the finished chunks of an interrupted run of the same attack and run only the others.
+    chunk_size : int, optional
+        Samples per chunk; default :func:`~gluon_robust.cluster.default_chunk_size`.
+    max_images : int
+        PNG pairs to write for image data.
+    max_memory : int, optional
+        Memory budget in bytes for the automatic batch size.
+    progress : bool
+        One progress bar over all chunks, in images.
+    announce : callable, optional
+        Called with one line at start: the cluster, its workers and its dashboard (default: the log).
+    on_chunk : callable, optional
+        Called with ``(k, directory)`` after each chunk is written.
+    timeout : float
+        Seconds to wait for a scheduler.
+
+    Returns
+    -------
+    dict
+        The summary of :func:`~gluon_robust.jobs.run_attack_job` plus ``cluster``.
+
+    Raises
+    ------
+    ClusterError
+        If the scheduler cannot be reached or Dask gives up on a chunk.
+    ConfigError, DataError
+        For bad settings; for a worker whose weights, settings or data slice
+        differ from the client's; with ``resume``, for a state of another run.
+    """
+    spec, announce = begin(cluster, chunk_size, announce)
+    start = time.perf_counter()
+    with connect(spec, timeout=timeout) as client:  # first: an unreachable scheduler fails before any work
+        link = dashboard(client)
+        preloads = _preload_all(client, loader)  # the workers load while the client fingerprints
+        model, source, settings, batch_source = _client_side(loader, settings, max_memory)
+        size = chunk_size or default_chunk_size(len(source), int(settings.batch_size))
+        slices = chunk_slices(len(source), size)
+        fingerprint, expected = _fingerprints(model, source, slices, settings.identity())
+        identity = {**fingerprint.to_dict(), "command": "attack", "n": len(source), "chunks": len(slices),
+                    "chunk_size": size}
+        out, state, done, reused, pending = start_run(
+            client, spec, link=link, out_dir=out_dir, identity=identity, resume=resume, expected=expected,
+            finished=_attack_done, announce=announce, size=size)
+
+        def store(k: int, result: Dict[str, Any]) -> Path:
+            done[k] = result["chunk"]
+            return write_arrays_chunk(state, k, len(slices), result["arrays"], result["chunk"])
+
+        submit = chunk_submitter(client, run_attack_chunk, loader, settings, expected)
+        _run_with_progress(client, spec, submit, store, pending=pending, slices=slices, reused=reused, done=done,
+                           state=state, preloads=preloads, on_chunk=on_chunk, progress=progress, verb="attack")
+    record = cluster_record(spec, link, size, slices, reused, [done[k] for k in range(len(slices))])
+    record["fingerprint"] = fingerprint.to_dict()
+    return _publish(out, state, slices, expected, model=model, source=source, settings=settings,
+                    batch_source=batch_source, max_images=max_images, start=start, record=record)
+
+
+def _client_side(loader: Loader, settings: AttackSettings, max_memory: Optional[int]) -> tuple:
+    """``(model, source, settings, batch_source)`` on the client, checked as ``attack`` checks them.
+
+    The settings come back with the batch size resolved, so that every chunk uses the client's.
+    """
+    from ..data import as_source, check_fits
+    from ..memory import resolve_batch_size
+    from ..validation import check_eps
+
+    model, source = loader.load()
+    source = as_source(source)
+    attack = settings.make()
+    check_fits(model, source)
+    check_eps("eps", attack.eps, attack.norm.name, model.bounds, source.sample_shape)
+    batch_size, batch_source = resolve_batch_size(model, source.sample_shape, settings.batch_size, max_memory)
+    return model, source, replace(settings, batch_size=batch_size), batch_source
+
+
+def _publish(out: Path, state: Path, slices: List[slice], expected: List[Dict[str, str]], *, model: Any, source: Any,
+             settings: AttackSettings, batch_source: str, max_images: int, start: float,
+             record: Dict[str, Any]) -> Dict[str, Any]:
+    """Write the run's files from its chunks, in place of the state, and return its summary."""
+    from ..attack_outputs import NPZ_ARRAYS, attack_summary, class_names, write_per_sample
+    from ..evaluation import sanity
+    from ..io import StreamingNpzWriter, atomic_write_json
+    from ..reporting import staged_output
+
+    attack = settings.make()
+    names = class_names(model)
+    with staged_output(out, replaces=(STATE_DIR,)) as stage:  # the finished run's chunks go with it
+        images = stage / "images" if source.sample_shape[0] in (1, 3) and max_images > 0 else None
+        if images is not None:
+            images.mkdir()
+        writer = StreamingNpzWriter(stage / "adversarial.npz", "x_adv", (len(source),) + tuple(source.sample_shape),
+                                    np.float32)
+        try:
+            arrays = _stream_chunks(state, slices, expected, writer, source, images, max_images, model.bounds, names)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close(**{key: arrays[key] for key in NPZ_ARRAYS})
+        summary = attack_summary(arrays, model=model, data=source.name, attack=attack, attack_name=settings.attack,
+                                 options=dict(settings.options), target_mode=settings.target_mode, seed=settings.seed,
+                                 batch_size=int(settings.batch_size), batch_source=batch_source,
+                                 seconds=time.perf_counter() - start)
+        summary["cluster"] = record
+        atomic_write_json(stage / "summary.json", summary)
+        write_per_sample(stage / "per_sample.csv", arrays, names)
+    sanity.emit(summary["warnings"])
+    logger.info("%s on %s: clean accuracy %.2f%%, robust accuracy %.2f%%, success rate %.2f%% (%d attacked), "
+                "%.1f s -> %s", settings.attack, record["spec"], 100 * summary["clean_accuracy"],
+                100 * summary["robust_accuracy"], 100 * summary["success_rate"], summary["attacked"],
+                summary["seconds"], out)
+    return summary
+
+
+def _stream_chunks(state: Path, slices: List[slice], expected: List[Dict[str, str]], writer: Any, source: Any,
+                   images: Optional[Path], max_images: int, bounds: Any, names: Any) -> Dict[str, np.ndarray]:
+    """Pass each chunk's ``x_adv`` to ``writer`` in order (with the PNG pairs of the first samples), and return
+    the concatenated per-sample arrays."""
+    from ..attack_outputs import SAMPLE_ARRAYS, save_pair
+
+    parts = []
+    for k, part in enumerate(slices):
+        found = read_arrays_chunk(state, k, len(slices), expected[k], _CHUNK_ARRAYS, "attack chunk")
+        if found is None:
+            raise RuntimeError(f"attack chunk {k} of {len(slices)} vanished from {state}")
+        arrays = found[1]
+        writer.write(arrays["x_adv"])
+        stop = min(part.stop, max_images)
+        if images is not None and part.start < stop:
+            clean = next(iter(source.subset(slice(part.start, stop)).batches(stop - part.start))).x
+            for j in np.flatnonzero(arrays["attacked"][:stop - part.start]):
+                save_pair(images, int(arrays["index"][j]), int(arrays["y"][j]), int(arrays["adv_pred"][j]), clean[j],
+                          arrays["x_adv"][j], bounds, names)
+        parts.append({name: arrays[name] for name in SAMPLE_ARRAYS})
+    return {name: np.concatenate([p[name] for p in parts]) for name in SAMPLE_ARRAYS}
