@@ -13,6 +13,7 @@ run's fingerprint) and its ``seconds`` is the client's.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import replace
@@ -21,14 +22,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from .certify import _fingerprints
-from .connection import CONNECT_TIMEOUT, ClusterSpec, connect, dashboard
-from .driver import (
-    _preload_all, _run_with_progress, begin, chunk_slices, chunk_submitter, cluster_record, default_chunk_size,
-    start_run,
-)
+from .connection import CONNECT_TIMEOUT, ClusterError, ClusterSpec
+from .driver import ChunkPlan, ChunkRun, arrays_plan, arrays_store, default_chunk_size, run_chunks
 from .settings import AttackSettings, Loader
-from .state import STATE_DIR, read_arrays_chunk, write_arrays_chunk
+from .state import STATE_DIR, read_arrays_chunk
 from .worker import check_parts, checked_load, chunk_record
 
 logger = logging.getLogger(__name__)
@@ -131,39 +128,18 @@ def attack_on_cluster(
         For bad settings; for a worker whose weights, settings or data slice
         differ from the client's; with ``resume``, for a state of another run.
     """
-    spec, announce = begin(cluster, chunk_size, announce)
     start = time.perf_counter()
-    with connect(spec, timeout=timeout) as client:  # first: an unreachable scheduler fails before any work
-        link = dashboard(client)
-        preloads = _preload_all(client, loader)  # the workers load while the client fingerprints
-        model, source, settings, batch_source = _client_side(loader, settings, max_memory)
-        size = chunk_size or default_chunk_size(len(source), int(settings.batch_size))
-        slices = chunk_slices(len(source), size)
-        fingerprint, expected = _fingerprints(model, source, slices, settings.identity())
-        identity = {**fingerprint.to_dict(), "command": "attack", "n": len(source), "chunks": len(slices),
-                    "chunk_size": size}
-        out, state, done, reused, pending = start_run(
-            client, spec, link=link, out_dir=out_dir, identity=identity, resume=resume, expected=expected,
-            finished=_attack_done, announce=announce, size=size)
-
-        def store(k: int, result: Dict[str, Any]) -> Path:
-            done[k] = result["chunk"]
-            return write_arrays_chunk(state, k, len(slices), result["arrays"], result["chunk"])
-
-        submit = chunk_submitter(client, run_attack_chunk, loader, settings, expected)
-        _run_with_progress(client, spec, submit, store, pending=pending, slices=slices, reused=reused, done=done,
-                           state=state, preloads=preloads, on_chunk=on_chunk, progress=progress, verb="attack")
-    record = cluster_record(spec, link, size, slices, reused, [done[k] for k in range(len(slices))])
-    record["fingerprint"] = fingerprint.to_dict()
-    return _publish(out, state, slices, expected, model=model, source=source, settings=settings,
-                    batch_source=batch_source, max_images=max_images, start=start, record=record)
+    plan = functools.partial(_plan, settings=settings, chunk_size=chunk_size, max_memory=max_memory)
+    run = run_chunks(loader, cluster=cluster, out_dir=out_dir, plan=plan, task=run_attack_chunk,
+                     finished=_attack_done, store=arrays_store(False), verb="attack", resume=resume,
+                     chunk_size=chunk_size, progress=progress, announce=announce, on_chunk=on_chunk, timeout=timeout)
+    record = run.record([run.done[k] for k in range(len(run.plan.slices))])
+    record["fingerprint"] = run.plan.context["fingerprint"].to_dict()
+    return _publish(run, max_images=max_images, start=start, record=record)
 
 
-def _client_side(loader: Loader, settings: AttackSettings, max_memory: Optional[int]) -> tuple:
-    """``(model, source, settings, batch_source)`` on the client, checked as ``attack`` checks them.
-
-    The settings come back with the batch size resolved, so that every chunk uses the client's.
-    """
+def _plan(loader: Loader, settings: AttackSettings, chunk_size: Optional[int], max_memory: Optional[int]) -> ChunkPlan:
+    """The client's side, checked as ``attack`` checks it; the settings get the batch size every chunk uses."""
     from ..data import as_source, check_fits
     from ..memory import resolve_batch_size
     from ..validation import check_eps
@@ -174,18 +150,20 @@ def _client_side(loader: Loader, settings: AttackSettings, max_memory: Optional[
     check_fits(model, source)
     check_eps("eps", attack.eps, attack.norm.name, model.bounds, source.sample_shape)
     batch_size, batch_source = resolve_batch_size(model, source.sample_shape, settings.batch_size, max_memory)
-    return model, source, replace(settings, batch_size=batch_size), batch_source
+    size = chunk_size or default_chunk_size(len(source), batch_size)
+    return arrays_plan(model, source, replace(settings, batch_size=batch_size), command="attack", size=size,
+                       batch_source=batch_source)
 
 
-def _publish(out: Path, state: Path, slices: List[slice], expected: List[Dict[str, str]], *, model: Any, source: Any,
-             settings: AttackSettings, batch_source: str, max_images: int, start: float,
-             record: Dict[str, Any]) -> Dict[str, Any]:
+def _publish(run: ChunkRun, *, max_images: int, start: float, record: Dict[str, Any]) -> Dict[str, Any]:
     """Write the run's files from its chunks, in place of the state, and return its summary."""
     from ..attack_outputs import NPZ_ARRAYS, attack_summary, class_names, write_per_sample
     from ..evaluation import sanity
     from ..io import StreamingNpzWriter, atomic_write_json
     from ..reporting import staged_output
 
+    out, settings, context = run.out, run.plan.settings, run.plan.context
+    model, source = context["model"], context["source"]
     attack = settings.make()
     names = class_names(model)
     with staged_output(out, replaces=(STATE_DIR,)) as stage:  # the finished run's chunks go with it
@@ -195,14 +173,14 @@ def _publish(out: Path, state: Path, slices: List[slice], expected: List[Dict[st
         writer = StreamingNpzWriter(stage / "adversarial.npz", "x_adv", (len(source),) + tuple(source.sample_shape),
                                     np.float32)
         try:
-            arrays = _stream_chunks(state, slices, expected, writer, source, images, max_images, model.bounds, names)
+            arrays = _stream_chunks(run, writer, images, max_images, names)
         except BaseException:
             writer.abort()
             raise
         writer.close(**{key: arrays[key] for key in NPZ_ARRAYS})
         summary = attack_summary(arrays, model=model, data=source.name, attack=attack, attack_name=settings.attack,
                                  options=dict(settings.options), target_mode=settings.target_mode, seed=settings.seed,
-                                 batch_size=int(settings.batch_size), batch_source=batch_source,
+                                 batch_size=int(settings.batch_size), batch_source=context["batch_source"],
                                  seconds=time.perf_counter() - start)
         summary["cluster"] = record
         atomic_write_json(stage / "summary.json", summary)
@@ -215,17 +193,19 @@ def _publish(out: Path, state: Path, slices: List[slice], expected: List[Dict[st
     return summary
 
 
-def _stream_chunks(state: Path, slices: List[slice], expected: List[Dict[str, str]], writer: Any, source: Any,
-                   images: Optional[Path], max_images: int, bounds: Any, names: Any) -> Dict[str, np.ndarray]:
+def _stream_chunks(run: ChunkRun, writer: Any, images: Optional[Path], max_images: int,
+                   names: Optional[List[str]]) -> Dict[str, np.ndarray]:
     """Pass each chunk's ``x_adv`` to ``writer`` in order (with the PNG pairs of the first samples), and return
     the concatenated per-sample arrays."""
     from ..attack_outputs import SAMPLE_ARRAYS, save_pair
 
+    state, slices, source = run.state, run.plan.slices, run.plan.context["source"]
     parts = []
     for k, part in enumerate(slices):
-        found = read_arrays_chunk(state, k, len(slices), expected[k], _CHUNK_ARRAYS, "attack chunk")
+        found = read_arrays_chunk(state, k, len(slices), run.plan.expected[k], _CHUNK_ARRAYS, "attack chunk")
         if found is None:
-            raise RuntimeError(f"attack chunk {k} of {len(slices)} vanished from {state}")
+            raise ClusterError(f"attack chunk {k} of {len(slices)} vanished from {state} before it was written out; "
+                               f"run the command again with --resume")
         arrays = found[1]
         writer.write(arrays["x_adv"])
         stop = min(part.stop, max_images)
@@ -233,6 +213,6 @@ def _stream_chunks(state: Path, slices: List[slice], expected: List[Dict[str, st
             clean = next(iter(source.subset(slice(part.start, stop)).batches(stop - part.start))).x
             for j in np.flatnonzero(arrays["attacked"][:stop - part.start]):
                 save_pair(images, int(arrays["index"][j]), int(arrays["y"][j]), int(arrays["adv_pred"][j]), clean[j],
-                          arrays["x_adv"][j], bounds, names)
+                          arrays["x_adv"][j], run.plan.context["model"].bounds, names)
         parts.append({name: arrays[name] for name in SAMPLE_ARRAYS})
     return {name: np.concatenate([p[name] for p in parts]) for name in SAMPLE_ARRAYS}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -9,13 +10,10 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .connection import CONNECT_TIMEOUT, ClusterSpec, connect, dashboard
-from .driver import (
-    _preload_all, _run_with_progress, begin, chunk_slices, chunk_submitter, cluster_record, default_chunk_size,
-    start_run,
-)
+from .connection import CONNECT_TIMEOUT, ClusterSpec
+from .driver import ChunkPlan, arrays_plan, arrays_store, default_chunk_size, run_chunks
 from .settings import CertifySettings, Loader
-from .state import read_arrays_chunk, write_arrays_chunk
+from .state import read_arrays_chunk
 from .worker import check_parts, checked_load, chunk_record
 
 
@@ -82,59 +80,34 @@ def certify_on_cluster(
     """
     from ..commands.certify import POINT_ARRAYS, certify_report
 
-    spec, announce = begin(cluster, chunk_size, announce)
     start = time.perf_counter()
-    with connect(spec, timeout=timeout) as client:
-        link = dashboard(client)
-        preloads = _preload_all(client, loader)
-        model, source = loader.load()
-        settings, batch_source = _resolved(model, source, settings, max_memory)
-        size = chunk_size or default_chunk_size(len(source), 64)
-        slices = chunk_slices(len(source), size)
-        fingerprint, expected = _fingerprints(model, source, slices, settings.identity())
-        identity = {**fingerprint.to_dict(), "command": "certify", "n": len(source), "chunks": len(slices),
-                    "chunk_size": size}
-        out, state, done, reused, pending = start_run(
-            client, spec, link=link, out_dir=out_dir, identity=identity, resume=resume, expected=expected,
-            finished=_certify_done, announce=announce, size=size)
-
-        def store(k: int, result: Dict[str, Any]) -> Path:
-            done[k] = (result["chunk"], result["arrays"])
-            return write_arrays_chunk(state, k, len(slices), result["arrays"], result["chunk"])
-
-        submit = chunk_submitter(client, run_certify_chunk, loader, settings, expected)
-        _run_with_progress(client, spec, submit, store, pending=pending, slices=slices, reused=reused, done=done,
-                           state=state, preloads=preloads, on_chunk=on_chunk, progress=progress, verb="certify")
-    parts = [done[k][1] for k in range(len(slices))]
+    plan = functools.partial(_plan, settings=settings, chunk_size=chunk_size, max_memory=max_memory)
+    run = run_chunks(loader, cluster=cluster, out_dir=out_dir, plan=plan, task=run_certify_chunk,
+                     finished=_certify_done, store=arrays_store(True), verb="certify", resume=resume,
+                     chunk_size=chunk_size, progress=progress, announce=announce, on_chunk=on_chunk, timeout=timeout)
+    context, n_chunks = run.plan.context, len(run.plan.slices)
+    parts = [run.done[k][1] for k in range(n_chunks)]
     arrays = {name: np.concatenate([p[name] for p in parts]) for name in POINT_ARRAYS if name != "clean_correct"}
     arrays["clean_correct"] = np.array(sum(int(p["clean_correct"]) for p in parts), np.int64)
-    report = certify_report(arrays, model=model, data=getattr(source, "name", type(source).__name__),
-                            radii=radii, seconds=time.perf_counter() - start, **asdict(settings))
-    report["fingerprint"] = fingerprint.to_dict()
-    report["batch_size_source"] = batch_source
-    report["cluster"] = cluster_record(spec, link, size, slices, reused, [done[k][0] for k in range(len(slices))])
+    source = context["source"]
+    report = certify_report(arrays, model=context["model"], data=getattr(source, "name", type(source).__name__),
+                            radii=radii, seconds=time.perf_counter() - start, **asdict(run.plan.settings))
+    report["fingerprint"] = context["fingerprint"].to_dict()
+    report["batch_size_source"] = context["batch_source"]
+    report["cluster"] = run.record([run.done[k][0] for k in range(n_chunks)])
     return report
 
 
-def _resolved(model: Any, source: Any, settings: CertifySettings,
-              max_memory: Optional[int]) -> Tuple[CertifySettings, str]:
-    """``settings`` with a batch size, as certify does: the largest forward-only batch that fits, at most 1000."""
+def _plan(loader: Loader, settings: CertifySettings, chunk_size: Optional[int],
+          max_memory: Optional[int]) -> ChunkPlan:
+    """The client's side: the model, the source, the batch size resolved as certify does, and the chunks."""
     from ..memory import resolve_batch_size
 
-    if settings.batch_size is not None:
-        return settings, "given"
-    resolved, batch_source = resolve_batch_size(model, source.sample_shape, None, max_memory, cap=1000, backward=False)
-    return replace(settings, batch_size=resolved), batch_source
-
-
-def _fingerprints(model: Any, source: Any, slices: Sequence[slice],
-                  recipe_identity: Dict[str, Any]) -> Tuple[Any, list]:
-    """The run's fingerprint and each chunk's parts (weights, recipe, data of its slice)."""
-    from ..fingerprint import RunFingerprint, combine, data_fingerprint, recipe_fingerprint, weights_fingerprint
-
-    weights = weights_fingerprint(model)
-    recipe = recipe_fingerprint(recipe_identity)
-    expected = [{"weights": weights, "recipe": recipe, "data": data_fingerprint(source.subset(part))}
-                for part in slices]
-    fingerprint = RunFingerprint(weights=weights, data=combine([e["data"] for e in expected]), recipe=recipe)
-    return fingerprint, expected
+    model, source = loader.load()
+    batch_source = "given"
+    if settings.batch_size is None:  # the largest forward-only batch that fits, at most 1000
+        resolved, batch_source = resolve_batch_size(model, source.sample_shape, None, max_memory, cap=1000,
+                                                    backward=False)
+        settings = replace(settings, batch_size=resolved)
+    size = chunk_size or default_chunk_size(len(source), 64)
+    return arrays_plan(model, source, settings, command="certify", size=size, batch_source=batch_source)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import GluonRobustError
-from .connection import ClusterError, ClusterSpec, parse_cluster
+from .connection import CONNECT_TIMEOUT, ClusterError, ClusterSpec, connect, dashboard, parse_cluster
 from .settings import Loader
-from .state import _canonical, _kept_chunks, _open_state
+from .state import _canonical, _kept_chunks, _open_state, write_arrays_chunk
 from .worker import _preload
 
 logger = logging.getLogger(__name__)
@@ -26,16 +27,96 @@ def default_chunk_size(n: int, batch_size: int) -> int:
     return max(1, min(int(batch_size), math.ceil(int(n) / 8)))
 
 
+@dataclass
+class ChunkPlan:
+    """What the client prepares before the chunks go out (see :func:`run_chunks`).
 
-def begin(cluster: ClusterSpec | str, chunk_size: Optional[int],
-          announce: Optional[Callable[[str], None]]) -> Tuple[ClusterSpec, Callable[[str], None]]:
-    """The parsed ``cluster`` and the ``announce`` callable (default: the log), once ``chunk_size`` is checked."""
+    Attributes
+    ----------
+    settings : object
+        Sent with every chunk (the command's settings, e.g. with a resolved batch size).
+    slices : list of slice
+        The chunks (see :func:`chunk_slices`).
+    size : int
+        Samples per chunk.
+    expected : list of dict
+        Each chunk's fingerprint parts: ``weights``, ``recipe`` and ``data`` of its slice.
+    identity : dict
+        What the state directory must match on ``--resume``.
+    extra : tuple
+        Further arguments of the chunk task.
+    context : dict
+        Whatever the command keeps for its outputs (the model, the run's fingerprint...).
+    """
+
+    settings: Any
+    slices: List[slice]
+    size: int
+    expected: List[Dict[str, str]]
+    identity: Dict[str, Any]
+    extra: Tuple[Any, ...] = ()
+    context: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ChunkRun:
+    """A finished run of :func:`run_chunks`: its plan, where it ran, its state and every chunk's stored value."""
+
+    plan: ChunkPlan
+    spec: ClusterSpec
+    link: str
+    out: Path
+    state: Path
+    done: Dict[int, Any]
+    reused: List[int]
+
+    def record(self, records: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+        """The report's ``cluster`` field, from each chunk's ``worker``, ``pid``, ``seconds`` and ``n`` (samples)."""
+        return cluster_record(self.spec, self.link, self.plan.size, self.plan.slices, self.reused, records)
+
+
+#: ``store(state, k, n_chunks, result) -> (directory, value)``: write a chunk's result, keep ``value`` in ``done``.
+Store = Callable[[Path, int, int, Any], Tuple[Path, Any]]
+
+
+def run_chunks(
+    loader: Loader, *, cluster: ClusterSpec | str, out_dir: str | Path, plan: Callable[[Loader], ChunkPlan],
+    task: Callable[..., Any], finished: Callable[[Path, int, int, Dict[str, str]], Any], store: Store, verb: str,
+    resume: bool = False, chunk_size: Optional[int] = None, progress: bool = True,
+    announce: Optional[Callable[[str], None]] = None, on_chunk: Optional[Callable[[int, Path], None]] = None,
+    timeout: float = CONNECT_TIMEOUT,
+) -> ChunkRun:
+    """Run the chunks of a command on the cluster, keeping each result in ``OUT/cluster.state/`` as it arrives.
+
+    Connects first (an unreachable scheduler fails before any work), starts
+    the model's load on every worker, calls ``plan(loader)`` on the client,
+    opens the state (with ``resume``, the chunks ``finished`` accepts are
+    kept), announces the run (workers, chunks, dashboard), submits
+    ``task(loader, settings, k, n_chunks, expected[k], *extra)`` for every
+    other chunk and ``store``-s each result under one progress bar.
+    """
     from ..validation import check_int
 
     spec = parse_cluster(cluster) if isinstance(cluster, str) else cluster
     if chunk_size is not None:
         check_int("chunk_size", chunk_size)
-    return spec, announce or (lambda line: logger.info("%s", line))
+    announce = announce or (lambda line: logger.info("%s", line))
+    with connect(spec, timeout=timeout) as client:
+        link = dashboard(client)
+        preloads = _preload_all(client, loader)  # the workers load while the client fingerprints
+        chunks = plan(loader)
+        out, state, done, reused, pending = start_run(
+            client, spec, link=link, out_dir=out_dir, identity=chunks.identity, resume=resume,
+            expected=chunks.expected, finished=finished, announce=announce, size=chunks.size)
+
+        def keep(k: int, result: Any) -> Path:
+            directory, done[k] = store(state, k, len(chunks.slices), result)
+            return directory
+
+        submit = chunk_submitter(client, task, loader, chunks.settings, chunks.expected, *chunks.extra)
+        _run_with_progress(client, spec, submit, keep, pending=pending, slices=chunks.slices, reused=reused,
+                           done=done, state=state, preloads=preloads, on_chunk=on_chunk, progress=progress, verb=verb)
+    return ChunkRun(plan=chunks, spec=spec, link=link, out=out, state=state, done=done, reused=reused)
 
 
 def chunk_slices(total: int, size: int) -> List[slice]:
@@ -44,6 +125,37 @@ def chunk_slices(total: int, size: int) -> List[slice]:
 
     n_chunks = max(1, math.ceil(total / size))
     return [shard_slice(total, (k, n_chunks)) for k in range(n_chunks)]
+
+
+def arrays_plan(model: Any, source: Any, settings: Any, *, command: str, size: int, **context: Any) -> ChunkPlan:
+    """The plan of a command whose chunks send back per-sample arrays (certify, attack).
+
+    The recipe part of the fingerprint is ``settings.identity()``; each
+    chunk's data part is the digest of its slice of ``source``.
+    """
+    from ..fingerprint import RunFingerprint, combine, data_fingerprint, recipe_fingerprint, weights_fingerprint
+
+    slices = chunk_slices(len(source), size)
+    weights = weights_fingerprint(model)
+    recipe = recipe_fingerprint(settings.identity())
+    expected = [{"weights": weights, "recipe": recipe, "data": data_fingerprint(source.subset(part))}
+                for part in slices]
+    fingerprint = RunFingerprint(weights=weights, data=combine([e["data"] for e in expected]), recipe=recipe)
+    identity = {**fingerprint.to_dict(), "command": command, "n": len(source), "chunks": len(slices),
+                "chunk_size": size}
+    return ChunkPlan(settings=settings, slices=slices, size=size, expected=expected, identity=identity,
+                     context=dict(context, model=model, source=source, fingerprint=fingerprint))
+
+
+def arrays_store(keep_arrays: bool) -> Store:
+    """``store`` for chunks that send back ``{"arrays": ..., "chunk": record}``: kept as ``(record, arrays)``, or
+    as the record alone (``keep_arrays=False``: the arrays are read back from the state when needed)."""
+
+    def store(state: Path, k: int, n: int, result: Dict[str, Any]) -> Tuple[Path, Any]:
+        directory = write_arrays_chunk(state, k, n, result["arrays"], result["chunk"])
+        return directory, (result["chunk"], result["arrays"]) if keep_arrays else result["chunk"]
+
+    return store
 
 
 def start_run(

@@ -9,6 +9,7 @@ worker; the merge of the chunks
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -17,11 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .connection import CONNECT_TIMEOUT, ClusterSpec, connect, dashboard
-from .driver import (
-    _preload_all, _run_with_progress, begin, chunk_slices, chunk_submitter, cluster_record, default_chunk_size,
-    start_run,
-)
+from .connection import CONNECT_TIMEOUT, ClusterSpec
+from .driver import ChunkPlan, chunk_slices, default_chunk_size, run_chunks
 from .settings import EvaluateSettings, Loader
 from .state import STATE_DIR, _chunk_dir, _write_chunk
 from .worker import check_parts, checked_load
@@ -155,35 +153,25 @@ def evaluate_on_cluster(
         For bad settings; for a worker whose weights, recipe or data slice
         differ from the client's; with ``resume``, for a state of another run.
     """
+    start = time.perf_counter()
+    plan = functools.partial(_plan, settings=settings, chunk_size=chunk_size)
+    run = run_chunks(loader, cluster=cluster, out_dir=out_dir, plan=plan, task=run_chunk, finished=_finished, store=_store, verb="evaluate", resume=resume,
+                     chunk_size=chunk_size, progress=progress, announce=announce, on_chunk=on_chunk, timeout=timeout)
+    loaded = [run.done[k] for k in range(len(run.plan.slices))]
+    records = [{**(report.get("chunk") or {}), "n": report["n"]} for report, _, _, _ in loaded]
+    return _publish(run.out, loaded, run.plan.context["fingerprint"], args, start, run.record(records))
+
+
+def _store(state: Path, k: int, n: int, result: Dict[str, Any]) -> Tuple[Path, Tuple[Any, ...]]:
+    """Write a finished chunk as a shard directory and load it back as :func:`_finished` does."""
     from ..evaluation.evaluate import load_shard
 
-    spec, announce = begin(cluster, chunk_size, announce)
-    start = time.perf_counter()
-    with connect(spec, timeout=timeout) as client:  # first: an unreachable scheduler fails before any work
-        link = dashboard(client)
-        preloads = _preload_all(client, loader)  # the workers load while the client fingerprints
-        plan = _plan(loader, settings, chunk_size)
-        out, state, done, reused, pending = start_run(
-            client, spec, link=link, out_dir=out_dir, identity=plan["identity"], resume=resume,
-            expected=plan["expected"], finished=_finished, announce=announce, size=plan["size"])
-        slices = plan["slices"]
-
-        def store(k: int, result: Dict[str, Any]) -> Path:
-            directory = _write_chunk(state, k, len(slices), result["report"], result["examples"])
-            report, examples, chunk_fingerprint = load_shard(directory)
-            done[k] = (report, examples, chunk_fingerprint, str(directory))
-            return directory
-
-        submit = chunk_submitter(client, run_chunk, loader, settings, plan["expected"], plan["probe"])
-        _run_with_progress(client, spec, submit, store, pending=pending, slices=slices, reused=reused, done=done,
-                           state=state, preloads=preloads, on_chunk=on_chunk, progress=progress, verb="evaluate")
-    loaded = [done[k] for k in range(len(slices))]
-    records = [{**(report.get("chunk") or {}), "n": report["n"]} for report, _, _, _ in loaded]
-    return _publish(out, loaded, plan["fingerprint"], args, start,
-                    cluster_record(spec, link, plan["size"], slices, reused, records))
+    directory = _write_chunk(state, k, n, result["report"], result["examples"])
+    report, examples, chunk_fingerprint = load_shard(directory)
+    return directory, (report, examples, chunk_fingerprint, str(directory))
 
 
-def _plan(loader: Loader, settings: EvaluateSettings, chunk_size: Optional[int]) -> Dict[str, Any]:
+def _plan(loader: Loader, settings: EvaluateSettings, chunk_size: Optional[int]) -> ChunkPlan:
     """The client's view of the run: its chunks, their fingerprints, the sanity probe and the state's identity."""
     from ..evaluation.evaluate import prepare, run_fingerprint, sanity_probe
     from ..fingerprint import data_fingerprint
@@ -204,8 +192,8 @@ def _plan(loader: Loader, settings: EvaluateSettings, chunk_size: Optional[int])
              sanity_probe(model, source, norm=prepared.norm, seed=settings.seed, probe_size=settings.probe_size))
     identity = {**fingerprint.to_dict(), "batch_size": prepared.batch_size, "n": total, "chunks": len(slices),
                 "chunk_size": size, "model": model_name, "settings": asdict(settings)}
-    return {"fingerprint": fingerprint, "size": size, "slices": slices, "expected": expected, "probe": probe,
-            "identity": identity}
+    return ChunkPlan(settings=settings, slices=slices, size=size, expected=expected, identity=identity,
+                     extra=(probe,), context={"fingerprint": fingerprint})
 
 
 def _publish(out: Path, loaded: List[Tuple[Any, ...]], fingerprint: Any, args: Optional[Dict[str, Any]],
