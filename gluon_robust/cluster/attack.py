@@ -26,7 +26,7 @@ from .connection import CONNECT_TIMEOUT, ClusterError, ClusterSpec
 from .driver import ChunkPlan, ChunkRun, arrays_plan, arrays_store, default_chunk_size, run_chunks
 from .settings import AttackSettings, Loader
 from .state import STATE_DIR, read_arrays_chunk
-from .worker import check_parts, checked_load, chunk_record
+from .worker import checked_slice, chunk_record
 
 logger = logging.getLogger(__name__)
 
@@ -39,22 +39,14 @@ def run_attack_chunk(loader: Loader, settings: AttackSettings, k: int, n: int,
                      expected: Dict[str, str]) -> Dict[str, Any]:
     """Attack chunk ``k`` of ``n`` of the source on this worker: its per-sample arrays, ``x_adv`` and record.
 
-    Raises
-    ------
-    ConfigError
-        If this worker's weights or attack settings (or version) differ from the client's.
-    DataError
-        If its data slice differs.
+    A worker whose weights, attack settings, version or data slice differ
+    from the client's ``expected`` fingerprint parts is refused
+    (:class:`~gluon_robust.errors.ConfigError`, ``DataError`` for the data).
     """
     from ..attack_outputs import AdversarialSink, MemoryWriter, attack_rows
-    from ..evaluation.evaluate import shard_slice
-    from ..fingerprint import data_fingerprint, recipe_fingerprint
 
     start = time.perf_counter()
-    entry, worker = checked_load(loader, expected)
-    part = entry.source.subset(shard_slice(len(entry.source), (k, n)))
-    check_parts({"data": data_fingerprint(part), "recipe": recipe_fingerprint(settings.identity())}, expected,
-                worker, k, n)
+    entry, worker, part = checked_slice(loader, settings, k, n, expected)
     writer = MemoryWriter(part.sample_shape)
     sink = AdversarialSink(writer, len(part), None, 0, entry.model.bounds)
     arrays = attack_rows(entry.model, part, settings.make(), attack_name=settings.attack,
@@ -75,11 +67,11 @@ def attack_on_cluster(
     loader: Loader,
     settings: AttackSettings,
     *,
+    max_images: int = 100,
     cluster: ClusterSpec | str,
     out_dir: str | Path,
     resume: bool = False,
     chunk_size: Optional[int] = None,
-    max_images: int = 100,
     max_memory: Optional[int] = None,
     progress: bool = True,
     announce: Optional[Callable[[str], None]] = None,
@@ -88,45 +80,27 @@ def attack_on_cluster(
 ) -> Dict[str, Any]:
     """Attack in chunks on a Dask cluster and write the outputs of :func:`~gluon_robust.jobs.run_attack_job`.
 
-    Parameters
-    ----------
-    loader : Loader
-        Builds the model (with its defences) and the whole data source, on the client and on every worker.
-    settings : AttackSettings
-        The attack, its options, the targets, the seed and the batch size (None: resolved here).
-    cluster : ClusterSpec or str
-        ``local:N`` or ``tcp://HOST:PORT`` (see :func:`~gluon_robust.cluster.parse_cluster`).
-    out_dir : path
-        Where the outputs go; ``out_dir/cluster.state/`` holds the finished chunks until they are written.
-    resume : bool
-        Keep the finished chunks of an interrupted run of the same attack and run only the others.
-    chunk_size : int, optional
-        Samples per chunk; default :func:`~gluon_robust.cluster.default_chunk_size`.
-    max_images : int
-        PNG pairs to write for image data.
-    max_memory : int, optional
-        Memory budget in bytes for the automatic batch size.
-    progress : bool
-        One progress bar over all chunks, in images.
-    announce : callable, optional
-        Called with one line at start: the cluster, its workers and its dashboard (default: the log).
-    on_chunk : callable, optional
-        Called with ``(k, directory)`` after each chunk is written.
-    timeout : float
-        Seconds to wait for a scheduler.
+    ``cluster``, ``out_dir``, ``resume``, ``chunk_size``, ``progress``,
+    ``announce``, ``on_chunk`` and ``timeout`` are those of
+    :func:`~gluon_robust.cluster.evaluate_on_cluster`; ``loader`` builds the
+    model (with its defences) and the whole source on the client and on every
+    worker; ``settings`` holds the attack, its options, the targets, the seed
+    and the batch size (None: resolved here from ``max_memory``, as ``attack``
+    does); ``max_images`` PNG pairs are written for image data.
 
     Returns
     -------
     dict
-        The summary of :func:`~gluon_robust.jobs.run_attack_job` plus ``cluster``.
+        The summary of :func:`~gluon_robust.jobs.run_attack_job`, with ``cluster``
+        (chunks, per-worker timing, the run's fingerprint).
 
     Raises
     ------
     ClusterError
         If the scheduler cannot be reached or Dask gives up on a chunk.
-    ConfigError, DataError
-        For bad settings; for a worker whose weights, settings or data slice
-        differ from the client's; with ``resume``, for a state of another run.
+    ConfigError
+        For bad settings, a worker whose weights or settings differ from the
+        client's (``DataError`` for its data slice), or, with ``resume``, a state of another run.
     """
     start = time.perf_counter()
     plan = functools.partial(_plan, settings=settings, chunk_size=chunk_size, max_memory=max_memory)

@@ -14,7 +14,7 @@ from .connection import CONNECT_TIMEOUT, ClusterSpec
 from .driver import ChunkPlan, arrays_plan, arrays_store, default_chunk_size, run_chunks
 from .settings import CertifySettings, Loader
 from .state import read_arrays_chunk
-from .worker import check_parts, checked_load, chunk_record
+from .worker import checked_slice, chunk_record
 
 
 def run_certify_chunk(loader: Loader, settings: CertifySettings, k: int, n: int,
@@ -26,14 +26,9 @@ def run_certify_chunk(loader: Loader, settings: CertifySettings, k: int, n: int,
     client's ``expected`` fingerprint parts.
     """
     from ..commands.certify import certify_points
-    from ..evaluation.evaluate import shard_slice
-    from ..fingerprint import data_fingerprint, recipe_fingerprint
 
     start = time.perf_counter()
-    entry, worker = checked_load(loader, expected)
-    part = entry.source.subset(shard_slice(len(entry.source), (k, n)))
-    check_parts({"data": data_fingerprint(part), "recipe": recipe_fingerprint(settings.identity())}, expected,
-                worker, k, n)
+    entry, worker, part = checked_slice(loader, settings, k, n, expected)
     arrays = certify_points(entry.model, part, progress=False, **asdict(settings))
     return {"arrays": arrays, "chunk": chunk_record(k, n, worker, start, len(arrays["label"]),
                                                     fingerprint=dict(expected))}

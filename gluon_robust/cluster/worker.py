@@ -108,6 +108,20 @@ def check_parts(found: Dict[str, str], expected: Dict[str, str], worker: str, k:
                            REFUSED_FIX)
 
 
+def checked_slice(loader: Loader, settings: Any, k: int, n: int,
+                  expected: Dict[str, str]) -> Tuple["_Loaded", str, Any]:
+    """This worker's model, its name and chunk ``k`` of ``n`` of the source, once all three fingerprint parts
+    (weights, data of the slice, ``settings.identity()`` as the recipe) are the client's."""
+    from ..evaluation.evaluate import shard_slice
+    from ..fingerprint import data_fingerprint, recipe_fingerprint
+
+    entry, worker = checked_load(loader, expected)
+    part = entry.source.subset(shard_slice(len(entry.source), (k, n)))
+    check_parts({"data": data_fingerprint(part), "recipe": recipe_fingerprint(settings.identity())}, expected,
+                worker, k, n)
+    return entry, worker, part
+
+
 def chunk_record(k: int, n: int, worker: str, start: float, samples: int, **extra: Any) -> Dict[str, Any]:
     """A finished chunk's record: its index, worker, process, seconds and samples."""
     return {"k": k, "n_chunks": n, **extra, "worker": worker, "pid": os.getpid(),
