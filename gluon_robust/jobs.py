@@ -5,84 +5,28 @@ The CLI only parses flags and calls these; scripts do the same.
 
 from __future__ import annotations
 
-import functools
 import logging
-import re
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .attacks import Attack
 from .data import as_source, check_fits, load_data
-from .evaluation.robustness import evaluate_attacks
 from .errors import ConfigError
 from .interrupts import Interrupted
 from .io import StreamingNpzWriter, atomic_write_json, atomic_write_text
 from .model import Classifier, load_classifier
-from .reporting import format_table, save_png, staged_output, versions
+from .reporting import format_table, staged_output
 from .validation import check_eps
 
 __all__ = ["run_attack_job", "run_demo", "demo_table", "demo_outputs", "demo_report_dir", "contrast_reports",
            "contrast_table", "DEMO_CONFIGS"]
 
 logger = logging.getLogger(__name__)
-
-class _AdversarialSink:
-    """Collects per-sample attack outputs batch by batch and streams ``x_adv`` to disk."""
-
-    def __init__(self, path: Path, n: int, sample_shape: Tuple[int, ...], images_dir: Optional[Path],
-                 max_images: int, bounds: Tuple[float, float], class_names: Optional[Sequence[str]] = None) -> None:
-        self.writer = StreamingNpzWriter(path, "x_adv", (n,) + tuple(sample_shape), np.float32)
-        self.success = np.zeros(n, bool)
-        self.adv_pred = np.full(n, -1, np.int64)
-        self.targets = np.full(n, -1, np.int64)
-        self.images_dir = images_dir
-        self.max_images = max_images
-        self.bounds = bounds
-        self.class_names = class_names
-        self._pos = 0
-
-    def _tag(self, label: int) -> str:
-        """``3`` or, with class names, ``3-tench`` (a file-name-safe form of the name)."""
-        if self.class_names is None or not 0 <= label < len(self.class_names):
-            return str(label)
-        return f"{label}-{_file_safe(self.class_names[label])}"
-
-    def __call__(self, k: int, batch: Any, result: Any, attacked: np.ndarray) -> None:
-        x_adv = batch.x.copy()
-        rows = np.arange(self._pos, self._pos + len(batch.y))
-        self._pos += len(batch.y)
-        if result is None:  # nothing in this batch was attacked: its clean inputs stand
-            self.writer.write(x_adv)
-            return
-        x_adv[attacked] = result.x_adv
-        self.success[rows[attacked]] = result.success
-        self.adv_pred[rows[attacked]] = result.predictions
-        if result.targets is not None:
-            self.targets[rows[attacked]] = result.targets
-        self.writer.write(x_adv)
-        if self.images_dir is not None:
-            for j in np.flatnonzero(attacked):
-                if rows[j] >= self.max_images:
-                    break
-                stem = f"{int(batch.index[j]):06d}_label{self._tag(int(batch.y[j]))}"
-                save_png(self.images_dir / f"{stem}_clean.png", batch.x[j], self.bounds)
-                save_png(self.images_dir / f"{stem}_adv_pred{self._tag(int(self.adv_pred[rows[j]]))}.png", x_adv[j],
-                         self.bounds)
-
-
-def _file_safe(name: str) -> str:
-    """A class name as a file-name part: letters, digits, ``-`` and ``_`` only (``great white shark`` -> ``great_white_shark``)."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:40] or "class"
-
-
-def _csv_field(text: str) -> str:
-    """A CSV field, quoted when it holds a comma or a quote."""
-    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
 def run_attack_job(
@@ -135,7 +79,9 @@ def run_attack_job(
         :mod:`gluon_robust.defenses`) also ``defense``: the chain, the gradient
         path of each defence and the EOT samples the attack used; ``warnings``.
     """
-    from .attacks.targets import choose_targets
+    from .attack_outputs import (
+        NPZ_ARRAYS, AdversarialSink, attack_rows, attack_summary, class_names, write_per_sample,
+    )
     from .evaluation import sanity
     from .memory import resolve_batch_size
 
@@ -148,77 +94,28 @@ def run_attack_job(
                                   batch_size=batch_size, max_memory=max_memory, target_mode=target_mode, seed=seed,
                                   max_images=0, options=options, progress=progress)
     batch_size, batch_source = resolve_batch_size(model, source.sample_shape, batch_size, max_memory)
-    targets: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = (
-        None if target_mode is None else functools.partial(choose_targets, model, mode=target_mode, seed=seed)
-    )
     start = time.perf_counter()
     with staged_output(out_dir) as stage:
         images = stage / "images" if source.sample_shape[0] in (1, 3) and max_images > 0 else None
         if images is not None:
             images.mkdir()
-        names = getattr(model, "class_table", None)
-        names = list(names.names) if names is not None else None
-        sink = _AdversarialSink(stage / "adversarial.npz", len(source), source.sample_shape, images, max_images,
-                                model.bounds, names)
+        names = class_names(model)
+        writer = StreamingNpzWriter(stage / "adversarial.npz", "x_adv", (len(source),) + tuple(source.sample_shape),
+                                    np.float32)
+        sink = AdversarialSink(writer, len(source), images, max_images, model.bounds, names)
         try:
-            result = evaluate_attacks(model, source, [(attack_name, attack)], batch_size=batch_size, cascade=False,
-                                      targets=targets, on_batch=sink, progress=progress,
-                                      desc=f"attack {attack_name}")
+            arrays = attack_rows(model, source, attack, attack_name=attack_name, batch_size=batch_size,
+                                 target_mode=target_mode, seed=seed, sink=sink, progress=progress)
         except BaseException:
-            sink.writer.abort()
+            writer.abort()
             raise
-        outcome = result.outcomes[0]
-        sink.writer.close(
-            y=result.labels, index=result.index, clean_pred=result.clean_pred, adv_pred=sink.adv_pred,
-            success=sink.success, distance=outcome.distance, target=sink.targets,
-        )
-        attacked = outcome.attacked
+        writer.close(**{key: arrays[key] for key in NPZ_ARRAYS})
         seconds = time.perf_counter() - start
-        summary = {
-            "n": result.n,
-            "clean_accuracy": result.clean_accuracy,
-            "robust_accuracy": outcome.robust_accuracy(result.correct),
-            "success_rate": float(sink.success[attacked].mean()) if attacked.any() else 0.0,
-            "attacked": int(attacked.sum()),
-            # correctly classified samples a fixed --target left out because it is their own label
-            "not_attacked_target_is_label": int((result.correct & ~attacked).sum()) if target_mode is not None else 0,
-            "seconds": round(seconds, 3),
-            "max_perturbation": float(np.nanmax(outcome.distance)) if attacked.any() else 0.0,
-            "median_perturbation": float(np.nanmedian(outcome.distance[sink.success])) if sink.success.any() else None,
-            "mean_queries": float(outcome.queries[attacked].mean()) if attacked.any() else 0.0,
-            "max_queries": int(outcome.queries.max()) if attacked.any() else 0,
-            "norm": outcome.norm,
-            "eps": outcome.eps,
-            "attack": {"name": attack_name, "class": type(attack).__name__, "options": options or {}},
-            "targeted": target_mode is not None,
-            "target": target_mode,
-            "model": model.describe(),
-            "data": source.name,
-            "seed": seed,
-            "batch_size": batch_size,
-            "batch_size_source": batch_source,
-            "versions": versions(),
-            "warnings": sanity.accuracy_warnings(result.n, int(result.correct.sum()),
-                                                 getattr(model, "num_classes", None)),
-        }
-        if hasattr(model, "defense_report"):  # a DefendedClassifier: say which gradient path the attack used
-            summary["defense"] = dict(model.defense_report(), attack_eot_samples=getattr(attack, "eot_samples", None))
+        summary = attack_summary(arrays, model=model, data=source.name, attack=attack, attack_name=attack_name,
+                                 options=options, target_mode=target_mode, seed=seed, batch_size=batch_size,
+                                 batch_source=batch_source, seconds=seconds)
         atomic_write_json(stage / "summary.json", summary)
-        lines = ["index,label,clean_prediction,attacked,adversarial_prediction,success,distance,target"]
-        if names is not None:  # class names: three more columns, after the original ones
-            lines[0] += ",label_name,clean_prediction_name,adversarial_prediction_name"
-        for i in range(result.n):
-            dist = "" if np.isnan(outcome.distance[i]) else f"{outcome.distance[i]:.6g}"
-            target = "" if sink.targets[i] < 0 else str(sink.targets[i])
-            line = (
-                f"{result.index[i]},{result.labels[i]},{result.clean_pred[i]},{int(attacked[i])},"
-                f"{sink.adv_pred[i] if attacked[i] else ''},{int(sink.success[i])},{dist},{target}"
-            )
-            if names is not None:
-                adv = names[sink.adv_pred[i]] if attacked[i] and 0 <= sink.adv_pred[i] < len(names) else ""
-                line += "," + ",".join(_csv_field(n) for n in (names[result.labels[i]], names[result.clean_pred[i]], adv))
-            lines.append(line)
-        atomic_write_text(stage / "per_sample.csv", "\n".join(lines) + "\n")
+        write_per_sample(stage / "per_sample.csv", arrays, names)
     sanity.emit(summary["warnings"])
     logger.info(
         "%s: clean accuracy %.2f%%, robust accuracy %.2f%%, success rate %.2f%% (%d attacked), %.1f s -> %s",

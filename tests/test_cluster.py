@@ -1,4 +1,5 @@
-"""evaluate --cluster on Dask distributed: the single-process report, lost workers, resume, refusals, imports.
+"""evaluate, certify and attack --cluster on Dask distributed: the single-process outputs, lost workers, resume,
+refusals, imports.
 
 The oracle of every equality is the single-process run of the same command
 (``gluon-robust evaluate`` without ``--cluster``): its ``report.json`` minus the
@@ -132,7 +133,7 @@ def test_cli_cluster_with_shard_or_chunk_size_alone_is_refused(tmp_path, capsys)
 
 
 def test_dask_is_imported_only_with_cluster(tmp_path):
-    """evaluate and certify without --cluster (and the validation of --cluster) never import Dask."""
+    """evaluate, certify and attack without --cluster (and the validation of --cluster) never import Dask."""
     code = f"""
 import sys
 from gluon_robust.cli import main
@@ -140,6 +141,8 @@ assert main(["evaluate", *{FLAGS[:4]!r}, "--limit", "1", "--attacks", "fgsm", "-
              "--out", {str(tmp_path / "run")!r}]) == 0
 assert main(["certify", *{FLAGS[:4]!r}, "--limit", "1", "--n0", "4", "--n", "8", "--no-progress",
              "--out", {str(tmp_path / "certify")!r}]) == 0
+assert main(["attack", *{FLAGS[:4]!r}, "--limit", "1", "--attack", "fgsm", "--eps", "0.1", "--no-progress",
+             "--out", {str(tmp_path / "attack")!r}]) == 0
 from gluon_robust.cluster import parse_cluster
 parse_cluster("local:2")
 print("DASK", sorted(m for m in sys.modules if m.split(".")[0] in ("dask", "distributed")))
@@ -343,3 +346,98 @@ def test_certify_on_cluster_equals_single_process_and_resumes(scheduler, tmp_pat
 def test_certify_resume_needs_cluster(tmp_path, capsys):
     assert main([*CERTIFY, "--out", str(tmp_path), "--resume"]) == 2
     assert "--resume needs --cluster" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ attack --cluster
+ATTACK = ["attack", "--config", "mnist_resnet20", "--data", "mnist-sample", "--limit", "4", "--attack", "pgd",
+          "--eps", "0.1", "--steps", "5", "--batch-size", "2", "--max-images", "3", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def attack_reference(tmp_path_factory) -> Path:
+    """The single-process ``attack`` of :data:`ATTACK` (PGD's random start: per-sample random numbers)."""
+    out = tmp_path_factory.mktemp("attack_reference")
+    assert main([*ATTACK, "--out", str(out)]) == 0
+    return out
+
+
+def _assert_same_attack(run: Path, reference: Path) -> None:
+    """``run`` holds the reference's files bit for bit; its summary differs only in ``seconds`` and ``cluster``."""
+    for name in ("adversarial.npz", "per_sample.csv"):
+        assert (run / name).read_bytes() == (reference / name).read_bytes(), name
+    images = sorted(p.name for p in (reference / "images").iterdir())
+    assert images and images == sorted(p.name for p in (run / "images").iterdir())
+    assert all((run / "images" / p).read_bytes() == (reference / "images" / p).read_bytes() for p in images)
+    got, want = (json.loads((d / "summary.json").read_text(encoding="utf-8")) for d in (run, reference))
+    assert {k: v for k, v in got.items() if k not in ("seconds", "cluster")} == \
+        {k: v for k, v in want.items() if k != "seconds"}
+    assert not (run / STATE_DIR).exists()
+
+
+def _attack_settings(out: Path, flags=ATTACK, loader=None):
+    from gluon_robust.cluster import AttackSettings
+
+    args = build_parser().parse_args([*flags, "--out", str(out)])
+    settings = AttackSettings(attack="pgd", options={"eps": 0.1, "steps": 5, "seed": 0}, batch_size=2)
+    return settings, (loader or ArgsLoader)(args)
+
+
+def test_attack_local2_equals_single_process(scheduler, attack_reference, tmp_path, capsys):
+    address = scheduler.scheduler.address
+    assert main([*ATTACK, "--out", str(tmp_path / "run"), "--cluster", address, "--chunk-size", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert f"cluster {address}: 2 worker(s), 4 of 4 chunk(s)" in printed and "dashboard http://" in printed
+    _assert_same_attack(tmp_path / "run", attack_reference)
+    cluster = json.loads((tmp_path / "run" / "summary.json").read_text(encoding="utf-8"))["cluster"]
+    assert [(c["start"], c["stop"]) for c in cluster["chunk_table"]] == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert sum(w["samples"] for w in cluster["workers"].values()) == 4
+    assert all(w["seconds"] > 0 for w in cluster["workers"].values())
+
+
+def test_attack_killed_client_resumes_without_redoing_finished_chunks(scheduler, attack_reference, tmp_path):
+    from gluon_robust.cluster import attack_on_cluster
+
+    settings, loader = _attack_settings(tmp_path / "run")
+    address, finished, ran = scheduler.scheduler.address, [], []
+
+    def stop_after_first(k, directory):
+        finished.append(k)
+        raise KeyboardInterrupt  # the client dies after writing one chunk
+
+    with pytest.raises(KeyboardInterrupt):
+        attack_on_cluster(loader, settings, cluster=address, out_dir=tmp_path / "run", chunk_size=1, max_images=3,
+                          progress=False, on_chunk=stop_after_first)
+    assert list((tmp_path / "run" / STATE_DIR).glob("chunk-*/chunk.json"))
+    assert not (tmp_path / "run" / "summary.json").exists()
+    summary = attack_on_cluster(loader, settings, cluster=address, out_dir=tmp_path / "run", chunk_size=1,
+                                max_images=3, progress=False, resume=True, on_chunk=lambda k, d: ran.append(k))
+    assert summary["cluster"]["resumed_chunks"] == finished
+    assert sorted(ran + finished) == [0, 1, 2, 3] and finished[0] not in ran
+    _assert_same_attack(tmp_path / "run", attack_reference)
+
+
+def test_attack_worker_with_other_weights_is_refused(scheduler, tmp_path):
+    from gluon_robust.cluster import attack_on_cluster
+
+    (tmp_path / "weights.params").write_bytes(PARAMS.read_bytes())
+    arrays = mx.nd.load(str(PARAMS))
+    name = sorted(arrays)[0]
+    arrays[name] = arrays[name] + 1e-3
+    mx.nd.save(str(tmp_path / "stale.params"), arrays)
+    flags = [*ATTACK[:3], "--params", str(tmp_path / "weights.params"), *ATTACK[3:]]
+    settings, stale = _attack_settings(tmp_path / "run", flags, _StaleOnWorkers)
+    with pytest.raises(ConfigError, match=r"worker tcp://\S+ has different weights than the client"):
+        attack_on_cluster(stale, settings, cluster=scheduler.scheduler.address, out_dir=tmp_path / "run",
+                          chunk_size=2, progress=False)
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--cluster", "local:0"], "--cluster must be"), (["--cluster", "local:2", "--chunk-size", "0"], "--chunk-size"),
+    (["--chunk-size", "2"], "--chunk-size needs --cluster"), (["--resume"], "--resume needs --cluster"),
+])
+def test_attack_bad_cluster_flags_are_one_line_before_work(tmp_path, capsys, flags, message):
+    assert main([*ATTACK, "--out", str(tmp_path / "out"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and not (tmp_path / "out").exists()
+

@@ -78,6 +78,9 @@ def _configure_attack(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--target", default=None, help="least-likely, random, or a class LABEL (default random)")
     group.add_argument("--max-images", type=int, default=100, help="PNG pairs to write for image data")
     group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from .evaluate import add_cluster_args
+
+    add_cluster_args(parser, resume=True)
 
 
 def attack_options(args: argparse.Namespace) -> Dict[str, Any]:
@@ -110,6 +113,8 @@ def run_attack(args: argparse.Namespace) -> int:
 
     if args.target is not None and not args.targeted:
         raise ConfigError("--target needs --targeted")
+    if args.resume and args.cluster is None:
+        raise ConfigError("--resume needs --cluster (an attack run without it has no state to resume)")
     options = attack_options(args)
     chain = defense_chain(args)
     if chain is not None:
@@ -122,13 +127,17 @@ def run_attack(args: argparse.Namespace) -> int:
     if "seed" in ATTACKS.parameters(args.attack):
         options["seed"] = seed
     attack = make_attack(args.attack, options)  # validate hyperparameters before loading anything
-    model = defended_model(model_from_args(args), chain, args)
-    source = data_from_args(args, model)
-    summary = run_attack_job(
-        model, source, attack, attack_name=args.attack.lower(), out_dir=args.out, batch_size=args.batch_size,
-        max_memory=args.max_memory, target_mode=(args.target or "random") if args.targeted else None, seed=seed,
-        max_images=args.max_images, options=options, progress=not args.no_progress,
-    )
+    target_mode = (args.target or "random") if args.targeted else None
+    if args.cluster is not None:
+        summary = _attack_on_cluster(args, options, target_mode, seed)
+    else:
+        model = defended_model(model_from_args(args), chain, args)
+        source = data_from_args(args, model)
+        summary = run_attack_job(
+            model, source, attack, attack_name=args.attack.lower(), out_dir=args.out, batch_size=args.batch_size,
+            max_memory=args.max_memory, target_mode=target_mode, seed=seed, max_images=args.max_images,
+            options=options, progress=not args.no_progress,
+        )
     keys = ("n", "clean_accuracy", "robust_accuracy", "success_rate", "max_perturbation", "seconds")
     printed = {k: summary[k] for k in keys}
     if "defense" in summary:
@@ -140,3 +149,16 @@ def run_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+
+
+def _attack_on_cluster(args: argparse.Namespace, options: Dict[str, Any], target_mode: Optional[str],
+                       seed: int) -> Dict[str, Any]:
+    """``attack --cluster``: the same attack, its chunks on Dask (:mod:`gluon_robust.cluster`)."""
+    from ..cluster import AttackSettings, attack_on_cluster
+    from .evaluate import ArgsLoader
+
+    settings = AttackSettings(attack=args.attack.lower(), options=dict(options), target_mode=target_mode, seed=seed,
+                              batch_size=args.batch_size)
+    return attack_on_cluster(ArgsLoader(args), settings, cluster=args.cluster, out_dir=args.out, resume=args.resume,
+                             chunk_size=args.chunk_size, max_images=args.max_images, max_memory=args.max_memory,
+                             progress=not args.no_progress, announce=emit)
