@@ -122,20 +122,40 @@ def emit_warnings(messages: Sequence[str], stderr: bool = False) -> None:
 
 
 # ------------------------------------------------------------- shared flags
-def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """``--model NAME | --config FILE`` and the weights and preprocessing overrides."""
+#: Help of the model flags; a command may word some of them its own way (``train`` does).
+MODEL_FLAG_HELP: Dict[str, str] = {
+    "model": "gluoncv.model_zoo name, or an exported net-symbol.json",
+    "config": "model config YAML (model_configs/*.yaml) or a bundled config name",
+    "params": ".params file with the weights",
+    "pretrained": "GluonCV pretrained weights from the offline cache",
+    "classes": "number of classes",
+    "mean": "normalisation mean: one value or one per channel",
+    "std": "normalisation std: one value or one per channel",
+    "bounds": "pixel range LO,HI (default 0,1)",
+}
+
+
+def add_model_args(parser: argparse.ArgumentParser, required: bool = True, *,
+                   help_texts: Optional[Dict[str, str]] = None, inference: bool = True) -> None:
+    """``--model NAME | --config FILE`` and the weights and preprocessing overrides.
+
+    ``help_texts`` rewords some flags' help (keys as in :data:`MODEL_FLAG_HELP`); ``inference`` adds
+    ``--input-size`` and ``--no-fold``, which only a model under evaluation takes.
+    """
+    texts = {**MODEL_FLAG_HELP, **(help_texts or {})}
     group = parser.add_argument_group("model")
     source = group.add_mutually_exclusive_group(required=required)
-    source.add_argument("--model", help="gluoncv.model_zoo name, or an exported net-symbol.json")
-    source.add_argument("--config", help="model config YAML (model_configs/*.yaml) or a bundled config name")
-    group.add_argument("--params", help=".params file with the weights")
-    group.add_argument("--pretrained", action="store_true", help="GluonCV pretrained weights from the offline cache")
-    group.add_argument("--classes", type=int, help="number of classes")
-    group.add_argument("--mean", type=parse_floats, help="normalisation mean: one value or one per channel")
-    group.add_argument("--std", type=parse_floats, help="normalisation std: one value or one per channel")
-    group.add_argument("--bounds", type=parse_bounds, help="pixel range LO,HI (default 0,1)")
-    group.add_argument("--input-size", type=parse_floats, help="C,H,W or H,W or N")
-    group.add_argument("--no-fold", action="store_true", help="keep BatchNorm (slow, wrong eval-mode gradients)")
+    source.add_argument("--model", help=texts["model"])
+    source.add_argument("--config", help=texts["config"])
+    group.add_argument("--params", help=texts["params"])
+    group.add_argument("--pretrained", action="store_true", help=texts["pretrained"])
+    group.add_argument("--classes", type=int, help=texts["classes"])
+    group.add_argument("--mean", type=parse_floats, help=texts["mean"])
+    group.add_argument("--std", type=parse_floats, help=texts["std"])
+    group.add_argument("--bounds", type=parse_bounds, help=texts["bounds"])
+    if inference:
+        group.add_argument("--input-size", type=parse_floats, help="C,H,W or H,W or N")
+        group.add_argument("--no-fold", action="store_true", help="keep BatchNorm (slow, wrong eval-mode gradients)")
 
 
 def add_data_args(parser: argparse.ArgumentParser, default: Optional[str] = None) -> None:

@@ -18,12 +18,24 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from ..cli import command, emit, parse_bounds, parse_ctx, parse_floats, parse_fraction
+from ..cli import add_model_args, command, emit, parse_ctx, parse_fraction
 
 __all__ = ["configure_train", "config_from_args", "run_train", "run_training"]
 
 # The records keep the name they had when run_training lived in training/loop.py (it shows in --verbose output).
 logger = logging.getLogger("gluon_robust.training.loop")
+
+
+#: How ``train`` words the model flags' help (a model to fine-tune, not one to evaluate).
+_MODEL_HELP = {
+    "model": "gluoncv.model_zoo name to fine-tune (fresh, --pretrained or --params)",
+    "config": "model config YAML or bundled config name (e.g. mnist_resnet20) to fine-tune",
+    "params": ".params file with the starting weights",
+    "pretrained": "start from GluonCV's pretrained weights (offline cache)",
+    "classes": "number of classes (default: from the config or the data)",
+    "mean": "normalisation mean (default: config, zoo family or data)",
+    "std": "normalisation std",
+}
 
 
 def _contexts(text: str) -> Tuple[str, ...]:
@@ -43,16 +55,7 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     """Declare the flags of ``train`` (GluonCV-style names)."""
     from ..training import method_names
 
-    model = parser.add_argument_group("model")
-    source = model.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="gluoncv.model_zoo name to fine-tune (fresh, --pretrained or --params)")
-    source.add_argument("--config", help="model config YAML or bundled config name (e.g. mnist_resnet20) to fine-tune")
-    model.add_argument("--params", help=".params file with the starting weights")
-    model.add_argument("--pretrained", action="store_true", help="start from GluonCV's pretrained weights (offline cache)")
-    model.add_argument("--classes", type=int, help="number of classes (default: from the config or the data)")
-    model.add_argument("--mean", type=parse_floats, help="normalisation mean (default: config, zoo family or data)")
-    model.add_argument("--std", type=parse_floats, help="normalisation std")
-    model.add_argument("--bounds", type=parse_bounds, help="pixel range LO,HI (default 0,1)")
+    add_model_args(parser, help_texts=_MODEL_HELP, inference=False)
 
     data = parser.add_argument_group("data")
     data.add_argument("--data", default="mnist-sample", help="training data; its train split is used (default mnist-sample)")

@@ -44,19 +44,21 @@ class TrainingConfig:
     epochs, batch_size : int
         Passes over the training data and samples per step (over all devices
         and workers). Trailing batches smaller than the number of devices are dropped.
-    optimizer : str
-        Any ``mxnet.optimizer`` name.
-    lr, wd, momentum : float
-        Learning rate, weight decay and momentum (``sgd``/``nag`` only).
+    seed : int
+        Seeds the data order and MXNet's generator per step.
+    lr : float
+        Learning rate.
     lr_decay_epochs, lr_decay : tuple of int, float
         The learning rate is multiplied by ``lr_decay`` at each of these epochs.
+    optimizer : str
+        Any ``mxnet.optimizer`` name.
+    wd, momentum : float
+        Weight decay and momentum (``sgd``/``nag`` only).
     val_eps, val_steps : float or None, int
         Budget of the per-epoch validation PGD; no PGD without ``val_eps``.
     bn_stats : str
         ``"train"``: keep the running statistics the training passes produced;
         ``"clean"``: re-estimate them on clean training batches after each epoch.
-    seed : int
-        Seeds the data order and MXNet's generator per step.
     checkpoint_dir : str or path, optional
         Where to checkpoint: after every epoch, and every ``checkpoint_every``
         steps when that is positive.
@@ -73,16 +75,16 @@ class TrainingConfig:
 
     epochs: int = 10
     batch_size: int = 128
-    optimizer: str = "adam"
+    seed: int = 0
     lr: float = 1e-3
-    wd: float = 1e-4
-    momentum: float = 0.9
     lr_decay_epochs: Tuple[int, ...] = ()
     lr_decay: float = 0.1
+    optimizer: str = "adam"
+    wd: float = 1e-4
+    momentum: float = 0.9
     val_eps: Optional[float] = None
     val_steps: int = 10
     bn_stats: str = "train"
-    seed: int = 0
     checkpoint_dir: Optional[str | Path] = None
     checkpoint_every: int = 0
     resume: bool = False

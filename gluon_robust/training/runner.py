@@ -30,10 +30,10 @@ from .guard import OverfittingGuard
 from .monitor import average_running_stats, format_metrics, nonfinite_params, validate_workers
 from .options import TrainingConfig
 from .resume import LoopState, check_fingerprint, checkpoint_contents, load_start, restore_state
-from .schedule import epoch_order, lr_at, position_text, step_seed
+from .schedule import PositionSchedule, position_text
 from .setup import LoopSetup, attack_norm, check_run, prepare, settle_dist_trainer
 
-__all__ = ["LoopParts", "TrainingRun", "run_loop"]
+__all__ = ["Loop", "LoopParts", "TrainingRun", "run_loop"]
 
 logger = logging.getLogger("gluon_robust.training.loop")
 progress_logger = logging.getLogger("gluon_robust.training.progress")
@@ -91,18 +91,27 @@ def run_loop(model: Classifier, method: TrainingMethod, train: DataSource, confi
     """Check, set up, resume if asked, and train."""
     check_run(model, method, train, parts.val, config, parts.guard)
     setup = prepare(model, train, config, parts.ctx)
-    return _Loop(model, method, train, config, parts, setup).execute()
+    return Loop(model, method, train, config, parts, setup).execute()
 
 
-class _Loop:
-    """One training run: its state, its steps, its epochs' ends and its checkpoints."""
+class Loop:
+    """One training run: its state, its steps, its epochs' ends and its checkpoints.
+
+    ``schedule`` gives each epoch's data order and learning rate and seeds each step (default
+    :class:`~gluon_robust.training.schedule.PositionSchedule`, which exact resume needs). A subclass may
+    report its epochs its own way (override :meth:`_end_epoch`) or leave interruptions alone.
+    """
+
+    #: Raise TrainingDiverged when a step's loss is not finite.
+    stop_on_divergence = True
 
     def __init__(self, model: Classifier, method: TrainingMethod, train: DataSource, config: TrainingConfig,
-                 parts: LoopParts, setup: LoopSetup) -> None:
+                 parts: LoopParts, setup: LoopSetup, schedule: Optional[Any] = None) -> None:
         self.model, self.method, self.train, self.config, self.parts = model, method, train, config, parts
         self.ctx, self.info, self.reducer = setup.ctx, setup.info, setup.reducer
         self.trainer, self.steps = setup.trainer, setup.steps_per_epoch
         self.net = model.net
+        self.schedule = schedule or PositionSchedule(config.seed, config.lr, config.lr_decay_epochs, config.lr_decay)
         self.norm = attack_norm(method)
         kvstore = config.kvstore
         self.run = TrainingRun(kvstore=kvstore, num_workers=self.info.num_workers, rank=self.info.rank)
@@ -159,8 +168,8 @@ class _Loop:
     def _epoch(self, epoch: int) -> None:
         """One epoch's steps (from the resumed step in the first), then its end."""
         config, state = self.config, self.state
-        self.trainer.set_learning_rate(lr_at(epoch, config.lr, config.lr_decay_epochs, config.lr_decay))
-        order = epoch_order(config.seed, epoch, len(self.train))
+        self.trainer.set_learning_rate(self.schedule.lr(epoch, self.trainer.learning_rate))
+        order = self.schedule.order(epoch, len(self.train))
         first_step = state.step if epoch == state.epoch else 0
         if first_step == 0:
             state.loss_sum, state.seen = 0.0, 0
@@ -191,13 +200,13 @@ class _Loop:
         xs = gluon.utils.split_and_load(nd.array(x_np, dtype="float32"), self.ctx, even_split=False)
         ys = gluon.utils.split_and_load(nd.array(y_np, dtype="float32"), self.ctx, even_split=False)
         for replay in range(method.replays):
-            mx.random.seed(step_seed(config.seed, epoch, step, replay))
+            self.schedule.seed_step(epoch, step, replay)
             with autograd.record(train_mode=True):
                 losses = [method(self.model, xi, yi) for xi, yi in zip(xs, ys)]
             autograd.backward(losses)
             self.trainer.step(batch_count)  # the global batch: dist_sync sums the gradients of all workers
         step_loss = sum(float(l.sum().asscalar()) for l in losses)  # the step's one sync
-        if not math.isfinite(step_loss):
+        if self.stop_on_divergence and not math.isfinite(step_loss):
             raise self._diverged(f"the loss became {step_loss} at epoch {epoch + 1}, step {step + 1} "
                                  f"(global step {self.run.global_step + 1})", "the parameters were")
         state.loss_sum += step_loss

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import mxnet as mx
 import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["step_seed", "epoch_order", "lr_at", "steps_per_epoch", "position_text"]
+__all__ = ["PositionSchedule", "step_seed", "epoch_order", "lr_at", "steps_per_epoch", "position_text"]
 
 
 def step_seed(seed: int, epoch: int, step: int, replay: int = 0) -> int:
@@ -50,3 +51,35 @@ def position_text(epoch: int, step: int) -> str:
     if step == 0:
         return f"the end of epoch {epoch}" if epoch > 0 else "the start of training"
     return f"epoch {epoch + 1}, step {step}"
+
+
+class PositionSchedule:
+    """The adversarial loop's schedule: data order, learning rate and MXNet seed of every step are functions
+    of the run's seed and the position only (what exact resume needs).
+
+    Parameters
+    ----------
+    seed : int
+        The run's seed.
+    lr : float
+        The initial learning rate.
+    decay_epochs : sequence of int
+        Epochs from which the learning rate is multiplied by ``decay`` once more.
+    decay : float
+        The decay factor.
+    """
+
+    def __init__(self, seed: int, lr: float, decay_epochs: Sequence[int], decay: float) -> None:
+        self.seed, self.base_lr, self.decay_epochs, self.decay = seed, lr, tuple(decay_epochs), decay
+
+    def order(self, epoch: int, n: int) -> np.ndarray:
+        """The sample order of ``epoch``."""
+        return epoch_order(self.seed, epoch, n)
+
+    def lr(self, epoch: int, current: float) -> float:
+        """The learning rate of ``epoch`` (``current`` is the Trainer's now; unused here)."""
+        return lr_at(epoch, self.base_lr, self.decay_epochs, self.decay)
+
+    def seed_step(self, epoch: int, step: int, replay: int) -> None:
+        """Reseed MXNet's generator for one replay of one step."""
+        mx.random.seed(step_seed(self.seed, epoch, step, replay))
