@@ -51,17 +51,9 @@ def _epochs(text: str) -> Tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated epochs such as 10,20, got {text!r}") from None
 
 
-def configure_train(parser: argparse.ArgumentParser) -> None:
-    """Declare the flags of ``train`` (GluonCV-style names)."""
+def _add_method_flags(parser: argparse.ArgumentParser) -> None:
+    """The ``method`` group of ``train``: the method, its attack and its BatchNorm handling."""
     from ..training import method_names
-
-    add_model_args(parser, help_texts=_MODEL_HELP, inference=False)
-
-    data = parser.add_argument_group("data")
-    data.add_argument("--data", default="mnist-sample", help="training data; its train split is used (default mnist-sample)")
-    data.add_argument("--limit", type=int, help="use only the first N training samples")
-    data.add_argument("--val-data", help="validation data; its test split is used (default: --data)")
-    data.add_argument("--val-limit", type=int, default=500, help="validation samples (0: no validation; default 500)")
 
     method = parser.add_argument_group("method")
     method.add_argument("--method", default="pgd-at", help=f"one of {', '.join(method_names())} (default pgd-at)")
@@ -86,6 +78,19 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--curriculum", default="none", choices=("none", "linear", "step"),
                         help="warm eps and steps up over the first epochs")
     method.add_argument("--warmup-epochs", type=float, help="curriculum length (default a third of --epochs)")
+
+
+def configure_train(parser: argparse.ArgumentParser) -> None:
+    """Declare the flags of ``train`` (GluonCV-style names)."""
+    add_model_args(parser, help_texts=_MODEL_HELP, inference=False)
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", default="mnist-sample", help="training data; its train split is used (default mnist-sample)")
+    data.add_argument("--limit", type=int, help="use only the first N training samples")
+    data.add_argument("--val-data", help="validation data; its test split is used (default: --data)")
+    data.add_argument("--val-limit", type=int, default=500, help="validation samples (0: no validation; default 500)")
+
+    _add_method_flags(parser)
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=10)

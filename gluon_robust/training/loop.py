@@ -54,7 +54,7 @@ from .runner import LoopParts, TrainingRun, run_loop
 from .schedule import epoch_order, step_seed
 
 __all__ = ["TrainConfig", "TrainingConfig", "TrainingRun", "train_adversarial", "run_training", "BN_STATS_MODES",
-           "step_seed", "epoch_order"]
+           "step_seed", "epoch_order", "parse_contexts"]
 
 logger = logging.getLogger(__name__)
 #: The per-epoch summary lines (the CLI shows them even without --verbose).
@@ -92,9 +92,10 @@ def train_adversarial(
     config : TrainingConfig, optional
         The loop's options (epochs, batch size, optimizer, schedule,
         validation budget, checkpoints, store); see
-        :class:`~gluon_robust.training.options.TrainingConfig`. Instead of
-        it, its fields may be given as keywords (``epochs=3, lr=0.01``), the
-        older form of this function.
+        :class:`~gluon_robust.training.options.TrainingConfig` (its
+        ``kvstore`` says how distributed runs behave). Instead of it, its
+        fields may be given as keywords (``epochs=3, lr=0.01``), the older
+        form of this function.
     val : DataSource, optional
         Validation data: clean and PGD accuracy after each epoch, on a folded
         eval-mode copy (PGD with ``config.val_eps``, in the method's norm).
@@ -113,20 +114,6 @@ def train_adversarial(
     on_epoch : callable, optional
         ``on_epoch(run)`` after every epoch's checkpoint (the CLI writes metrics),
         on every worker (``run.rank`` says which).
-
-    Notes
-    -----
-    ``kvstore`` ``device`` (default) or ``local`` are MXNet's single-process
-    stores. ``dist_sync``: this process is one worker of a synchronous
-    parameter-server job (``gluon-robust launch``); ``batch_size`` is the
-    global batch, each worker trains on its slice, gradients are summed by
-    the servers, and the run equals a single-process run over the same
-    global batch (up to float summation order and, with BatchNorm,
-    per-worker batch statistics). Metrics are summed over the workers; only
-    rank 0 writes checkpoints. ``dist_async``: workers update the servers'
-    weights without waiting for each other; the optimizer runs on the
-    servers, so there are no checkpoints, no learning-rate decay and no
-    guard, and metrics are rank 0's (its shard, full validation).
 
     Returns
     -------

@@ -69,8 +69,17 @@ class TrainingConfig:
     progress : bool
         Show a tqdm bar per epoch.
     kvstore : str
-        ``device``, ``local``, ``dist_sync`` or ``dist_async`` (see
-        :func:`~gluon_robust.training.loop.train_adversarial`).
+        ``device`` (default) or ``local``: MXNet's single-process stores.
+        ``dist_sync``: this process is one worker of a synchronous
+        parameter-server job (``gluon-robust launch``); ``batch_size`` is the
+        global batch, each worker trains on its slice, gradients are summed
+        by the servers, and the run equals a single-process run over the
+        same global batch (up to float summation order and, with BatchNorm,
+        per-worker batch statistics). Metrics are summed over the workers;
+        only rank 0 writes checkpoints. ``dist_async``: workers update the
+        servers' weights without waiting for each other; the optimizer runs
+        on the servers, so there are no checkpoints, no learning-rate decay
+        and no guard, and metrics are rank 0's (its shard, full validation).
     """
 
     epochs: int = 10
