@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
-from fractions import Fraction
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
+from .cli_values import parse_bounds, parse_count, parse_ctx, parse_floats, parse_fraction
 from .errors import ConfigError, GluonRobustError
 from .interrupts import handle_signals, interrupt_message
 from .validation import check_contexts, check_int, check_out_dir, flag_message
@@ -24,63 +23,6 @@ __all__ = ["main", "emit", "emit_warnings", "parse_fraction", "parse_count", "pa
 logger = logging.getLogger("gluon_robust")
 
 PROG = "gluon-robust"
-
-
-# ---------------------------------------------------------------- value parsers
-def parse_fraction(text: str) -> float:
-    """Parse ``0.03``, ``8/255`` or ``1e-2`` into a finite float (NaN and infinities are refused)."""
-    try:
-        value = float(Fraction(str(text).strip())) if "/" in str(text) else float(text)
-    except (ValueError, ZeroDivisionError, OverflowError):
-        raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
-    return value
-
-
-def parse_count(text: str) -> int:
-    """Parse a whole number: ``1000``, ``1_000`` or ``1e3`` (exact integers only; ``1.5`` is refused)."""
-    cleaned = str(text).strip().replace("_", "")
-    try:
-        return int(cleaned)
-    except ValueError:
-        pass
-    try:
-        value = Fraction(cleaned)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value.denominator != 1:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
-    return int(value)
-
-
-def parse_floats(text: str) -> Tuple[float, ...]:
-    """Parse a comma-separated list of numbers or fractions: ``0.485,0.456,0.406``."""
-    parts = [p for p in str(text).split(",") if p.strip()]
-    if not parts:
-        raise argparse.ArgumentTypeError(f"expected one or more numbers, got {text!r}")
-    return tuple(parse_fraction(p) for p in parts)
-
-
-def parse_bounds(text: str) -> Tuple[float, float]:
-    """Parse ``LO,HI``."""
-    values = parse_floats(text)
-    if len(values) != 2 or not values[0] < values[1]:
-        raise argparse.ArgumentTypeError(f"bounds must be LO,HI with LO < HI, got {text!r}")
-    return values[0], values[1]
-
-
-def parse_ctx(text: str) -> List["object"]:
-    """Parse ``cpu``, ``gpu:0`` or ``gpu:0,gpu:1`` into a list of MXNet contexts."""
-    import mxnet as mx
-
-    contexts = []
-    for part in str(text).split(","):
-        kind, _, index = part.strip().lower().partition(":")
-        if kind not in ("cpu", "gpu") or (index and not index.isdigit()):
-            raise argparse.ArgumentTypeError(f"context must be cpu or gpu:N (comma-separated), got {text!r}")
-        contexts.append(mx.cpu(int(index or 0)) if kind == "cpu" else mx.gpu(int(index or 0)))
-    return contexts
 
 
 def setup_logging(debug: bool = False, verbose: bool = False) -> None:
@@ -122,20 +64,40 @@ def emit_warnings(messages: Sequence[str], stderr: bool = False) -> None:
 
 
 # ------------------------------------------------------------- shared flags
-def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """``--model NAME | --config FILE`` and the weights and preprocessing overrides."""
+#: Help of the model flags; a command may word some of them its own way (``train`` does).
+MODEL_FLAG_HELP: Dict[str, str] = {
+    "model": "gluoncv.model_zoo name, or an exported net-symbol.json",
+    "config": "model config YAML (model_configs/*.yaml) or a bundled config name",
+    "params": ".params file with the weights",
+    "pretrained": "GluonCV pretrained weights from the offline cache",
+    "classes": "number of classes",
+    "mean": "normalisation mean: one value or one per channel",
+    "std": "normalisation std: one value or one per channel",
+    "bounds": "pixel range LO,HI (default 0,1)",
+}
+
+
+def add_model_args(parser: argparse.ArgumentParser, required: bool = True, *,
+                   help_texts: Optional[Dict[str, str]] = None, inference: bool = True) -> None:
+    """``--model NAME | --config FILE`` and the weights and preprocessing overrides.
+
+    ``help_texts`` rewords some flags' help (keys as in :data:`MODEL_FLAG_HELP`); ``inference`` adds
+    ``--input-size`` and ``--no-fold``, which only a model under evaluation takes.
+    """
+    texts = {**MODEL_FLAG_HELP, **(help_texts or {})}
     group = parser.add_argument_group("model")
     source = group.add_mutually_exclusive_group(required=required)
-    source.add_argument("--model", help="gluoncv.model_zoo name, or an exported net-symbol.json")
-    source.add_argument("--config", help="model config YAML (model_configs/*.yaml) or a bundled config name")
-    group.add_argument("--params", help=".params file with the weights")
-    group.add_argument("--pretrained", action="store_true", help="GluonCV pretrained weights from the offline cache")
-    group.add_argument("--classes", type=int, help="number of classes")
-    group.add_argument("--mean", type=parse_floats, help="normalisation mean: one value or one per channel")
-    group.add_argument("--std", type=parse_floats, help="normalisation std: one value or one per channel")
-    group.add_argument("--bounds", type=parse_bounds, help="pixel range LO,HI (default 0,1)")
-    group.add_argument("--input-size", type=parse_floats, help="C,H,W or H,W or N")
-    group.add_argument("--no-fold", action="store_true", help="keep BatchNorm (slow, wrong eval-mode gradients)")
+    source.add_argument("--model", help=texts["model"])
+    source.add_argument("--config", help=texts["config"])
+    group.add_argument("--params", help=texts["params"])
+    group.add_argument("--pretrained", action="store_true", help=texts["pretrained"])
+    group.add_argument("--classes", type=int, help=texts["classes"])
+    group.add_argument("--mean", type=parse_floats, help=texts["mean"])
+    group.add_argument("--std", type=parse_floats, help=texts["std"])
+    group.add_argument("--bounds", type=parse_bounds, help=texts["bounds"])
+    if inference:
+        group.add_argument("--input-size", type=parse_floats, help="C,H,W or H,W or N")
+        group.add_argument("--no-fold", action="store_true", help="keep BatchNorm (slow, wrong eval-mode gradients)")
 
 
 def add_data_args(parser: argparse.ArgumentParser, default: Optional[str] = None) -> None:

@@ -25,9 +25,8 @@ import logging
 import sys
 
 from gluon_robust.cli import setup_logging
-from gluon_robust.commands.train import config_from_args, configure_train
+from gluon_robust.commands.train import config_from_args, configure_train, run_training
 from gluon_robust.errors import GluonRobustError
-from gluon_robust.training.loop import run_training
 
 
 def parse_args(argv=None):

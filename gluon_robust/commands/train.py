@@ -1,7 +1,10 @@
 """``gluon-robust train``: adversarially fine-tune a model-zoo network on a data source.
 
-Thin: the flags become a :class:`~gluon_robust.training.loop.TrainConfig` and
-:func:`~gluon_robust.training.loop.run_training` does the work.
+The flags become a :class:`~gluon_robust.training.options.TrainConfig`;
+:func:`run_training` builds the data, the method and the model from it (see
+:mod:`._train_setup`), runs :func:`~gluon_robust.training.loop.train_adversarial`
+and writes the outputs: ``NAME.params``, ``NAME.yaml`` (a model config that
+:func:`~gluon_robust.model.load_classifier` reads) and ``metrics.json``.
 ``scripts/train_adversarial.py`` uses the same flags.
 """
 
@@ -11,11 +14,28 @@ import argparse
 import json
 import logging
 import sys
-from typing import Tuple
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
 
-from ..cli import command, emit, parse_bounds, parse_ctx, parse_floats, parse_fraction
+from ..cli import add_model_args, command, emit, parse_ctx, parse_fraction
 
-__all__ = ["configure_train", "config_from_args", "run_train"]
+__all__ = ["configure_train", "config_from_args", "run_train", "run_training"]
+
+# The records keep the name they had when run_training lived in training/loop.py (it shows in --verbose output).
+logger = logging.getLogger("gluon_robust.training.loop")
+
+
+#: How ``train`` words the model flags' help (a model to fine-tune, not one to evaluate).
+_MODEL_HELP = {
+    "model": "gluoncv.model_zoo name to fine-tune (fresh, --pretrained or --params)",
+    "config": "model config YAML or bundled config name (e.g. mnist_resnet20) to fine-tune",
+    "params": ".params file with the starting weights",
+    "pretrained": "start from GluonCV's pretrained weights (offline cache)",
+    "classes": "number of classes (default: from the config or the data)",
+    "mean": "normalisation mean (default: config, zoo family or data)",
+    "std": "normalisation std",
+}
 
 
 def _contexts(text: str) -> Tuple[str, ...]:
@@ -31,26 +51,9 @@ def _epochs(text: str) -> Tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated epochs such as 10,20, got {text!r}") from None
 
 
-def configure_train(parser: argparse.ArgumentParser) -> None:
-    """Declare the flags of ``train`` (GluonCV-style names)."""
+def _add_method_flags(parser: argparse.ArgumentParser) -> None:
+    """The ``method`` group of ``train``: the method, its attack and its BatchNorm handling."""
     from ..training import method_names
-
-    model = parser.add_argument_group("model")
-    source = model.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="gluoncv.model_zoo name to fine-tune (fresh, --pretrained or --params)")
-    source.add_argument("--config", help="model config YAML or bundled config name (e.g. mnist_resnet20) to fine-tune")
-    model.add_argument("--params", help=".params file with the starting weights")
-    model.add_argument("--pretrained", action="store_true", help="start from GluonCV's pretrained weights (offline cache)")
-    model.add_argument("--classes", type=int, help="number of classes (default: from the config or the data)")
-    model.add_argument("--mean", type=parse_floats, help="normalisation mean (default: config, zoo family or data)")
-    model.add_argument("--std", type=parse_floats, help="normalisation std")
-    model.add_argument("--bounds", type=parse_bounds, help="pixel range LO,HI (default 0,1)")
-
-    data = parser.add_argument_group("data")
-    data.add_argument("--data", default="mnist-sample", help="training data; its train split is used (default mnist-sample)")
-    data.add_argument("--limit", type=int, help="use only the first N training samples")
-    data.add_argument("--val-data", help="validation data; its test split is used (default: --data)")
-    data.add_argument("--val-limit", type=int, default=500, help="validation samples (0: no validation; default 500)")
 
     method = parser.add_argument_group("method")
     method.add_argument("--method", default="pgd-at", help=f"one of {', '.join(method_names())} (default pgd-at)")
@@ -75,6 +78,19 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--curriculum", default="none", choices=("none", "linear", "step"),
                         help="warm eps and steps up over the first epochs")
     method.add_argument("--warmup-epochs", type=float, help="curriculum length (default a third of --epochs)")
+
+
+def configure_train(parser: argparse.ArgumentParser) -> None:
+    """Declare the flags of ``train`` (GluonCV-style names)."""
+    add_model_args(parser, help_texts=_MODEL_HELP, inference=False)
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", default="mnist-sample", help="training data; its train split is used (default mnist-sample)")
+    data.add_argument("--limit", type=int, help="use only the first N training samples")
+    data.add_argument("--val-data", help="validation data; its test split is used (default: --data)")
+    data.add_argument("--val-limit", type=int, default=500, help="validation samples (0: no validation; default 500)")
+
+    _add_method_flags(parser)
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=10)
@@ -111,8 +127,8 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    """The :class:`~gluon_robust.training.loop.TrainConfig` the flags describe."""
-    from ..training.loop import TrainConfig
+    """The :class:`~gluon_robust.training.options.TrainConfig` the flags describe."""
+    from ..training.options import TrainConfig
 
     return TrainConfig(
         model=args.model, config=args.config, params=args.params, pretrained=args.pretrained, classes=args.classes,
@@ -131,7 +147,7 @@ def config_from_args(args: argparse.Namespace):
 
 @command("train", "Adversarially fine-tune a model-zoo network on a data source.")(configure_train)
 def run_train(args: argparse.Namespace) -> int:
-    from ..training.loop import progress_logger, run_training
+    from ..training.loop import progress_logger
 
     config = config_from_args(args)
     # Per-epoch lines (loss, clean and PGD accuracy) reach the terminal even without --verbose.
@@ -149,3 +165,77 @@ def run_train(args: argparse.Namespace) -> int:
                "kvstore": metrics["kvstore"], "num_workers": metrics["num_workers"]}
     emit(json.dumps(summary, indent=2))
     return 0
+
+
+def run_training(cfg: Any, *, on_step: Optional[Callable[[int, int, int], None]] = None) -> Dict[str, Any]:
+    """Fine-tune a zoo network as ``cfg`` (a TrainConfig) says and write ``NAME.params``, ``NAME.yaml`` and
+    ``metrics.json``.
+
+    Returns the metrics dict written to ``metrics.json``.
+    """
+    from ..training.loop import train_adversarial
+    from ..training.options import parse_contexts
+    from ._train_setup import build_model, curriculum_of, guard_of, load_sources, make_training_method
+
+    ctx = parse_contexts(cfg.ctx)
+    train, val = load_sources(cfg)
+    name, method = make_training_method(cfg, ctx)  # validates the hyperparameters before the model is built
+    model, config = build_model(cfg, ctx, train)
+    curriculum = curriculum_of(cfg)
+    val_eps, guard = guard_of(cfg, name, method, val)
+    logger.info("training %s with %r on %s (%d samples), validation %s, ctx %s",
+                config.model, method, train.name, len(train), val.name if val else "none", ctx)
+    metrics_of = _metrics_recorder(cfg, method, config.to_dict())
+    save_dir = Path(cfg.save_dir)
+
+    def write_metrics(run: Any) -> None:
+        if run.rank == 0:
+            _write_json(save_dir / "metrics.json", metrics_of(run, final=False))
+
+    run = train_adversarial(model, method, train, cfg.training(val_eps=val_eps), val=val, ctx=ctx,
+                            curriculum=curriculum, guard=guard, on_step=on_step, on_epoch=write_metrics)
+    return _save_outputs(cfg, model, config, run, metrics_of(run, final=True))
+
+
+def _write_json(path: Path, data: Dict[str, Any]) -> None:
+    from ..io import atomic_write_json
+
+    atomic_write_json(path, data)
+
+
+def _metrics_recorder(cfg: Any, method: Any, model: Dict[str, Any]) -> Callable[..., Dict[str, Any]]:
+    """``metrics_of(run, final)``: the contents of ``metrics.json`` for a run so far, or finished."""
+    from ..reporting import versions
+
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+
+    def metrics_of(run: Any, final: bool) -> Dict[str, Any]:
+        return {
+            "config": cfg.fingerprint(), "method": repr(method), "model": model,
+            "epochs": run.epochs, "train_seconds": round(run.seconds, 3),
+            "validation_seconds": round(run.validation_seconds, 3), "stopped_early": run.stopped_early,
+            "finished": final, "started": started, "versions": versions(),
+            "final": run.epochs[-1] if run.epochs else None,
+            "kvstore": run.kvstore, "num_workers": run.num_workers,
+            "metrics_over": "all workers" if run.kvstore == "dist_sync" or run.num_workers == 1 else "rank 0",
+        }
+
+    return metrics_of
+
+
+def _save_outputs(cfg: Any, model: Any, config: Any, run: Any, metrics: Dict[str, Any]) -> Dict[str, Any]:
+    """Write the weights, their config and ``metrics.json`` (rank 0 only); the metrics with their outputs."""
+    from ..reporting import record_outputs
+    from ..training.standard import save_trained
+
+    save_dir = Path(cfg.save_dir)
+    config_path = save_dir / f"{cfg.run_name}.yaml"
+    metrics["outputs"] = {"config": str(config_path), "params": str(config_path.with_suffix(".params"))}
+    if run.rank == 0:  # the only writer of a distributed job; every epoch's end refused non-finite parameters
+        config_path = save_trained(model, config, save_dir, cfg.run_name)
+        _write_json(save_dir / "metrics.json", metrics)
+        # The run's outputs replace an earlier run's in --save-dir (another --name's weights, say).
+        record_outputs(save_dir, [config_path.name, config_path.with_suffix(".params").name, "metrics.json"]
+                       + (["checkpoint"] if (save_dir / "checkpoint").exists() else []))
+        logger.info("saved %s and %s", config_path, save_dir / "metrics.json")
+    return metrics

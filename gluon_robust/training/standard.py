@@ -15,16 +15,18 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import mxnet as mx
 import numpy as np
-from mxnet import autograd, gluon, nd
-from tqdm import tqdm
+from mxnet import gluon, nd
 
 from ..config import ModelConfig, save_config
 from ..data import DataSource
 from ..evaluation.accuracy import accuracy
 from ..io import atomic_save
-from ..model import Classifier, check_trainable, trainable_classifier
-from ..validation import check_int, check_positive
+from ..model import Classifier, trainable_classifier
+from ..validation import check_positive
 from .adversarial import TrainingMethod, cross_entropy
+from .options import TrainingConfig
+from .runner import Loop, LoopParts
+from .setup import check_run, prepare
 
 __all__ = ["Standard", "TrainResult", "fit_classifier", "save_trained", "train_zoo_model"]
 
@@ -69,6 +71,43 @@ class TrainResult:
         return self.epochs[-1].get("val_accuracy") if self.epochs else None
 
 
+class _SequentialSchedule:
+    """:func:`fit_classifier`'s schedule: one generator shuffles every epoch in turn, the learning rate is
+    multiplied by ``decay`` at the start of each decay epoch, and MXNet is seeded once, before training."""
+
+    def __init__(self, seed: int, decay_epochs: Sequence[int], decay: float) -> None:
+        self.rng = np.random.RandomState(seed)
+        self.decay_epochs, self.decay = decay_epochs, decay
+
+    def order(self, epoch: int, n: int) -> np.ndarray:
+        return self.rng.permutation(n)
+
+    def lr(self, epoch: int, current: float) -> float:
+        return current * self.decay if epoch in self.decay_epochs else current
+
+    def seed_step(self, epoch: int, step: int, replay: int) -> None:
+        """Nothing: the generator was seeded once."""
+
+
+class _FitLoop(Loop):
+    """The training loop with :func:`fit_classifier`'s epoch ends: the loss and the plain validation accuracy
+    of the (unfolded) model, no checkpoints, and the loss left unchecked."""
+
+    stop_on_divergence = False
+
+    def _end_epoch(self, epoch: int, order: np.ndarray) -> None:
+        state = self.state
+        metrics: Dict[str, float] = {"epoch": epoch + 1, "train_loss": state.loss_sum / state.seen}
+        if self.parts.val is not None:
+            metrics["val_accuracy"] = accuracy(self.model, self.parts.val, batch_size=256)
+        logger.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch"))
+        self.run.epochs.append(metrics)
+        state.loss_sum, state.seen = 0.0, 0
+
+    def _interrupted(self, err: KeyboardInterrupt) -> None:
+        """Nothing to save: the run has no checkpoints."""
+
+
 def fit_classifier(
     model: Classifier,
     train: DataSource,
@@ -86,6 +125,11 @@ def fit_classifier(
 ) -> TrainResult:
     """Train ``model.net`` with cross-entropy on a data source.
 
+    It runs the training loop of :func:`~gluon_robust.training.loop.train_adversarial`
+    with the :class:`Standard` method, its own schedule (one generator
+    shuffling every epoch, MXNet seeded once, the learning rate decayed in
+    place) and its own epoch reports.
+
     Parameters
     ----------
     model : Classifier
@@ -98,7 +142,7 @@ def fit_classifier(
     lr, wd : float
         Learning rate and weight decay.
     optimizer : str
-        Any ``mxnet.optimizer`` name (``"adam"``, ``"sgd"``, ...).
+        Any ``mxnet.optimizer`` name (``"adam"``, ``"sgd"``, ...), with its default momentum.
     lr_decay_epochs : sequence of int
         Epochs after which the learning rate is multiplied by ``lr_decay``.
     seed : int
@@ -110,44 +154,18 @@ def fit_classifier(
     -------
     TrainResult
     """
-    epochs = check_int("epochs", epochs)
-    batch_size = check_int("batch_size", batch_size)
-    lr = check_positive("lr", lr)
-    wd = check_positive("wd", wd, allow_zero=True)
-    check_trainable(model)
+    config = TrainingConfig(epochs=epochs, batch_size=batch_size, lr=lr, wd=wd, optimizer=optimizer, momentum=0.0,
+                            seed=seed, progress=progress)
+    method = Standard()
+    check_run(model, method, train, None, config, None)
     mx.random.seed(seed)
-    rng = np.random.RandomState(seed)
-    params = model.net.collect_params()
-    params.setattr("grad_req", "write")
-    trainer = gluon.Trainer(params, optimizer, {"learning_rate": lr, "wd": wd})
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    x_all, y_all = train.arrays()
-    result = TrainResult()
+    schedule = _SequentialSchedule(seed, lr_decay_epochs, lr_decay)
     start = time.perf_counter()
-    for epoch in range(epochs):
-        if epoch in lr_decay_epochs:
-            trainer.set_learning_rate(trainer.learning_rate * lr_decay)
-        order = rng.permutation(len(x_all))
-        total_loss, seen = 0.0, 0
-        bar = tqdm(range(0, len(order), batch_size), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        for first in bar:
-            idx = order[first : first + batch_size]
-            x = mx.nd.array(x_all[idx], ctx=model.ctx)
-            y = mx.nd.array(y_all[idx], ctx=model.ctx)
-            with autograd.record(train_mode=True):
-                loss = loss_fn(model(x), y)
-            loss.backward()
-            trainer.step(len(idx))
-            total_loss += float(loss.sum().asscalar())
-            seen += len(idx)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
-        metrics = {"epoch": epoch + 1, "train_loss": total_loss / seen}
-        if val is not None:
-            metrics["val_accuracy"] = accuracy(model, val, batch_size=256)
-        logger.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch"))
-        result.epochs.append(metrics)
-    result.seconds = time.perf_counter() - start
-    params.setattr("grad_req", "null")
+    setup = prepare(model, train, config, None)
+    parts = LoopParts(val=val, ctx=None, curriculum=None, guard=None, on_step=None, on_epoch=None, validate=accuracy)
+    run = _FitLoop(model, method, train, config, parts, setup, schedule).execute()
+    result = TrainResult(epochs=run.epochs, seconds=time.perf_counter() - start)
+    model.net.collect_params().setattr("grad_req", "null")
     return result
 
 
