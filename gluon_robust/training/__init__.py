@@ -51,10 +51,7 @@ TRAINING_METHODS.register("gaussian", "noise")(GaussianAugmentation)
 def get_method(name: str, **kwargs: Any) -> TrainingMethod:
     """Build a registered training method, e.g. ``get_method("trades", eps=0.3, beta=6)``.
 
-    Raises
-    ------
-    ConfigError
-        For an unknown name (the message lists the valid names) or a bad hyperparameter.
+    A :class:`ConfigError` for an unknown name (listing the valid ones) or a bad hyperparameter.
     """
     return TRAINING_METHODS.get(name, **kwargs)
 

@@ -21,7 +21,7 @@ The checks:
 """
 
 from .system import check_contexts, check_distinct_paths, check_file_name, check_host, check_out_dir, same_path
-from .values import (
+from .values import (  # noqa: F401 -- FLOAT32_MAX re-exported
     FLAG_NAMES, FLOAT32_MAX, FLOAT32_TINY, MAX_SAMPLE_COUNT, InvalidValue, MissingValue, check_bool, check_choice,
     check_eps, check_int, check_labels, check_positive, check_probability, check_real, check_sample_count,
     check_source_labels, flag_message,
