@@ -28,24 +28,22 @@ as they are. MXNet's own layers trace into ``GroupNorm``, ``InstanceNorm`` and
 ``LayerNorm`` ops. GluonCV's ``gluoncv.nn.GroupNorm`` (the ``resnet*_v1b_gn``
 nets) cannot be traced (it reads the input's shape and builds a train-mode
 BatchNorm over reshaped data), so :func:`block_to_symbol` traces it as the
-same computation with MXNet's ``GroupNorm`` op (:func:`_group_norm`).
+same computation with MXNet's ``GroupNorm`` op (see :mod:`gluon_robust.tracing`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import logging
-import warnings
-from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence, Tuple
 
 import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
 from .errors import ModelError
+from .tracing import Params, block_to_symbol, symbol_block
 
 __all__ = ["FoldReport", "block_to_symbol", "fold_symbol", "fold_batchnorm", "symbol_block"]
 
@@ -59,9 +57,6 @@ _MODE_DEPENDENT_OPS = frozenset({
 })
 # Index of the output-channel axis in each op's weight.
 _WEIGHT_OUT_AXIS = {"Convolution": 0, "Deconvolution": 1, "FullyConnected": 0}
-
-Params = Dict[str, mx.nd.NDArray]
-
 
 @dataclass(frozen=True)
 class FoldReport:
@@ -98,84 +93,6 @@ def _channels_first(node: dict) -> bool:
     return node["op"] in _FOLDABLE_OPS and attrs.get("layout", "None") in ("None", "NCW", "NCHW", "NCDHW")
 
 
-def _group_norm(block: gluon.HybridBlock, F: Any, x: Any, gamma: Any, beta: Any) -> Any:  # noqa: N803
-    """``gluoncv.nn.GroupNorm``'s function in symbolic ops: per-sample group statistics, per-channel affine.
-
-    MXNet's ``GroupNorm`` op takes one gamma and beta per group, so it normalises with
-    unit ones and the per-channel affine map follows.
-    """
-    groups = int(block.ngroups)
-    y = F.GroupNorm(x, F.ones(shape=(groups,)), F.zeros(shape=(groups,)), num_groups=groups,
-                    eps=float(block._kwargs["eps"]))
-    y = F.reshape(y, shape=(0, 0, -1))
-    if block.scale:
-        y = F.broadcast_mul(y, F.reshape(gamma, shape=(1, -1, 1)))
-    y = F.broadcast_add(y, F.reshape(beta, shape=(1, -1, 1)))
-    return F.reshape_like(y, x)
-
-
-def _descendants(block: gluon.Block) -> Iterator[gluon.Block]:
-    yield block
-    for child in block._children.values():
-        yield from _descendants(child)
-
-
-@contextlib.contextmanager
-def _traceable(block: gluon.HybridBlock) -> Iterator[None]:
-    """Within the context, GluonCV GroupNorm layers of ``block`` trace as :func:`_group_norm`."""
-    try:
-        from gluoncv.nn.gn import GroupNorm
-    except ImportError:  # GluonCV is optional for user blocks
-        GroupNorm = ()  # noqa: N806
-    patched = [b for b in _descendants(block) if GroupNorm and isinstance(b, GroupNorm)]
-    for b in patched:
-        b.hybrid_forward = functools.partial(_group_norm, b)
-    try:
-        yield
-    finally:
-        for b in patched:
-            del b.hybrid_forward
-
-
-def block_to_symbol(block: gluon.HybridBlock, input_name: str = "data") -> Tuple[mx.sym.Symbol, Params]:
-    """Trace a Gluon block into a symbol and a name-to-value parameter dict.
-
-    Parameters
-    ----------
-    block : mxnet.gluon.HybridBlock
-        An initialised block. A ``SymbolBlock`` works too.
-    input_name : str
-        Name given to the input variable.
-
-    Returns
-    -------
-    symbol : mxnet.symbol.Symbol
-    params : dict of str to NDArray
-        Values of every argument and auxiliary state, on the CPU.
-    """
-    if not isinstance(block, gluon.HybridBlock):
-        raise ModelError(
-            f"cannot trace {type(block).__name__} into a graph: only HybridBlocks can be folded "
-            "(pass fold=False to use it as it is)"
-        )
-    try:
-        with _traceable(block):
-            out = block(mx.sym.var(input_name))
-    except Exception as err:  # any failure to trace is reported in one line
-        raise ModelError(f"cannot trace {type(block).__name__} into a symbol graph ({err}); pass fold=False") from err
-    if isinstance(out, (list, tuple)):
-        if len(out) != 1:
-            raise ModelError(f"the model has {len(out)} outputs; a classifier has one (wrap it in gluon_robust.model.FirstOutput to use the first)")
-        out = out[0]
-    params: Params = {}
-    for param in block.collect_params().values():
-        try:
-            params[param.name] = param.data(param.list_ctx()[0]).copyto(mx.cpu())
-        except RuntimeError as err:
-            raise ModelError(f"parameter {param.name} is not initialised; load weights or initialise the model first") from err
-    return out, params
-
-
 def _bn_affine(node: dict, params: Params, names: List[str]) -> Tuple[np.ndarray, np.ndarray]:
     """Return the per-channel (scale, shift) that a BatchNorm node applies in eval mode."""
     gamma, beta, mean, var = (params[n].asnumpy().astype(np.float64) for n in names[1:])
@@ -186,6 +103,159 @@ def _bn_affine(node: dict, params: Params, names: List[str]) -> Tuple[np.ndarray
     scale = gamma / np.sqrt(var + eps)
     shift = beta - mean * scale
     return scale, shift
+
+
+@dataclass
+class _Plan:
+    """What happens to each BatchNorm node of a graph.
+
+    Attributes
+    ----------
+    fold_into : dict
+        BatchNorm node id -> the producer node id it folds into.
+    absorb : dict
+        Producer node id -> the (scale, shift) it must absorb.
+    rewrite : dict
+        BatchNorm node id -> the (scale, shift) of the constant affine map replacing it.
+    """
+
+    fold_into: Dict[int, int] = field(default_factory=dict)
+    absorb: Dict[int, Tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    rewrite: Dict[int, Tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+def _count_uses(graph: dict) -> Dict[Tuple[int, int], int]:
+    """How many times each ``(node, output)`` entry is an input of a node or a head of the graph."""
+    uses: Dict[Tuple[int, int], int] = {}
+    for node in graph["nodes"]:
+        for src, idx, *_ in node["inputs"]:
+            uses[(src, idx)] = uses.get((src, idx), 0) + 1
+    for src, idx, *_ in graph["heads"]:
+        uses[(src, idx)] = uses.get((src, idx), 0) + 1
+    return uses
+
+
+def _plan(nodes: List[dict], uses: Dict[Tuple[int, int], int], params: Params) -> _Plan:
+    """Decide for every BatchNorm whether it folds into its producer or is rewritten as an affine map."""
+    plan = _Plan()
+    for nid, node in enumerate(nodes):
+        if node["op"] != "BatchNorm":
+            continue
+        if any(uses.get((nid, k), 0) for k in (1, 2)):
+            raise ModelError(f"BatchNorm {node['name']} exposes its batch statistics; it cannot be folded")
+        names = [nodes[e[0]]["name"] for e in node["inputs"]]
+        missing = [n for n in names[1:] if n not in params]
+        if missing:
+            raise ModelError(f"no value for {', '.join(missing)} in the parameters")
+        scale, shift = _bn_affine(node, params, names)
+        axis = int(node.get("attrs", {}).get("axis", 1))
+        src, idx = node["inputs"][0][:2]
+        if axis == 1 and idx == 0 and uses.get((src, 0), 0) == 1 and _channels_first(nodes[src]):
+            plan.fold_into[nid] = src
+            plan.absorb[src] = (scale, shift)
+        else:
+            plan.rewrite[nid] = (scale, shift)
+    return plan
+
+
+def _output_ranks(symbol: mx.sym.Symbol, nodes: List[dict], rewrite: Dict[int, Tuple[np.ndarray, np.ndarray]],
+                  input_name: str, input_shape: Sequence[int] | None) -> Dict[int, int]:
+    """The rank of the output of every BatchNorm to rewrite, by shape inference from ``input_shape``."""
+    if rewrite and input_shape is None:
+        raise ModelError("some BatchNorm layers cannot be folded; pass input_shape so they can be rewritten")
+    if not rewrite:
+        return {}
+    internals = symbol.get_internals()
+    _, shapes, _ = internals.infer_shape(**{input_name: tuple(input_shape)})
+    shape_of = dict(zip(internals.list_outputs(), shapes))
+    return {nid: len(shape_of[nodes[nid]["name"] + "_output"]) for nid in rewrite}
+
+
+class _Writer:
+    """Builds the new node list and parameter values, and maps old graph entries to new ones."""
+
+    def __init__(self, params: Params) -> None:
+        self.nodes: List[dict] = []
+        self.params: Params = {k: v.astype("float32") for k, v in params.items()}
+        self.remap: Dict[Tuple[int, int], Tuple[int, int]] = {}
+        # Old node id -> new node id, for nodes copied (any number of outputs).
+        self.copied: Dict[int, int] = {}
+
+    def emit(self, node: dict) -> int:
+        """Append ``node``; its new id."""
+        self.nodes.append(node)
+        return len(self.nodes) - 1
+
+    def emit_var(self, name: str, value: np.ndarray) -> int:
+        """Append a constant variable node holding ``value`` (float32); its new id."""
+        self.params[name] = mx.nd.array(value, dtype="float32")
+        return self.emit({"op": "null", "name": name, "inputs": []})
+
+    def mapped(self, entry: Sequence[int]) -> List[int]:
+        """The new ``[node, output, 0]`` entry for an old one."""
+        key = (entry[0], entry[1])
+        src, idx = self.remap[key] if key in self.remap else (self.copied[entry[0]], entry[1])
+        return [src, idx, 0]
+
+
+def _emit_affine(writer: _Writer, nid: int, node: dict, affine: Tuple[np.ndarray, np.ndarray], rank: int) -> None:
+    """Replace BatchNorm ``node`` by a constant ``broadcast_mul`` and ``broadcast_add``."""
+    scale, shift = affine
+    shape = [1] * rank
+    shape[int(node.get("attrs", {}).get("axis", 1))] = -1
+    base = node["name"]
+    s_id = writer.emit_var(f"{base}_folded_scale", scale.reshape(shape))
+    b_id = writer.emit_var(f"{base}_folded_shift", shift.reshape(shape))
+    mul = writer.emit({"op": "broadcast_mul", "name": f"{base}_mul",
+                       "inputs": [writer.mapped(node["inputs"][0]), [s_id, 0, 0]]})
+    add = writer.emit({"op": "broadcast_add", "name": f"{base}_add", "inputs": [[mul, 0, 0], [b_id, 0, 0]]})
+    writer.remap[(nid, 0)] = (add, 0)
+
+
+def _absorb(writer: _Writer, nodes: List[dict], node: dict, new: dict, affine: Tuple[np.ndarray, np.ndarray],
+            params: Params) -> None:
+    """Make ``new`` (the copy of layer ``node``) absorb a BatchNorm's affine map in its weight and bias."""
+    scale, shift = affine
+    attrs = dict(node.get("attrs", {}))
+    axis = _WEIGHT_OUT_AXIS[node["op"]]
+    weight = params[nodes[node["inputs"][1][0]]["name"]].asnumpy().astype(np.float64)
+    if node["op"] == "Deconvolution" and int(attrs.get("num_group", 1)) != 1:
+        raise ModelError(f"cannot fold BatchNorm into grouped deconvolution {node['name']}")
+    bshape = [1] * weight.ndim
+    bshape[axis] = -1
+    w_id = writer.emit_var(f"{node['name']}_folded_weight", weight * scale.reshape(bshape))
+    # Deconvolution's op default is no_bias=True, so go by the inputs, not the attribute.
+    if _is_true(attrs.get("no_bias", "False")) or len(node["inputs"]) < 3:
+        bias = np.zeros_like(scale)
+    else:
+        bias = params[nodes[node["inputs"][2][0]]["name"]].asnumpy().astype(np.float64)
+    b_id = writer.emit_var(f"{node['name']}_folded_bias", bias * scale + shift)
+    attrs["no_bias"] = "False"
+    new["attrs"] = attrs
+    new["inputs"] = [new["inputs"][0], [w_id, 0, 0], [b_id, 0, 0]]
+
+
+def _rewrite_nodes(writer: _Writer, nodes: List[dict], plan: _Plan, ranks: Dict[int, int],
+                   uses: Dict[Tuple[int, int], int], params: Params) -> int:
+    """Copy the graph into ``writer`` without BatchNorm and inference-time Dropout; the Dropouts removed."""
+    dropouts = 0
+    for nid, node in enumerate(nodes):
+        if nid in plan.fold_into:
+            writer.remap[(nid, 0)] = (writer.copied[plan.fold_into[nid]], 0)
+            continue
+        if node["op"] == "Dropout" and uses.get((nid, 1), 0) == 0:
+            writer.remap[(nid, 0)] = tuple(writer.mapped(node["inputs"][0])[:2])
+            dropouts += 1
+            continue
+        if nid in plan.rewrite:
+            _emit_affine(writer, nid, node, plan.rewrite[nid], ranks[nid])
+            continue
+        new = dict(node)
+        new["inputs"] = [writer.mapped(e) for e in node["inputs"]]
+        if nid in plan.absorb:
+            _absorb(writer, nodes, node, new, plan.absorb[nid], params)
+        writer.copied[nid] = writer.emit(new)
+    return dropouts
 
 
 def fold_symbol(
@@ -221,116 +291,13 @@ def fold_symbol(
     params = {k.split(":", 1)[-1]: v for k, v in params.items()}
     graph = json.loads(symbol.tojson())
     nodes: List[dict] = graph["nodes"]
+    uses = _count_uses(graph)
+    plan = _plan(nodes, uses, params)
+    ranks = _output_ranks(symbol, nodes, plan.rewrite, input_name, input_shape)
+    writer = _Writer(params)
+    dropouts = _rewrite_nodes(writer, nodes, plan, ranks, uses, params)
 
-    uses: Dict[Tuple[int, int], int] = {}
-    for node in nodes:
-        for src, idx, *_ in node["inputs"]:
-            uses[(src, idx)] = uses.get((src, idx), 0) + 1
-    for src, idx, *_ in graph["heads"]:
-        uses[(src, idx)] = uses.get((src, idx), 0) + 1
-
-    def var_name(entry: Sequence[int]) -> str:
-        return nodes[entry[0]]["name"]
-
-    new_params: Params = {k: v.astype("float32") for k, v in params.items()}
-    # BatchNorm node id -> producer node id it folds into.
-    fold_into: Dict[int, int] = {}
-    # Producer node id -> (scale, shift) it must absorb.
-    absorb: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
-    rewrite: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
-    for nid, node in enumerate(nodes):
-        if node["op"] != "BatchNorm":
-            continue
-        if any(uses.get((nid, k), 0) for k in (1, 2)):
-            raise ModelError(f"BatchNorm {node['name']} exposes its batch statistics; it cannot be folded")
-        names = [var_name(e) for e in node["inputs"]]
-        missing = [n for n in names[1:] if n not in params]
-        if missing:
-            raise ModelError(f"no value for {', '.join(missing)} in the parameters")
-        scale, shift = _bn_affine(node, params, names)
-        axis = int(node.get("attrs", {}).get("axis", 1))
-        src, idx = node["inputs"][0][:2]
-        producer = nodes[src]
-        if axis == 1 and idx == 0 and uses.get((src, 0), 0) == 1 and _channels_first(producer):
-            fold_into[nid] = src
-            absorb[src] = (scale, shift)
-        else:
-            rewrite[nid] = (scale, shift)
-
-    if rewrite and input_shape is None:
-        raise ModelError("some BatchNorm layers cannot be folded; pass input_shape so they can be rewritten")
-    ranks: Dict[int, int] = {}
-    if rewrite:
-        internals = symbol.get_internals()
-        _, shapes, _ = internals.infer_shape(**{input_name: tuple(input_shape)})
-        shape_of = dict(zip(internals.list_outputs(), shapes))
-        ranks = {nid: len(shape_of[nodes[nid]["name"] + "_output"]) for nid in rewrite}
-
-    out_nodes: List[dict] = []
-    remap: Dict[Tuple[int, int], Tuple[int, int]] = {}
-    # Old node id -> new node id, for nodes copied unchanged (any number of outputs).
-    copied: Dict[int, int] = {}
-
-    def emit(node: dict) -> int:
-        out_nodes.append(node)
-        return len(out_nodes) - 1
-
-    def emit_var(name: str, value: np.ndarray) -> int:
-        new_params[name] = mx.nd.array(value, dtype="float32")
-        return emit({"op": "null", "name": name, "inputs": []})
-
-    def mapped(entry: Sequence[int]) -> List[int]:
-        key = (entry[0], entry[1])
-        src, idx = remap[key] if key in remap else (copied[entry[0]], entry[1])
-        return [src, idx, 0]
-
-    dropouts = 0
-    for nid, node in enumerate(nodes):
-        if nid in fold_into:
-            remap[(nid, 0)] = (copied[fold_into[nid]], 0)
-            continue
-        if node["op"] == "Dropout" and uses.get((nid, 1), 0) == 0:
-            remap[(nid, 0)] = tuple(mapped(node["inputs"][0])[:2])
-            dropouts += 1
-            continue
-        if nid in rewrite:
-            scale, shift = rewrite[nid]
-            shape = [1] * ranks[nid]
-            shape[int(node.get("attrs", {}).get("axis", 1))] = -1
-            base = node["name"]
-            s_id = emit_var(f"{base}_folded_scale", scale.reshape(shape))
-            b_id = emit_var(f"{base}_folded_shift", shift.reshape(shape))
-            mul = emit({"op": "broadcast_mul", "name": f"{base}_mul", "inputs": [mapped(node["inputs"][0]), [s_id, 0, 0]]})
-            add = emit({"op": "broadcast_add", "name": f"{base}_add", "inputs": [[mul, 0, 0], [b_id, 0, 0]]})
-            remap[(nid, 0)] = (add, 0)
-            continue
-        new = dict(node)
-        new["inputs"] = [mapped(e) for e in node["inputs"]]
-        if nid in absorb:
-            scale, shift = absorb[nid]
-            attrs = dict(node.get("attrs", {}))
-            axis = _WEIGHT_OUT_AXIS[node["op"]]
-            w_name = var_name(node["inputs"][1])
-            weight = params[w_name].asnumpy().astype(np.float64)
-            if node["op"] == "Deconvolution" and int(attrs.get("num_group", 1)) != 1:
-                raise ModelError(f"cannot fold BatchNorm into grouped deconvolution {node['name']}")
-            bshape = [1] * weight.ndim
-            bshape[axis] = -1
-            w_folded = f"{node['name']}_folded_weight"
-            w_id = emit_var(w_folded, weight * scale.reshape(bshape))
-            # Deconvolution's op default is no_bias=True, so go by the inputs, not the attribute.
-            if _is_true(attrs.get("no_bias", "False")) or len(node["inputs"]) < 3:
-                bias = np.zeros_like(scale)
-            else:
-                bias = params[var_name(node["inputs"][2])].asnumpy().astype(np.float64)
-            b_id = emit_var(f"{node['name']}_folded_bias", bias * scale + shift)
-            attrs["no_bias"] = "False"
-            new["attrs"] = attrs
-            new["inputs"] = [new["inputs"][0], [w_id, 0, 0], [b_id, 0, 0]]
-        copied[nid] = emit(new)
-
-    heads = [mapped(h) for h in graph["heads"]]
-    out_nodes, heads = _prune(out_nodes, heads)
+    out_nodes, heads = _prune(writer.nodes, [writer.mapped(h) for h in graph["heads"]])
     graph_out = {
         "nodes": out_nodes,
         "arg_nodes": [i for i, n in enumerate(out_nodes) if n["op"] == "null"],
@@ -342,9 +309,10 @@ def fold_symbol(
     wanted = set(folded_symbol.list_arguments()) | set(folded_symbol.list_auxiliary_states())
     wanted.discard(input_name)
     remaining = {n["op"] for n in out_nodes} & _MODE_DEPENDENT_OPS
-    report = FoldReport(folded=len(fold_into), rewritten=len(rewrite), dropout_removed=dropouts, mode_free=not remaining)
+    report = FoldReport(folded=len(plan.fold_into), rewritten=len(plan.rewrite), dropout_removed=dropouts,
+                        mode_free=not remaining)
     logger.debug("folded %d BatchNorm layers, rewrote %d", report.folded, report.rewritten)
-    return folded_symbol, {k: v for k, v in new_params.items() if k in wanted}, report
+    return folded_symbol, {k: v for k, v in writer.params.items() if k in wanted}, report
 
 
 def _prune(nodes: List[dict], heads: List[List[int]]) -> Tuple[List[dict], List[List[int]]]:
@@ -364,31 +332,6 @@ def _prune(nodes: List[dict], heads: List[List[int]]) -> Tuple[List[dict], List[
             new_index[nid] = len(pruned)
             pruned.append(dict(node, inputs=[[new_index[e[0]], e[1], 0] for e in node["inputs"]]))
     return pruned, [[new_index[h[0]], h[1], 0] for h in heads]
-
-
-def symbol_block(
-    symbol: mx.sym.Symbol,
-    params: Params,
-    ctx: mx.Context,
-    input_name: str = "data",
-    hybridize: bool = True,
-    freeze: bool = True,
-) -> gluon.SymbolBlock:
-    """Build a ``SymbolBlock`` from a graph and its values, frozen (``grad_req='null'``) by default."""
-    with warnings.catch_warnings():
-        # SymbolBlock warns that it cannot infer the input's dtype; it is float32.
-        warnings.simplefilter("ignore", UserWarning)
-        block = gluon.SymbolBlock(outputs=symbol, inputs=mx.sym.var(input_name))
-    expected = set(block.collect_params().keys())
-    missing = sorted(expected - set(params))
-    if missing:
-        raise ModelError(f"the parameters lack {len(missing)} values the graph needs, e.g. {missing[0]}")
-    block.collect_params().load_dict({k: params[k] for k in expected}, ctx=ctx)
-    if freeze:
-        block.collect_params().setattr("grad_req", "null")
-    if hybridize:
-        block.hybridize(static_alloc=True)
-    return block
 
 
 def fold_batchnorm(

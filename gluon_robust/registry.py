@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from fractions import Fraction
-from typing import Any, Callable, Dict, Generic, List, TypeVar
+from typing import Any, Callable, Dict, Generic, List, Tuple, Type, TypeVar
 
 from .errors import ConfigError
 from .validation import MissingValue
@@ -22,10 +22,27 @@ class Registry(Generic[T]):
     ----------
     kind : str
         What is registered ("attack", "defence", ...), used in error messages.
+    name_errors : bool
+        Whether :meth:`make`'s errors start with ``kind`` (``"detector magnet does not take ..."``).
+    no_options : str
+        What :meth:`make` says a factory without parameters accepts.
+    keyword_only : bool
+        Whether :meth:`make` accepts only keyword-only parameters.
+    check_required : bool
+        Whether :meth:`make` refuses options that lack a required parameter (a :class:`MissingValue`).
+    wrap_errors : tuple of exception types
+        Errors of the factory that :meth:`make` re-raises as a ConfigError prefixed with ``"<kind> <name>: "``.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, name_errors: bool = False, no_options: str = "it accepts ",
+                 keyword_only: bool = False, check_required: bool = True,
+                 wrap_errors: Tuple[Type[Exception], ...] = ()) -> None:
         self.kind = kind
+        self._name_errors = name_errors
+        self._no_options = no_options
+        self._keyword_only = keyword_only
+        self._check_required = check_required
+        self._wrap_errors = wrap_errors
         self._factories: Dict[str, Callable[..., T]] = {}
         self._aliases: Dict[str, str] = {}
 
@@ -95,6 +112,42 @@ class Registry(Generic[T]):
         """Build the item registered under ``name`` with keyword arguments; a missing required one is a MissingValue."""
         self.check_required(name, kwargs)
         return self.factory(name)(**kwargs)
+
+    def accepted(self, name: str) -> List[str]:
+        """The parameters :meth:`make` accepts for ``name``."""
+        if not self._keyword_only:
+            return self.parameters(name)
+        params = inspect.signature(self.factory(name)).parameters.values()
+        return [p.name for p in params if p.kind == inspect.Parameter.KEYWORD_ONLY]
+
+    def make(self, name: str, options: Dict[str, Any]) -> T:
+        """Build the item registered under ``name`` from options, rejecting those it does not take.
+
+        Raises
+        ------
+        ConfigError
+            For an unknown name (listing the valid ones), an option the factory
+            has no parameter for (listing those it accepts), or an error of the
+            factory listed in ``wrap_errors``.
+        MissingValue
+            For a required parameter missing from ``options`` (when ``check_required``).
+        """
+        key = self.resolve(name)
+        factory = self._factories[key]
+        accepted = self.accepted(key)
+        unknown = sorted(set(options) - set(accepted))
+        label = f"{self.kind} {key}" if self._name_errors else key
+        if unknown:
+            takes = f"it accepts {', '.join(accepted)}" if accepted else self._no_options
+            raise ConfigError(f"{label} does not take {', '.join(unknown)}; {takes}")
+        if self._check_required:
+            self.check_required(key, options)
+        if not self._wrap_errors:
+            return factory(**options)
+        try:
+            return factory(**options)
+        except self._wrap_errors as err:
+            raise ConfigError(f"{self.kind} {key}: {err}") from None
 
     def __contains__(self, name: object) -> bool:
         key = str(name).strip().lower()

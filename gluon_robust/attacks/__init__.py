@@ -8,10 +8,8 @@ by name with :func:`get_attack`.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Dict, List
 
-from ..errors import ConfigError
 
 from ..registry import Registry
 from .apgd import APGD
@@ -87,16 +85,7 @@ def make_attack(name: str, options: Dict[str, Any]) -> Attack:
     :class:`ConfigError` that lists the parameters it does accept (for flags
     such as ``--steps`` given to ``fgsm``).
     """
-    factory = ATTACKS.factory(name)
-    parameters = inspect.signature(factory).parameters
-    accepted = [p for p in parameters if p != "self"]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ConfigError(
-            f"{ATTACKS.resolve(name)} does not take {', '.join(unknown)}; it accepts {', '.join(accepted)}"
-        )
-    ATTACKS.check_required(name, options)
-    return factory(**options)
+    return ATTACKS.make(name, options)
 
 
 def attack_names() -> List[str]:

@@ -18,7 +18,6 @@ Examples
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from ..errors import ConfigError
@@ -49,7 +48,10 @@ __all__ = [
     "certified_accuracy", "clopper_pearson_lower", "decide",
 ]
 
-DEFENSES: Registry[Preprocessor] = Registry("defense")
+# A TypeError is a missing required parameter, such as wrap's fn.
+DEFENSES: Registry[Preprocessor] = Registry("defense", name_errors=True, no_options="it takes no parameters",
+                                            keyword_only=True, check_required=False,
+                                            wrap_errors=(ConfigError, TypeError))
 DEFENSES.register("jpeg", "jpeg-compression")(JPEGCompression)
 DEFENSES.register("bitdepth", "bit-depth", "bits")(BitDepthReduction)
 DEFENSES.register("median", "median-filter")(MedianFilter)
@@ -67,20 +69,7 @@ def defense_names() -> List[str]:
 
 def get_defense(name: str, **kwargs: Any) -> Preprocessor:
     """Build a registered defence with keyword hyperparameters; unknown ones are a ConfigError naming them."""
-    key = DEFENSES.resolve(name)
-    factory = DEFENSES.factory(key)
-    params = inspect.signature(factory).parameters.values()
-    accepted = [p.name for p in params if p.kind == inspect.Parameter.KEYWORD_ONLY]
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        takes = f"it accepts {', '.join(accepted)}" if accepted else "it takes no parameters"
-        raise ConfigError(f"defense {key} does not take {', '.join(unknown)}; {takes}")
-    try:
-        return factory(**kwargs)
-    except ConfigError as err:
-        raise ConfigError(f"defense {key}: {err}") from None
-    except TypeError as err:  # a missing required parameter, such as wrap's fn
-        raise ConfigError(f"defense {key}: {err}") from None
+    return DEFENSES.make(name, kwargs)
 
 
 def parse_defense_spec(spec: str) -> List[Preprocessor]:

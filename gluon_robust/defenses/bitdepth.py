@@ -15,6 +15,7 @@ from typing import Tuple
 
 from mxnet import nd
 
+from ..squeezing import bit_depth
 from ..validation import check_int
 from .base import Preprocessor
 
@@ -38,7 +39,4 @@ class BitDepthReduction(Preprocessor):
         self.bits = check_int("bits", bits, minimum=1, maximum=16)
 
     def transform(self, x: nd.NDArray, bounds: Tuple[float, float]) -> nd.NDArray:
-        low, high = bounds
-        steps = float(2**self.bits - 1)
-        unit = nd.clip((x - low) / (high - low), 0.0, 1.0)
-        return low + nd.round(unit * steps) * ((high - low) / steps)
+        return bit_depth(x, self.bits, bounds, step_product=True)

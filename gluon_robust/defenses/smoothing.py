@@ -40,18 +40,18 @@ from __future__ import annotations
 
 import logging
 import zlib
-from dataclasses import dataclass
-from typing import Any, Dict, Sequence, Tuple, Union
+from typing import Tuple, Union
 
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon, nd
-from scipy.stats import beta, binomtest, norm
+from scipy.stats import norm
 from tqdm import tqdm
 
 from ..errors import ConfigError, DataError
 from ..model import predict_in_chunks
 from ..validation import check_int, check_positive, check_sample_count
+from .certification import ABSTAIN, Certification, _check_alpha, certified_accuracy, clopper_pearson_lower, decide
 
 __all__ = [
     "ABSTAIN", "SmoothedClassifier", "Certification", "SoftSmoothed", "clopper_pearson_lower", "certified_accuracy",
@@ -60,8 +60,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The label :meth:`SmoothedClassifier.predict` and :meth:`SmoothedClassifier.certify` return when they abstain.
-ABSTAIN = -1
 
 #: Purposes of the per-point noise streams (independent of one another), for :meth:`SmoothedClassifier.sample_counts`.
 SELECTION, ESTIMATION, PREDICTION = 0, 1, 2
@@ -70,92 +68,6 @@ ArrayLike = Union[np.ndarray, nd.NDArray]
 
 #: Counts held in float32 on the device are flushed to int64 before they could pass 2**24 (exact integers).
 _EXACT_FLOAT32 = 2 ** 24
-
-
-def clopper_pearson_lower(successes: Any, trials: Any, alpha: float) -> np.ndarray:
-    """One-sided ``(1 - alpha)`` Clopper-Pearson lower confidence bound on a binomial proportion.
-
-    The exact bound (Clopper & Pearson 1934): the ``p`` at which observing
-    ``successes`` or more out of ``trials`` has probability exactly ``alpha``,
-    i.e. the ``alpha`` quantile of ``Beta(k, n - k + 1)``; 0 when ``k = 0``.
-    ``P(bound <= p) >= 1 - alpha`` for every true ``p``.
-
-    Parameters
-    ----------
-    successes, trials : int or array of int
-        ``k`` and ``n`` with ``0 <= k <= n``, ``n >= 1``.
-    alpha : float
-        Error level in (0, 1).
-
-    Returns
-    -------
-    numpy.ndarray of float64
-        The bounds, shaped like the broadcast of the inputs.
-    """
-    alpha = _check_alpha(alpha)
-    k = np.asarray(successes, dtype=np.float64)
-    n = np.asarray(trials, dtype=np.float64)
-    if np.any(n < 1) or np.any(k < 0) or np.any(k > n) or np.any(k != np.round(k)) or np.any(n != np.round(n)):
-        raise ConfigError(f"need integers 0 <= successes <= trials, trials >= 1; got {successes!r} of {trials!r}")
-    safe_k = np.maximum(k, 1.0)  # Beta(0, .) is undefined; the bound is 0 there
-    return np.where(k > 0, beta.ppf(alpha, safe_k, n - safe_k + 1.0), 0.0)
-
-
-def decide(counts: np.ndarray, alpha: float) -> int:
-    """PREDICT's decision from one point's class counts: the top class if a two-sided binomial test
-    of the top two counts rejects equality at level ``alpha``, else :data:`ABSTAIN`."""
-    alpha = _check_alpha(alpha)
-    counts = np.asarray(counts)
-    order = np.argsort(-counts, kind="stable")
-    top, runner_up = int(counts[order[0]]), int(counts[order[1]])
-    return int(order[0]) if binomtest(top, top + runner_up, 0.5).pvalue <= alpha else ABSTAIN
-
-
-def certified_accuracy(
-    predictions: np.ndarray, radii: np.ndarray, labels: np.ndarray, thresholds: Sequence[float]
-) -> Dict[float, float]:
-    """Fraction of points certified correct at each L2 radius: ``prediction == label`` and ``radius >= r``.
-
-    Abstentions (:data:`ABSTAIN`) never count. At ``r = 0`` this is the
-    accuracy of the non-abstained certified predictions.
-    """
-    predictions, radii, labels = np.asarray(predictions), np.asarray(radii), np.asarray(labels)
-    if not predictions.shape == radii.shape == labels.shape:
-        raise DataError(f"predictions {predictions.shape}, radii {radii.shape} and labels {labels.shape} "
-                        "differ in shape")
-    correct = (predictions == labels) & (predictions != ABSTAIN)
-    n = max(len(labels), 1)
-    return {float(r): float(np.sum(correct & (radii >= r)) / n) for r in thresholds}
-
-
-@dataclass
-class Certification:
-    """What :meth:`SmoothedClassifier.certify` returns, one entry per point.
-
-    Attributes
-    ----------
-    predictions : numpy.ndarray of int64, shape (N,)
-        The certified class, or :data:`ABSTAIN`.
-    radii : numpy.ndarray of float64, shape (N,)
-        Certified L2 radius in pixel units; 0 where the point abstains.
-    p_lower : numpy.ndarray of float64, shape (N,)
-        Clopper-Pearson lower bound on the top class's probability under noise.
-    counts : numpy.ndarray of int64, shape (N,)
-        Estimation samples (of ``n``) on which the base classifier chose the selected class.
-    selected : numpy.ndarray of int64, shape (N,)
-        The class chosen from the ``n0`` selection samples (before abstention).
-    """
-
-    predictions: np.ndarray
-    radii: np.ndarray
-    p_lower: np.ndarray
-    counts: np.ndarray
-    selected: np.ndarray
-
-    @property
-    def abstained(self) -> np.ndarray:
-        """Boolean mask of the points on which certification abstained."""
-        return self.predictions == ABSTAIN
 
 
 class SmoothedClassifier:
@@ -420,8 +332,3 @@ class SoftSmoothed(gluon.Block):
         return f"soft smoothed (sigma {self.sigma:g}, {self.samples} draws per forward, EOT) of {inner}"
 
 
-def _check_alpha(alpha: Any) -> float:
-    value = check_positive("alpha", alpha)
-    if value >= 1:
-        raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
-    return value

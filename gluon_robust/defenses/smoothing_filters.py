@@ -28,6 +28,7 @@ import numpy as np
 from mxnet import nd
 
 from ..errors import ConfigError
+from ..squeezing import median_filter
 from ..validation import check_int, check_real
 from .base import Preprocessor
 
@@ -41,11 +42,6 @@ def _odd_size(size: int) -> int:
     return size
 
 
-def _reflected_indices(length: int, radius: int) -> np.ndarray:
-    """Source index of every padded position under SciPy's ``mode="reflect"`` (``d c b a | a b c d``)."""
-    return np.pad(np.arange(length), radius, mode="symmetric")
-
-
 def differentiable_median(x: nd.NDArray, size: int) -> nd.NDArray:
     """The ``size x size`` median filter of an NCHW batch in MXNet, with SciPy's reflected border.
 
@@ -53,14 +49,7 @@ def differentiable_median(x: nd.NDArray, size: int) -> nd.NDArray:
     under autograd its gradient is that of the selected median pixel of every
     window (``sort``'s backward), the filter's derivative almost everywhere.
     """
-    radius = size // 2
-    height, width = x.shape[2], x.shape[3]
-    rows = nd.array(_reflected_indices(height, radius), ctx=x.context, dtype="int32")
-    cols = nd.array(_reflected_indices(width, radius), ctx=x.context, dtype="int32")
-    padded = nd.take(nd.take(x, rows, axis=2), cols, axis=3)
-    windows = nd.stack(*[padded[:, :, i : i + height, j : j + width] for i in range(size) for j in range(size)],
-                       axis=-1)
-    return nd.sort(windows, axis=-1)[:, :, :, :, size * size // 2]
+    return median_filter(x, size, mode="reflect")
 
 
 class MedianFilter(Preprocessor):
@@ -90,9 +79,9 @@ class MedianFilter(Preprocessor):
         return None if self.bpda == "identity" else differentiable_median(x, self.size)
 
     def transform(self, x: nd.NDArray, bounds: Tuple[float, float]) -> nd.NDArray:
-        from scipy.ndimage import median_filter
+        from scipy import ndimage
 
-        out = median_filter(x.asnumpy(), size=(1, 1, self.size, self.size), mode="reflect")
+        out = ndimage.median_filter(x.asnumpy(), size=(1, 1, self.size, self.size), mode="reflect")
         return nd.array(out, ctx=x.context, dtype="float32")
 
 

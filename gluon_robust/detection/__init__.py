@@ -41,7 +41,9 @@ __all__ = [
     "evasion_objective",
 ]
 
-DETECTORS: Registry[Detector] = Registry("detector")
+# A TypeError is a value of the wrong type for a keyword the constructor does not check.
+DETECTORS: Registry[Detector] = Registry("detector", name_errors=True, no_options="it accepts no options",
+                                         wrap_errors=(TypeError,))
 DETECTORS.register("confidence", "max-softmax", "msp")(MaxSoftmaxDetector)
 DETECTORS.register("entropy")(EntropyDetector)
 DETECTORS.register("feature-squeezing", "squeeze", "fs")(FeatureSqueezingDetector)
@@ -57,17 +59,7 @@ def get_detector(name: str, **kwargs: Any) -> Detector:
 
 def make_detector(name: str, options: Dict[str, Any]) -> Detector:
     """Build a registered detector, rejecting options it has no parameter for (ConfigError listing those it takes)."""
-    factory = DETECTORS.factory(name)
-    accepted = DETECTORS.parameters(name)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        taken = ", ".join(accepted) or "no options"
-        raise ConfigError(f"detector {DETECTORS.resolve(name)} does not take {', '.join(unknown)}; it accepts {taken}")
-    DETECTORS.check_required(name, options)
-    try:
-        return factory(**options)
-    except TypeError as err:  # a value of the wrong type for a keyword the constructor does not check
-        raise ConfigError(f"detector {DETECTORS.resolve(name)}: {err}") from None
+    return DETECTORS.make(name, options)
 
 
 def detector_from_spec(spec: str) -> Detector:

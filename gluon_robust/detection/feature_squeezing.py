@@ -22,41 +22,10 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 from mxnet import autograd, nd
 
 from ..errors import ConfigError
+from ..squeezing import bit_depth, median_filter
 from .base import Detector
 
 __all__ = ["FeatureSqueezingDetector", "bit_depth", "median_filter", "parse_squeezer"]
-
-
-def bit_depth(x: nd.NDArray, bits: int, bounds: Tuple[float, float] = (0.0, 1.0)) -> nd.NDArray:
-    """Reduce each pixel to ``2**bits`` evenly spaced levels of ``bounds`` (rounding to the nearest).
-
-    Idempotent: an input whose pixels are already on the levels is returned unchanged.
-    """
-    low, high = bounds
-    levels = float(2**bits - 1)
-    unit = nd.clip((x - low) / (high - low), 0.0, 1.0)
-    return nd.round(unit * levels) / levels * (high - low) + low
-
-
-def median_filter(x: nd.NDArray, size: int) -> nd.NDArray:
-    """Per-channel ``size x size`` median filter of an ``(N, C, H, W)`` batch, edges padded by replication.
-
-    The window at pixel ``(i, j)`` covers rows ``i - size//2 .. i - size//2 + size - 1``
-    (likewise columns), and the median is the element of rank ``size*size // 2``
-    in ascending order (the upper median for even sizes), as in
-    ``scipy.ndimage.median_filter``.
-    """
-    if size == 1:
-        return x
-    n, c, h, w = x.shape
-    before, after = size // 2, size - 1 - size // 2
-    padded = nd.pad(x, mode="edge", pad_width=(0, 0, 0, 0, before, after, before, after))
-    windows = [
-        nd.slice(padded, begin=(None, None, di, dj), end=(None, None, di + h, dj + w))
-        for di in range(size) for dj in range(size)
-    ]
-    stacked = nd.stack(*windows, axis=0)
-    return nd.sort(stacked, axis=0)[(size * size) // 2]
 
 
 Squeezer = Callable[[nd.NDArray, Tuple[float, float]], nd.NDArray]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections import defaultdict
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from mxnet import autograd, nd
@@ -123,9 +123,22 @@ def probe_model(
         points after unbounded PGD; None when none is correct).
     warnings : list of str
     """
-    from ..attacks import get_attack
-
     messages: List[str] = []
+    first, spread, probabilities = _output_checks(model, x, messages)
+    zero_fraction = _gradient_check(model, x, y, messages)
+    unbounded = _unbounded_check(model, x, y, first, norm=norm, seed=seed, steps=unbounded_steps, messages=messages)
+    measurements = {
+        "probe_size": int(len(x)),
+        "random": spread,
+        "probabilities": probabilities,
+        "zero_gradient_fraction": zero_fraction,
+        "unbounded_accuracy": unbounded,
+    }
+    return measurements, messages
+
+
+def _output_checks(model: Any, x: np.ndarray, messages: List[str]) -> Tuple[np.ndarray, float, bool]:
+    """Two forward passes: the outputs, their largest difference (randomness) and whether they look like probabilities."""
     first, second = model.predict(x), model.predict(x)
     spread = float(np.max(np.abs(first - second))) if len(x) else 0.0
     if spread > 1e-5 or not np.isfinite(spread):
@@ -140,7 +153,11 @@ def probe_model(
             "the model outputs look like probabilities (non-negative, rows sum to 1); attacks expect logits, "
             "and a softmax at the end can saturate gradients: remove it"
         )
+    return first, spread, probabilities
 
+
+def _gradient_check(model: Any, x: np.ndarray, y: np.ndarray, messages: List[str]) -> float:
+    """The fraction of probe points whose input gradient (of the margin loss) is zero or not finite."""
     ctx = getattr(model, "ctx", None)
     xs = nd.array(x, ctx=ctx, dtype="float32")
     ys = nd.array(y, ctx=ctx, dtype="float32")
@@ -154,29 +171,29 @@ def probe_model(
             f"{int(flat.sum())} of {len(x)} probe points have a zero or NaN input gradient: "
             "gradient masking (e.g. a non-differentiable layer); attack it with BPDA or black-box attacks"
         )
+    return zero_fraction
+
+
+def _unbounded_check(model: Any, x: np.ndarray, y: np.ndarray, first: np.ndarray, *, norm: str, seed: int,
+                     steps: int, messages: List[str]) -> Optional[float]:
+    """Accuracy on the correctly classified probe points after PGD over the whole input range (None if none is)."""
+    from ..attacks import get_attack
 
     low, high = model.bounds
     correct = first.argmax(axis=1) == y
-    unbounded = None
-    if correct.any():
-        size = float(np.prod(x.shape[1:]))
-        big = get_norm(norm).unbounded_radius(high - low, size)
-        attack = get_attack("pgd", eps=big, norm=norm, steps=unbounded_steps, seed=seed)
-        result = attack(model, x[correct], y[correct])
-        unbounded = float(np.mean(result.predictions == y[correct]))
-        if unbounded > UNBOUNDED_ACCURACY:
-            messages.append(
-                f"unbounded PGD ({norm}, eps={big:.3g}, the whole input range) leaves {100 * unbounded:.1f}% "
-                "accuracy instead of about 0%: a sign of gradient masking"
-            )
-    measurements = {
-        "probe_size": int(len(x)),
-        "random": spread,
-        "probabilities": probabilities,
-        "zero_gradient_fraction": zero_fraction,
-        "unbounded_accuracy": unbounded,
-    }
-    return measurements, messages
+    if not correct.any():
+        return None
+    size = float(np.prod(x.shape[1:]))
+    big = get_norm(norm).unbounded_radius(high - low, size)
+    attack = get_attack("pgd", eps=big, norm=norm, steps=steps, seed=seed)
+    result = attack(model, x[correct], y[correct])
+    unbounded = float(np.mean(result.predictions == y[correct]))
+    if unbounded > UNBOUNDED_ACCURACY:
+        messages.append(
+            f"unbounded PGD ({norm}, eps={big:.3g}, the whole input range) leaves {100 * unbounded:.1f}% "
+            "accuracy instead of about 0%: a sign of gradient masking"
+        )
+    return unbounded
 
 
 def report_warnings(report: Dict[str, Any]) -> List[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from ..errors import ConfigError
 from ..registry import Registry
 from .adversarial import AdversarialMethod, TrainingMethod
 from .batchnorm import EvalMirror, folded_copy, preserve_running_stats, recalibrate_batchnorm, running_stats
@@ -52,25 +51,14 @@ TRAINING_METHODS.register("gaussian", "noise")(GaussianAugmentation)
 def get_method(name: str, **kwargs: Any) -> TrainingMethod:
     """Build a registered training method, e.g. ``get_method("trades", eps=0.3, beta=6)``.
 
-    Raises
-    ------
-    ConfigError
-        For an unknown name (the message lists the valid names) or a bad hyperparameter.
+    A :class:`ConfigError` for an unknown name (listing the valid ones) or a bad hyperparameter.
     """
     return TRAINING_METHODS.get(name, **kwargs)
 
 
 def make_method(name: str, options: Dict[str, Any]) -> TrainingMethod:
     """Build a registered method from options, rejecting those it does not take (with the accepted list)."""
-    factory = TRAINING_METHODS.factory(name)
-    accepted = TRAINING_METHODS.parameters(name)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ConfigError(
-            f"{TRAINING_METHODS.resolve(name)} does not take {', '.join(unknown)}; it accepts {', '.join(accepted)}"
-        )
-    TRAINING_METHODS.check_required(name, options)
-    return factory(**options)
+    return TRAINING_METHODS.make(name, options)
 
 
 def method_names() -> List[str]:
