@@ -197,21 +197,9 @@ class APGD(Attack):
     name = "apgd"
     norms = ("linf", "l2")
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        norm: str = "linf",
-        steps: int = 100,
-        restarts: int = 1,
-        loss: str | LossFn = "ce",
-        rho: float = 0.75,
-        alpha: float = 0.75,
-        random_start: bool = True,
-        eot_samples: int = 1,
-        seed: int = 0,
-        trace: Optional[TraceFn] = None,
-    ) -> None:
+    def __init__(self, *, eps: float, norm: str = "linf", steps: int = 100, restarts: int = 1,
+                 loss: str | LossFn = "ce", rho: float = 0.75, alpha: float = 0.75, random_start: bool = True,
+                 eot_samples: int = 1, seed: int = 0, trace: Optional[TraceFn] = None) -> None:
         super().__init__(norm=norm, eps=eps, seed=seed)
         self.steps = check_int("steps", steps)
         self.restarts = check_int("restarts", restarts)
@@ -225,14 +213,8 @@ class APGD(Attack):
         self._trace: Optional[TraceFn] = trace
 
     # ------------------------------------------------------------ contract
-    def _run(
-        self,
-        model: mx.gluon.Block,
-        x: nd.NDArray,
-        y: nd.NDArray,
-        target: Optional[nd.NDArray],
-        rngs: Sequence[np.random.Generator],
-    ) -> Tuple[nd.NDArray, np.ndarray]:
+    def _run(self, model: mx.gluon.Block, x: nd.NDArray, y: nd.NDArray, target: Optional[nd.NDArray],
+             rngs: Sequence[np.random.Generator]) -> Tuple[nd.NDArray, np.ndarray]:
         return self._run_all(model, x, y, [target] * self.restarts, target is not None, rngs)
 
     def _queries(self, iterations: np.ndarray) -> np.ndarray:
@@ -241,15 +223,8 @@ class APGD(Attack):
         return (iterations + runs) * self.eot_samples
 
     # ---------------------------------------------------------------- runs
-    def _run_all(
-        self,
-        model: mx.gluon.Block,
-        x: nd.NDArray,
-        y: nd.NDArray,
-        aims: Sequence[Optional[nd.NDArray]],
-        targeted: bool,
-        rngs: Sequence[np.random.Generator],
-    ) -> Tuple[nd.NDArray, np.ndarray]:
+    def _run_all(self, model: mx.gluon.Block, x: nd.NDArray, y: nd.NDArray, aims: Sequence[Optional[nd.NDArray]],
+                 targeted: bool, rngs: Sequence[np.random.Generator]) -> Tuple[nd.NDArray, np.ndarray]:
         """Run :meth:`_optimize` once per entry of ``aims`` on the samples not yet fooled.
 
         ``aims[i]`` is the target of the loss in run ``i`` (None: untargeted

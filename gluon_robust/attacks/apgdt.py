@@ -74,36 +74,18 @@ class APGDT(APGD):
     name = "apgd-t"
     supports_targeted = False
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        norm: str = "linf",
-        steps: int = 100,
-        n_target_classes: int = 9,
-        restarts: int = 1,
-        loss: str | LossFn = "dlr",
-        rho: float = 0.75,
-        alpha: float = 0.75,
-        random_start: bool = True,
-        eot_samples: int = 1,
-        seed: int = 0,
-        trace: Optional[TraceFn] = None,
-    ) -> None:
+    def __init__(self, *, eps: float, norm: str = "linf", steps: int = 100, n_target_classes: int = 9,
+                 restarts: int = 1, loss: str | LossFn = "dlr", rho: float = 0.75, alpha: float = 0.75,
+                 random_start: bool = True, eot_samples: int = 1, seed: int = 0,
+                 trace: Optional[TraceFn] = None) -> None:
         super().__init__(
             eps=eps, norm=norm, steps=steps, restarts=restarts, loss=loss, rho=rho, alpha=alpha,
             random_start=random_start, eot_samples=eot_samples, seed=seed, trace=trace,
         )
         self.n_target_classes = check_int("n_target_classes", n_target_classes)
 
-    def _run(
-        self,
-        model: mx.gluon.Block,
-        x: nd.NDArray,
-        y: nd.NDArray,
-        target: Optional[nd.NDArray],
-        rngs: Sequence[np.random.Generator],
-    ) -> Tuple[nd.NDArray, np.ndarray]:
+    def _run(self, model: mx.gluon.Block, x: nd.NDArray, y: nd.NDArray, target: Optional[nd.NDArray],
+             rngs: Sequence[np.random.Generator]) -> Tuple[nd.NDArray, np.ndarray]:
         with autograd.pause(train_mode=False):
             logits = model(x)
         count = min(self.n_target_classes, logits.shape[1] - 1)

@@ -88,19 +88,9 @@ class Bandits(GradientEstimationAttack):
 
     name = "bandits"
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        norm: str = "linf",
-        max_queries: int = 10000,
-        tile_size: Optional[int] = None,
-        exploration: Optional[float] = None,
-        fd_eta: Optional[float] = None,
-        online_lr: Optional[float] = None,
-        step_size: Optional[float] = None,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, eps: float, norm: str = "linf", max_queries: int = 10000, tile_size: Optional[int] = None,
+                 exploration: Optional[float] = None, fd_eta: Optional[float] = None,
+                 online_lr: Optional[float] = None, step_size: Optional[float] = None, seed: int = 0) -> None:
         eps = check_positive("eps", eps)
         # The paper's defaults per norm: step, exploration, online learning rate.
         default_step, exploration_default, online_lr_default = get_norm(norm).choose(
@@ -128,16 +118,8 @@ class Bandits(GradientEstimationAttack):
         _, grid = self._grid(x.shape[1:])
         return {"prior": np.zeros((len(x),) + grid)}
 
-    def _estimate(
-        self,
-        oracle: QueryCounter,
-        points: np.ndarray,
-        y: np.ndarray,
-        target: Optional[np.ndarray],
-        rows: np.ndarray,
-        rngs: Sequence[np.random.Generator],
-        state: Dict[str, Any],
-    ) -> np.ndarray:
+    def _estimate(self, oracle: QueryCounter, points: np.ndarray, y: np.ndarray, target: Optional[np.ndarray],
+                  rows: np.ndarray, rngs: Sequence[np.random.Generator], state: Dict[str, Any]) -> np.ndarray:
         low, high = oracle.bounds
         shape = points.shape[1:]
         tile, grid = self._grid(shape)

@@ -242,14 +242,8 @@ class Attack(abc.ABC):
 
     # ------------------------------------------------------------------ hooks
     @abc.abstractmethod
-    def _run(
-        self,
-        model: mx.gluon.Block,
-        x: nd.NDArray,
-        y: nd.NDArray,
-        target: Optional[nd.NDArray],
-        rngs: Sequence[np.random.Generator],
-    ) -> Tuple[nd.NDArray, Union[int, np.ndarray]]:
+    def _run(self, model: mx.gluon.Block, x: nd.NDArray, y: nd.NDArray, target: Optional[nd.NDArray],
+             rngs: Sequence[np.random.Generator]) -> Tuple[nd.NDArray, Union[int, np.ndarray]]:
         """Craft adversarial inputs.
 
         Parameters

@@ -140,14 +140,8 @@ class BlackBoxAttack(Attack):
         return QueryCounter(model, max_queries=self.max_queries, labels_only=self.labels_only, attack=self.name)
 
     @abc.abstractmethod
-    def _attack(
-        self,
-        oracle: QueryCounter,
-        x: np.ndarray,
-        y: np.ndarray,
-        target: Optional[np.ndarray],
-        rngs: Sequence[np.random.Generator],
-    ) -> np.ndarray:
+    def _attack(self, oracle: QueryCounter, x: np.ndarray, y: np.ndarray, target: Optional[np.ndarray],
+                rngs: Sequence[np.random.Generator]) -> np.ndarray:
         """Craft adversarial inputs with queries only.
 
         Parameters
@@ -168,14 +162,8 @@ class BlackBoxAttack(Attack):
             input, once queried), so that the final check needs no query.
         """
 
-    def _run(
-        self,
-        model: Any,
-        x: nd.NDArray,
-        y: nd.NDArray,
-        target: Optional[nd.NDArray],
-        rngs: Sequence[np.random.Generator],
-    ) -> Tuple[nd.NDArray, np.ndarray]:
+    def _run(self, model: Any, x: nd.NDArray, y: nd.NDArray, target: Optional[nd.NDArray],
+             rngs: Sequence[np.random.Generator]) -> Tuple[nd.NDArray, np.ndarray]:
         oracle = model if isinstance(model, QueryCounter) else QueryCounter(
             model, max_queries=self.max_queries, labels_only=self.labels_only, attack=self.name
         )
@@ -260,26 +248,12 @@ class GradientEstimationAttack(BlackBoxAttack):
         return {}
 
     @abc.abstractmethod
-    def _estimate(
-        self,
-        oracle: QueryCounter,
-        points: np.ndarray,
-        y: np.ndarray,
-        target: Optional[np.ndarray],
-        rows: np.ndarray,
-        rngs: Sequence[np.random.Generator],
-        state: Dict[str, Any],
-    ) -> np.ndarray:
+    def _estimate(self, oracle: QueryCounter, points: np.ndarray, y: np.ndarray, target: Optional[np.ndarray],
+                  rows: np.ndarray, rngs: Sequence[np.random.Generator], state: Dict[str, Any]) -> np.ndarray:
         """An estimate of the margin's gradient at ``points`` (rows ``rows``), spending ``_estimate_cost`` queries each."""
 
-    def _attack(
-        self,
-        oracle: QueryCounter,
-        x: np.ndarray,
-        y: np.ndarray,
-        target: Optional[np.ndarray],
-        rngs: Sequence[np.random.Generator],
-    ) -> np.ndarray:
+    def _attack(self, oracle: QueryCounter, x: np.ndarray, y: np.ndarray, target: Optional[np.ndarray],
+                rngs: Sequence[np.random.Generator]) -> np.ndarray:
         low, high = oracle.bounds
         current = x.copy()
         done = is_adversarial(oracle.scores(current, np.arange(len(x))).argmax(axis=1), y, target)

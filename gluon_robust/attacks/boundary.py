@@ -99,19 +99,9 @@ class BoundaryAttack(BlackBoxAttack):
     kind = AttackKind.BLACK_BOX_MINIMUM_NORM
     labels_only = True
 
-    def __init__(
-        self,
-        *,
-        eps: Optional[float] = None,
-        norm: str = "l2",
-        max_queries: int = 10000,
-        steps: Optional[int] = None,
-        spherical_step: float = 0.01,
-        source_step: float = 0.01,
-        step_adaptation: float = 1.5,
-        init_tries: int = 100,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, eps: Optional[float] = None, norm: str = "l2", max_queries: int = 10000,
+                 steps: Optional[int] = None, spherical_step: float = 0.01, source_step: float = 0.01,
+                 step_adaptation: float = 1.5, init_tries: int = 100, seed: int = 0) -> None:
         super().__init__(norm=norm, eps=None if eps is None else check_positive("eps", eps), max_queries=max_queries,
                          seed=seed)
         self.steps = None if steps is None else check_int("steps", steps)
@@ -122,14 +112,8 @@ class BoundaryAttack(BlackBoxAttack):
             raise ConfigError(f"step_adaptation must be > 1, got {step_adaptation!r}")
         self.init_tries = check_int("init_tries", init_tries)
 
-    def _attack(
-        self,
-        oracle: QueryCounter,
-        x: np.ndarray,
-        y: np.ndarray,
-        target: Optional[np.ndarray],
-        rngs: Sequence[np.random.Generator],
-    ) -> np.ndarray:
+    def _attack(self, oracle: QueryCounter, x: np.ndarray, y: np.ndarray, target: Optional[np.ndarray],
+                rngs: Sequence[np.random.Generator]) -> np.ndarray:
         low, high = oracle.bounds
         n = len(x)
         rows = np.arange(n)

@@ -274,18 +274,9 @@ class CarliniWagnerL2(Attack):
     supports_targeted = True
     kind = AttackKind.MINIMUM_NORM
 
-    def __init__(
-        self,
-        *,
-        binary_search_steps: int = 9,
-        steps: int = 1000,
-        learning_rate: float = 0.01,
-        initial_const: float = 1e-2,
-        confidence: float = 0.0,
-        abort_early: bool = True,
-        eot_samples: int = 1,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, binary_search_steps: int = 9, steps: int = 1000, learning_rate: float = 0.01,
+                 initial_const: float = 1e-2, confidence: float = 0.0, abort_early: bool = True, eot_samples: int = 1,
+                 seed: int = 0) -> None:
         super().__init__(norm="l2", eps=None, seed=seed)
         self.binary_search_steps = check_int("binary_search_steps", binary_search_steps)
         self.steps = check_int("steps", steps)
@@ -298,14 +289,8 @@ class CarliniWagnerL2(Attack):
     def _queries(self, iterations: np.ndarray) -> np.ndarray:
         return iterations * self.eot_samples
 
-    def _run(
-        self,
-        model: mx.gluon.Block,
-        x: nd.NDArray,
-        y: nd.NDArray,
-        target: Optional[nd.NDArray],
-        rngs: Sequence[np.random.Generator],
-    ) -> Tuple[nd.NDArray, np.ndarray]:
+    def _run(self, model: mx.gluon.Block, x: nd.NDArray, y: nd.NDArray, target: Optional[nd.NDArray],
+             rngs: Sequence[np.random.Generator]) -> Tuple[nd.NDArray, np.ndarray]:
         low, high = model.bounds
         center, half = (low + high) / 2, (high - low) / 2
         n, ctx = x.shape[0], x.context

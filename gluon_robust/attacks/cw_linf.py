@@ -76,18 +76,8 @@ class CarliniWagnerLinf(IterativeGradientAttack):
     name = "cw-linf"
     norms = ("linf",)
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        steps: int = 100,
-        step_size: Optional[float] = None,
-        random_start: bool = True,
-        restarts: int = 1,
-        confidence: float = 0.0,
-        eot_samples: int = 1,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, eps: float, steps: int = 100, step_size: Optional[float] = None, random_start: bool = True,
+                 restarts: int = 1, confidence: float = 0.0, eot_samples: int = 1, seed: int = 0) -> None:
         eps = check_positive("eps", eps, allow_zero=True)
         confidence = check_positive("confidence", confidence, allow_zero=True)
         super().__init__(

@@ -94,15 +94,8 @@ class DeepFool(Attack):
     supports_targeted = False
     kind = AttackKind.MINIMUM_NORM
 
-    def __init__(
-        self,
-        *,
-        norm: str = "l2",
-        steps: int = 50,
-        candidates: int = 10,
-        overshoot: float = 0.02,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, norm: str = "l2", steps: int = 50, candidates: int = 10, overshoot: float = 0.02,
+                 seed: int = 0) -> None:
         super().__init__(norm=norm, eps=None, seed=seed)
         self.steps = check_int("steps", steps)
         self.candidates = check_int("candidates", candidates, minimum=2)
@@ -111,14 +104,8 @@ class DeepFool(Attack):
     def _queries(self, iterations: np.ndarray) -> np.ndarray:
         return iterations * (self.candidates - 1)
 
-    def _run(
-        self,
-        model: mx.gluon.Block,
-        x: nd.NDArray,
-        y: nd.NDArray,
-        target: Optional[nd.NDArray],
-        rngs: Sequence[np.random.Generator],
-    ) -> Tuple[nd.NDArray, np.ndarray]:
+    def _run(self, model: mx.gluon.Block, x: nd.NDArray, y: nd.NDArray, target: Optional[nd.NDArray],
+             rngs: Sequence[np.random.Generator]) -> Tuple[nd.NDArray, np.ndarray]:
         if target is not None:  # the base rejects it first; kept for direct callers
             raise ConfigError(f"{self.name} has no targeted mode")
         low, high = model.bounds

@@ -119,20 +119,9 @@ class EAD(Attack):
     supports_targeted = True
     kind = AttackKind.MINIMUM_NORM
 
-    def __init__(
-        self,
-        *,
-        beta: float = 1e-3,
-        binary_search_steps: int = 9,
-        steps: int = 1000,
-        learning_rate: float = 0.01,
-        initial_const: float = 1e-2,
-        confidence: float = 0.0,
-        decision_rule: str = "en",
-        abort_early: bool = True,
-        eot_samples: int = 1,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, beta: float = 1e-3, binary_search_steps: int = 9, steps: int = 1000,
+                 learning_rate: float = 0.01, initial_const: float = 1e-2, confidence: float = 0.0,
+                 decision_rule: str = "en", abort_early: bool = True, eot_samples: int = 1, seed: int = 0) -> None:
         super().__init__(norm="l1", eps=None, seed=seed)
         self.beta = check_positive("beta", beta, allow_zero=True)
         self.binary_search_steps = check_int("binary_search_steps", binary_search_steps)
@@ -150,14 +139,8 @@ class EAD(Attack):
     def _queries(self, iterations: np.ndarray) -> np.ndarray:
         return iterations * (self.eot_samples + 1)
 
-    def _run(
-        self,
-        model: mx.gluon.Block,
-        x: nd.NDArray,
-        y: nd.NDArray,
-        target: Optional[nd.NDArray],
-        rngs: Sequence[np.random.Generator],
-    ) -> Tuple[nd.NDArray, np.ndarray]:
+    def _run(self, model: mx.gluon.Block, x: nd.NDArray, y: nd.NDArray, target: Optional[nd.NDArray],
+             rngs: Sequence[np.random.Generator]) -> Tuple[nd.NDArray, np.ndarray]:
         n, ctx = x.shape[0], x.context
         best_dist = nd.full((n,), np.inf, ctx=ctx)
         best_x = x.copy()

@@ -190,19 +190,9 @@ class FAB(Attack):
     supports_targeted = False
     kind = AttackKind.MINIMUM_NORM
 
-    def __init__(
-        self,
-        *,
-        norm: str = "linf",
-        steps: int = 100,
-        restarts: int = 1,
-        alpha_max: float = 0.1,
-        eta: float = 1.05,
-        beta: float = 0.9,
-        eps: Optional[float] = None,
-        restart_eps: Optional[float] = None,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, norm: str = "linf", steps: int = 100, restarts: int = 1, alpha_max: float = 0.1,
+                 eta: float = 1.05, beta: float = 0.9, eps: Optional[float] = None,
+                 restart_eps: Optional[float] = None, seed: int = 0) -> None:
         super().__init__(norm=norm, eps=eps, seed=seed)
         self.steps = check_int("steps", steps)
         self.restarts = check_int("restarts", restarts)
@@ -218,27 +208,15 @@ class FAB(Attack):
     def _queries(self, iterations: np.ndarray) -> np.ndarray:
         return 2 * iterations + 1
 
-    def _run(
-        self,
-        model: mx.gluon.Block,
-        x: nd.NDArray,
-        y: nd.NDArray,
-        target: Optional[nd.NDArray],
-        rngs: Sequence[np.random.Generator],
-    ) -> Tuple[nd.NDArray, int]:
+    def _run(self, model: mx.gluon.Block, x: nd.NDArray, y: nd.NDArray, target: Optional[nd.NDArray],
+             rngs: Sequence[np.random.Generator]) -> Tuple[nd.NDArray, int]:
         if target is not None:  # the base rejects it first; kept for direct callers
             raise ConfigError(f"{self.name} has no targeted mode")
         return self._run_all(model, x, y, [None], rngs)
 
     # ------------------------------------------------------------- the runs
-    def _run_all(
-        self,
-        model: mx.gluon.Block,
-        x: nd.NDArray,
-        y: nd.NDArray,
-        aims: List[Optional[nd.NDArray]],
-        rngs: Sequence[np.random.Generator],
-    ) -> Tuple[nd.NDArray, int]:
+    def _run_all(self, model: mx.gluon.Block, x: nd.NDArray, y: nd.NDArray, aims: List[Optional[nd.NDArray]],
+                 rngs: Sequence[np.random.Generator]) -> Tuple[nd.NDArray, int]:
         """Run FAB ``restarts`` times per entry of ``aims`` (None: nearest boundary, else target classes).
 
         The runs share the best points and distances; success is always
@@ -377,32 +355,15 @@ class FABT(FAB):
     name = "fab-t"
     supports_targeted = False
 
-    def __init__(
-        self,
-        *,
-        norm: str = "linf",
-        steps: int = 100,
-        n_target_classes: int = 9,
-        restarts: int = 1,
-        alpha_max: float = 0.1,
-        eta: float = 1.05,
-        beta: float = 0.9,
-        eps: Optional[float] = None,
-        restart_eps: Optional[float] = None,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, norm: str = "linf", steps: int = 100, n_target_classes: int = 9, restarts: int = 1,
+                 alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, eps: Optional[float] = None,
+                 restart_eps: Optional[float] = None, seed: int = 0) -> None:
         super().__init__(norm=norm, steps=steps, restarts=restarts, alpha_max=alpha_max, eta=eta, beta=beta,
                          eps=eps, restart_eps=restart_eps, seed=seed)
         self.n_target_classes = check_int("n_target_classes", n_target_classes)
 
-    def _run(
-        self,
-        model: mx.gluon.Block,
-        x: nd.NDArray,
-        y: nd.NDArray,
-        target: Optional[nd.NDArray],
-        rngs: Sequence[np.random.Generator],
-    ) -> Tuple[nd.NDArray, int]:
+    def _run(self, model: mx.gluon.Block, x: nd.NDArray, y: nd.NDArray, target: Optional[nd.NDArray],
+             rngs: Sequence[np.random.Generator]) -> Tuple[nd.NDArray, int]:
         if target is not None:  # the base rejects it first; kept for direct callers
             raise ConfigError(f"{self.name} has no targeted mode")
         with autograd.pause(train_mode=False):

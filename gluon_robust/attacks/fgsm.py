@@ -38,16 +38,8 @@ class FGSM(IterativeGradientAttack):
 
     name = "fgsm"
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        norm: str = "linf",
-        loss: str | LossFn = "ce",
-        eot_samples: int = 1,
-        l1_sparsity: float = 0.01,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, eps: float, norm: str = "linf", loss: str | LossFn = "ce", eot_samples: int = 1,
+                 l1_sparsity: float = 0.01, seed: int = 0) -> None:
         super().__init__(
             eps=eps, norm=norm, steps=1, random_start=False, restarts=1,
             loss=loss, eot_samples=eot_samples, l1_sparsity=l1_sparsity, seed=seed,

@@ -52,20 +52,9 @@ class IterativeGradientAttack(Attack):
 
     norms = ("linf", "l2", "l1")
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        norm: str = "linf",
-        steps: int = 40,
-        step_size: Optional[float] = None,
-        random_start: bool = True,
-        restarts: int = 1,
-        loss: str | LossFn = "ce",
-        eot_samples: int = 1,
-        l1_sparsity: float = 0.01,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, eps: float, norm: str = "linf", steps: int = 40, step_size: Optional[float] = None,
+                 random_start: bool = True, restarts: int = 1, loss: str | LossFn = "ce", eot_samples: int = 1,
+                 l1_sparsity: float = 0.01, seed: int = 0) -> None:
         super().__init__(norm=norm, eps=eps, seed=seed)
         if self.eps is None:
             raise ValueError("eps is required")
@@ -97,14 +86,8 @@ class IterativeGradientAttack(Attack):
         noise = self.norm.random_start(rngs, tuple(x.shape[1:]), self.eps)
         return nd.array(noise, ctx=x.context, dtype="float32")
 
-    def _run(
-        self,
-        model: mx.gluon.Block,
-        x: nd.NDArray,
-        y: nd.NDArray,
-        target: Optional[nd.NDArray],
-        rngs: Sequence[np.random.Generator],
-    ) -> Tuple[nd.NDArray, int]:
+    def _run(self, model: mx.gluon.Block, x: nd.NDArray, y: nd.NDArray, target: Optional[nd.NDArray],
+             rngs: Sequence[np.random.Generator]) -> Tuple[nd.NDArray, int]:
         def gradient(point: nd.NDArray) -> Tuple[nd.NDArray, None]:
             grad, _, _ = input_gradient(model, point, y, target, self.loss, self.eot_samples)
             return grad, None

@@ -105,19 +105,9 @@ class HopSkipJump(BlackBoxAttack):
     kind = AttackKind.BLACK_BOX_MINIMUM_NORM
     labels_only = True
 
-    def __init__(
-        self,
-        *,
-        norm: str = "l2",
-        eps: Optional[float] = None,
-        max_queries: int = 10000,
-        steps: Optional[int] = None,
-        initial_evals: int = 100,
-        max_evals: int = 10000,
-        gamma: float = 1.0,
-        init_tries: int = 100,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, norm: str = "l2", eps: Optional[float] = None, max_queries: int = 10000,
+                 steps: Optional[int] = None, initial_evals: int = 100, max_evals: int = 10000, gamma: float = 1.0,
+                 init_tries: int = 100, seed: int = 0) -> None:
         super().__init__(norm=norm, eps=None if eps is None else check_positive("eps", eps), max_queries=max_queries,
                          seed=seed)
         self.steps = None if steps is None else check_int("steps", steps)
@@ -126,14 +116,8 @@ class HopSkipJump(BlackBoxAttack):
         self.gamma = check_positive("gamma", gamma)
         self.init_tries = check_int("init_tries", init_tries)
 
-    def _attack(
-        self,
-        oracle: QueryCounter,
-        x: np.ndarray,
-        y: np.ndarray,
-        target: Optional[np.ndarray],
-        rngs: Sequence[np.random.Generator],
-    ) -> np.ndarray:
+    def _attack(self, oracle: QueryCounter, x: np.ndarray, y: np.ndarray, target: Optional[np.ndarray],
+                rngs: Sequence[np.random.Generator]) -> np.ndarray:
         d = int(np.prod(x.shape[1:]))
         theta = self.gamma / self.norm.choose(l2=d**1.5, otherwise=d**2)
         path = self.norm.choose(l2=blend, otherwise=box)

@@ -123,15 +123,8 @@ class JSMA(Attack):
     supports_targeted = True
     kind = AttackKind.MINIMUM_NORM
 
-    def __init__(
-        self,
-        *,
-        theta: float = 1.0,
-        gamma: float = 0.1,
-        use_logits: bool = True,
-        norm: str = "l0",
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, theta: float = 1.0, gamma: float = 0.1, use_logits: bool = True, norm: str = "l0",
+                 seed: int = 0) -> None:
         super().__init__(norm=norm, eps=None, seed=seed)
         self.theta = _check_theta(theta)
         self.gamma = check_positive("gamma", gamma, upper=1.0)
@@ -143,14 +136,8 @@ class JSMA(Attack):
         return 2 * iterations
 
     # ------------------------------------------------------------------ loop
-    def _run(
-        self,
-        model: mx.gluon.Block,
-        x: nd.NDArray,
-        y: nd.NDArray,
-        target: Optional[nd.NDArray],
-        rngs: Sequence[np.random.Generator],
-    ) -> Tuple[nd.NDArray, np.ndarray]:
+    def _run(self, model: mx.gluon.Block, x: nd.NDArray, y: nd.NDArray, target: Optional[nd.NDArray],
+             rngs: Sequence[np.random.Generator]) -> Tuple[nd.NDArray, np.ndarray]:
         low, high = model.bounds
         n, shape = x.shape[0], x.shape
         features = int(np.prod(shape[1:]))

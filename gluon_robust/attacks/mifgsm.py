@@ -68,19 +68,9 @@ class MIFGSM(IterativeGradientAttack):
 
     name = "mifgsm"
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        norm: str = "linf",
-        steps: int = 10,
-        decay: float = 1.0,
-        step_size: float | None = None,
-        loss: str | LossFn = "ce",
-        eot_samples: int = 1,
-        l1_sparsity: float = 0.01,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, eps: float, norm: str = "linf", steps: int = 10, decay: float = 1.0,
+                 step_size: float | None = None, loss: str | LossFn = "ce", eot_samples: int = 1,
+                 l1_sparsity: float = 0.01, seed: int = 0) -> None:
         steps = check_int("steps", steps)
         super().__init__(
             eps=eps, norm=norm, steps=steps,

@@ -64,17 +64,8 @@ class NES(GradientEstimationAttack):
 
     name = "nes"
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        norm: str = "linf",
-        max_queries: int = 10000,
-        samples: int = 50,
-        sigma: float = 0.001,
-        step_size: Optional[float] = None,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, eps: float, norm: str = "linf", max_queries: int = 10000, samples: int = 50,
+                 sigma: float = 0.001, step_size: Optional[float] = None, seed: int = 0) -> None:
         eps = check_positive("eps", eps)
         super().__init__(eps=eps, norm=norm, max_queries=max_queries, step_size=eps / 10 if step_size is None else step_size,
                          seed=seed)
@@ -82,16 +73,8 @@ class NES(GradientEstimationAttack):
         self.sigma = check_positive("sigma", sigma)
         self._estimate_cost = 2 * self.samples
 
-    def _estimate(
-        self,
-        oracle: QueryCounter,
-        points: np.ndarray,
-        y: np.ndarray,
-        target: Optional[np.ndarray],
-        rows: np.ndarray,
-        rngs: Sequence[np.random.Generator],
-        state: Dict[str, Any],
-    ) -> np.ndarray:
+    def _estimate(self, oracle: QueryCounter, points: np.ndarray, y: np.ndarray, target: Optional[np.ndarray],
+                  rows: np.ndarray, rngs: Sequence[np.random.Generator], state: Dict[str, Any]) -> np.ndarray:
         low, high = oracle.bounds
         grads = np.empty(points.shape, np.float64)
         for j, row in enumerate(rows):

@@ -63,18 +63,8 @@ class BIM(PGD):
 
     name = "bim"
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        norm: str = "linf",
-        steps: int = 10,
-        step_size: Optional[float] = None,
-        loss: str | LossFn = "ce",
-        eot_samples: int = 1,
-        l1_sparsity: float = 0.01,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, eps: float, norm: str = "linf", steps: int = 10, step_size: Optional[float] = None,
+                 loss: str | LossFn = "ce", eot_samples: int = 1, l1_sparsity: float = 0.01, seed: int = 0) -> None:
         super().__init__(
             eps=eps, norm=norm, steps=steps, step_size=step_size if step_size is not None else eps / steps,
             random_start=False, restarts=1, loss=loss, eot_samples=eot_samples, l1_sparsity=l1_sparsity, seed=seed,

@@ -54,14 +54,8 @@ class CallableModel:
     >>> result.queries                                  # per sample, never above 1000
     """
 
-    def __init__(
-        self,
-        fn: Callable[[np.ndarray], Any],
-        *,
-        bounds: Tuple[float, float] = (0.0, 1.0),
-        num_classes: Optional[int] = None,
-        input_size: Optional[Sequence[int]] = None,
-    ) -> None:
+    def __init__(self, fn: Callable[[np.ndarray], Any], *, bounds: Tuple[float, float] = (0.0, 1.0),
+                 num_classes: Optional[int] = None, input_size: Optional[Sequence[int]] = None) -> None:
         if not callable(fn):
             raise ConfigError(f"the target must be callable, got {type(fn).__name__}")
         low, high = (float(b) for b in bounds)

@@ -100,15 +100,8 @@ class SimBA(BlackBoxAttack):
     kind = AttackKind.BLACK_BOX_MINIMUM_NORM
     basis = "pixel"
 
-    def __init__(
-        self,
-        *,
-        eps: Optional[float] = None,
-        norm: str = "l2",
-        step_size: Optional[float] = None,
-        max_queries: int = 10000,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, eps: Optional[float] = None, norm: str = "l2", step_size: Optional[float] = None,
+                 max_queries: int = 10000, seed: int = 0) -> None:
         super().__init__(norm=norm, eps=None if eps is None else check_positive("eps", eps), max_queries=max_queries, seed=seed)
         if step_size is None:
             linf_step = self.norm.choose(linf=self.eps, otherwise=None)  # the paper: eps for L-inf
@@ -127,14 +120,8 @@ class SimBA(BlackBoxAttack):
         return out.reshape((len(index),) + shape)
 
     # ------------------------------------------------------------------ run
-    def _attack(
-        self,
-        oracle: QueryCounter,
-        x: np.ndarray,
-        y: np.ndarray,
-        target: Optional[np.ndarray],
-        rngs: Sequence[np.random.Generator],
-    ) -> np.ndarray:
+    def _attack(self, oracle: QueryCounter, x: np.ndarray, y: np.ndarray, target: Optional[np.ndarray],
+                rngs: Sequence[np.random.Generator]) -> np.ndarray:
         shape = x.shape[1:]
         rows = np.arange(len(x))
         current = x.copy()
@@ -199,17 +186,9 @@ class SimBADCT(SimBA):
     name = "simba-dct"
     basis = "dct"
 
-    def __init__(
-        self,
-        *,
-        eps: Optional[float] = None,
-        norm: str = "l2",
-        step_size: Optional[float] = None,
-        max_queries: int = 10000,
-        freq_dims: Optional[int] = None,
-        stride: Optional[int] = None,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, eps: Optional[float] = None, norm: str = "l2", step_size: Optional[float] = None,
+                 max_queries: int = 10000, freq_dims: Optional[int] = None, stride: Optional[int] = None,
+                 seed: int = 0) -> None:
         super().__init__(eps=eps, norm=norm, step_size=step_size, max_queries=max_queries, seed=seed)
         self.freq_dims = None if freq_dims is None else check_int("freq_dims", freq_dims)
         self.stride = None if stride is None else check_int("stride", stride)

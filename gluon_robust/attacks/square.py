@@ -211,17 +211,9 @@ class SquareAttack(BlackBoxAttack):
     name = "square"
     norms = ("linf", "l2")
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        norm: str = "linf",
-        max_queries: int = 10000,
-        p_init: float = 0.8,
-        rescale_schedule: bool = False,
-        seed: int = 0,
-        trace: Optional[Callable[[SquareStep], None]] = None,
-    ) -> None:
+    def __init__(self, *, eps: float, norm: str = "linf", max_queries: int = 10000, p_init: float = 0.8,
+                 rescale_schedule: bool = False, seed: int = 0,
+                 trace: Optional[Callable[[SquareStep], None]] = None) -> None:
         super().__init__(norm=norm, eps=check_positive("eps", eps), max_queries=max_queries, seed=seed)
         self.p_init = check_positive("p_init", p_init, upper=1.0)
         if not isinstance(rescale_schedule, (bool, np.bool_)):
@@ -231,14 +223,8 @@ class SquareAttack(BlackBoxAttack):
             raise ConfigError(f"trace must be a callable or None, got {trace!r}")
         self._trace = trace
 
-    def _attack(
-        self,
-        oracle: QueryCounter,
-        x: np.ndarray,
-        y: np.ndarray,
-        target: Optional[np.ndarray],
-        rngs: Sequence[np.random.Generator],
-    ) -> np.ndarray:
+    def _attack(self, oracle: QueryCounter, x: np.ndarray, y: np.ndarray, target: Optional[np.ndarray],
+                rngs: Sequence[np.random.Generator]) -> np.ndarray:
         low, high = oracle.bounds
         rows = np.arange(len(x))
         start = self.norm.choose(linf=self._start_linf, otherwise=self._start_l2)

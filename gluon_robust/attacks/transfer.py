@@ -140,20 +140,10 @@ class TransferAttack(BlackBoxAttack):
     name = "transfer"
     norms = ("linf", "l2")
 
-    def __init__(
-        self,
-        *,
-        surrogate: Union[SurrogateSource, Sequence[SurrogateSource]],
-        eps: float,
-        norm: str = "linf",
-        steps: int = 10,
-        step_size: Optional[float] = None,
-        decay: float = 1.0,
-        diversity_prob: float = 0.5,
-        resize_rate: float = 1.1,
-        loss: Union[str, LossFn] = "ce",
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, surrogate: Union[SurrogateSource, Sequence[SurrogateSource]], eps: float,
+                 norm: str = "linf", steps: int = 10, step_size: Optional[float] = None, decay: float = 1.0,
+                 diversity_prob: float = 0.5, resize_rate: float = 1.1, loss: Union[str, LossFn] = "ce",
+                 seed: int = 0) -> None:
         super().__init__(norm=norm, eps=check_positive("eps", eps), max_queries=1, seed=seed)
         self.surrogate = _load_surrogates(surrogate)
         self.steps = check_int("steps", steps)
@@ -170,14 +160,8 @@ class TransferAttack(BlackBoxAttack):
         params["surrogate"] = [getattr(m, "arch", type(m).__name__) for m in self.surrogate]  # not whole networks
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in sorted(params.items()))})"
 
-    def _attack(
-        self,
-        oracle: QueryCounter,
-        x: np.ndarray,
-        y: np.ndarray,
-        target: Optional[np.ndarray],
-        rngs: Sequence[np.random.Generator],
-    ) -> np.ndarray:
+    def _attack(self, oracle: QueryCounter, x: np.ndarray, y: np.ndarray, target: Optional[np.ndarray],
+                rngs: Sequence[np.random.Generator]) -> np.ndarray:
         low, high = oracle.bounds
         ctx = getattr(self.surrogate[0], "ctx", mx.cpu())
         model = _Surrogate(self.surrogate, rngs, self.diversity_prob, self.resize_rate)

@@ -78,20 +78,9 @@ class ZOO(BlackBoxAttack):
     name = "zoo"
     norms = ("linf", "l2")
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        norm: str = "linf",
-        max_queries: int = 10000,
-        coordinates: int = 128,
-        h: float = 1e-4,
-        learning_rate: float = 0.1,
-        beta1: float = 0.9,
-        beta2: float = 0.999,
-        confidence: float = 0.0,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, eps: float, norm: str = "linf", max_queries: int = 10000, coordinates: int = 128,
+                 h: float = 1e-4, learning_rate: float = 0.1, beta1: float = 0.9, beta2: float = 0.999,
+                 confidence: float = 0.0, seed: int = 0) -> None:
         super().__init__(norm=norm, eps=check_positive("eps", eps), max_queries=max_queries, seed=seed)
         self.coordinates = check_int("coordinates", coordinates)
         self.h = check_positive("h", h)
@@ -103,14 +92,8 @@ class ZOO(BlackBoxAttack):
                 raise ConfigError(f"{name} must be < 1, got {value!r}")
         self.confidence = check_positive("confidence", confidence, allow_zero=True)
 
-    def _attack(
-        self,
-        oracle: QueryCounter,
-        x: np.ndarray,
-        y: np.ndarray,
-        target: Optional[np.ndarray],
-        rngs: Sequence[np.random.Generator],
-    ) -> np.ndarray:
+    def _attack(self, oracle: QueryCounter, x: np.ndarray, y: np.ndarray, target: Optional[np.ndarray],
+                rngs: Sequence[np.random.Generator]) -> np.ndarray:
         n, d = len(x), int(np.prod(x.shape[1:]))
         flat_x = x.reshape(n, d)
         current = flat_x.copy()

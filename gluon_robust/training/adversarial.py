@@ -201,17 +201,8 @@ class AdversarialMethod(TrainingMethod):
     #: Default step size as a multiple of ``eps / steps``.
     default_step_factor: ClassVar[float] = 2.5
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        norm: str = "linf",
-        steps: int = 10,
-        step_size: Optional[float] = None,
-        attack_bn: str = "train",
-        attack_updates_stats: bool = False,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, eps: float, norm: str = "linf", steps: int = 10, step_size: Optional[float] = None,
+                 attack_bn: str = "train", attack_updates_stats: bool = False, seed: int = 0) -> None:
         super().__init__(seed=seed)
         self.norm: Norm = get_norm(norm)
         if self.norm.name not in self.norms:

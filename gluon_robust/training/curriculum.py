@@ -62,16 +62,8 @@ class Curriculum:
     >>> method.set_budget(**dict(zip(("eps", "steps"), schedule.at(epoch + i / n))))
     """
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        steps: int,
-        warmup_epochs: float,
-        kind: str = "linear",
-        start_eps: float = 0.0,
-        start_steps: int = 1,
-    ) -> None:
+    def __init__(self, *, eps: float, steps: int, warmup_epochs: float, kind: str = "linear", start_eps: float = 0.0,
+                 start_steps: int = 1) -> None:
         self.eps = check_positive("eps", eps, allow_zero=True)
         self.steps = check_int("steps", steps)
         self.warmup_epochs = check_positive("warmup_epochs", warmup_epochs, allow_zero=True)

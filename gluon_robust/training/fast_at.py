@@ -47,17 +47,9 @@ class FastAT(AdversarialMethod):
     name = "fast-at"
     default_step_factor = 1.25
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        norm: str = "linf",
-        step_size: Optional[float] = None,
-        random_start: bool = True,
-        attack_bn: str = "train",
-        attack_updates_stats: bool = False,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, eps: float, norm: str = "linf", step_size: Optional[float] = None,
+                 random_start: bool = True, attack_bn: str = "train", attack_updates_stats: bool = False,
+                 seed: int = 0) -> None:
         super().__init__(eps=eps, norm=norm, steps=1, step_size=step_size, attack_bn=attack_bn,
                          attack_updates_stats=attack_updates_stats, seed=seed)
         self.random_start = bool(random_start)

@@ -62,15 +62,8 @@ class FreeAT(AdversarialMethod):
     name = "free-at"
     default_step_factor = 1.0
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        norm: str = "linf",
-        replays: int = 4,
-        step_size: Optional[float] = None,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, eps: float, norm: str = "linf", replays: int = 4, step_size: Optional[float] = None,
+                 seed: int = 0) -> None:
         super().__init__(eps=eps, norm=norm, steps=1, step_size=step_size, seed=seed)
         self.replays = check_int("replays", replays)
         self._delta: Dict[str, nd.NDArray] = {}

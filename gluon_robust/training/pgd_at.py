@@ -57,19 +57,9 @@ class PGDAT(AdversarialMethod):
 
     name = "pgd-at"
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        norm: str = "linf",
-        steps: int = 10,
-        step_size: Optional[float] = None,
-        random_start: bool = True,
-        mix: float = 0.0,
-        attack_bn: str = "train",
-        attack_updates_stats: bool = False,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, eps: float, norm: str = "linf", steps: int = 10, step_size: Optional[float] = None,
+                 random_start: bool = True, mix: float = 0.0, attack_bn: str = "train",
+                 attack_updates_stats: bool = False, seed: int = 0) -> None:
         super().__init__(eps=eps, norm=norm, steps=steps, step_size=step_size, attack_bn=attack_bn,
                          attack_updates_stats=attack_updates_stats, seed=seed)
         self.random_start = bool(random_start)

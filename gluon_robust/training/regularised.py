@@ -40,18 +40,9 @@ class RegularisedMethod(AdversarialMethod):
         See :class:`~gluon_robust.training.adversarial.AdversarialMethod`.
     """
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        norm: str = "linf",
-        steps: int = 10,
-        step_size: Optional[float] = None,
-        beta: float = 6.0,
-        attack_bn: str = "train",
-        attack_updates_stats: bool = False,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, eps: float, norm: str = "linf", steps: int = 10, step_size: Optional[float] = None,
+                 beta: float = 6.0, attack_bn: str = "train", attack_updates_stats: bool = False,
+                 seed: int = 0) -> None:
         super().__init__(eps=eps, norm=norm, steps=steps, step_size=step_size, attack_bn=attack_bn,
                          attack_updates_stats=attack_updates_stats, seed=seed)
         self.beta = check_positive("beta", beta, allow_zero=True)
