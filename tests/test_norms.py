@@ -51,3 +51,16 @@ def test_dual_norm_inequality_and_steepest_direction(name: str) -> None:
 def test_unbounded_radius_is_the_old_value() -> None:
     assert get_norm("linf").unbounded_radius(2.0, 64) == 2.0 * 1.0
     assert get_norm("l2").unbounded_radius(2.0, 64.0) == 2.0 * np.sqrt(64.0)
+
+
+@pytest.mark.parametrize("norm, expected", [("linf", 2.0), ("l2", 2.0 * 28.0), ("l1", 2.0 * 784), ("l0", None)])
+def test_diameter_is_the_distance_between_opposite_corners(norm, expected):
+    """Closed form: the corners low*1 and high*1 of a [low, high]^784 box are as far apart as any two points."""
+    from gluon_robust.attacks.norms import get_norm
+
+    measure = get_norm(norm)
+    assert measure.diameter(2.0, 784) == expected
+    if expected is not None:
+        corner = np.full((1, 784), 2.0, np.float32)
+        assert float(measure.distance(corner)[0]) == pytest.approx(expected, rel=1e-6)
+    assert measure.coordinatewise == (norm == "linf")

@@ -13,7 +13,8 @@ distances are float64. Where an attack's own hyperparameters differ per norm
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar, Dict, Sequence, Tuple, Type, TypeVar, Union
+import math
+from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import numpy as np
 from mxnet import nd
@@ -100,6 +101,15 @@ class Norm(abc.ABC):
         """A radius whose ball covers the whole box of side ``width`` in ``size`` dimensions (its diagonal)."""
         return width * np.sqrt(size)
 
+    #: Whether the norm bounds every coordinate on its own (L-inf), so that a budget is comparable with the
+    #: width of the input range whatever the input's size.
+    coordinatewise: ClassVar[bool] = False
+
+    def diameter(self, width: float, size: int) -> Optional[float]:
+        """The largest distance between two points of a box of side ``width`` in ``size`` dimensions
+        (None where the norm has no finite use of it, as for L0)."""
+        return None
+
     def coordinate_bounds(self, x: Array, eps: float, low: float, high: float) -> Tuple[Any, Any]:
         """Per-coordinate limits for moving one coordinate of ``x`` alone: the bounds, cut to the ball where it is a box."""
         return low, high
@@ -143,6 +153,10 @@ class LinfNorm(Norm):
     """L-infinity: the box ``|delta_i| <= eps``; the steepest direction is the sign."""
 
     name = "linf"
+    coordinatewise = True
+
+    def diameter(self, width: float, size: int) -> Optional[float]:
+        return width
 
     def distance(self, delta: Array) -> Array:
         if _is_np(delta):
@@ -190,6 +204,9 @@ class L2Norm(Norm):
     """L2: the Euclidean ball; the steepest direction is the normalised gradient."""
 
     name = "l2"
+
+    def diameter(self, width: float, size: int) -> Optional[float]:
+        return math.sqrt(size) * width
 
     def distance(self, delta: Array) -> Array:
         if _is_np(delta):
@@ -247,6 +264,9 @@ class L1Norm(Norm):
     """
 
     name = "l1"
+
+    def diameter(self, width: float, size: int) -> Optional[float]:
+        return size * width
 
     def __init__(self, sparsity: float = 0.01) -> None:
         if not 0.0 < sparsity <= 1.0:

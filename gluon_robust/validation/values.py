@@ -307,18 +307,19 @@ def check_eps(
     value = check_positive(name, eps, allow_zero=True)
     from ..attacks.norms import get_norm  # late: the attacks import this module
 
-    kind = get_norm(norm).name
+    measure = get_norm(norm)
+    kind = measure.name
     low, high = (float(b) for b in bounds)
     width = high - low
-    if kind == "linf" and value > width * (1 + 1e-9):
+    if measure.coordinatewise and value > width * (1 + 1e-9):
         fits = 0 < value / 255 <= width
         hint = f"did you mean {value:g}/255 = {value / 255:.4f}?" if fits else ""
         raise InvalidValue(name, eps, f"at most {width:g} for the linf norm (the width of the model's input range "
                                       f"[{low:g}, {high:g}])", hint=hint)
-    if kind in ("l2", "l1") and sample_shape is not None:
+    if not measure.coordinatewise and sample_shape is not None:
         d = int(np.prod(tuple(sample_shape)))
-        diameter = (math.sqrt(d) if kind == "l2" else d) * width
-        if value > diameter:
+        diameter = measure.diameter(width, d)
+        if diameter is not None and value > diameter:
             logger.warning("%s=%g can never bind: the %s diameter of the input range [%g, %g] over %d values is %.4g, "
                            "so the attack is unbounded", name, value, kind, low, high, d, diameter)
     return value
