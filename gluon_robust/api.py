@@ -143,7 +143,7 @@ def certify(
         ``certified_accuracy`` (radius -> fraction), ``abstain_rate``,
         per-sample ``points`` and the settings.
     """
-    from .commands.certify import certify_source
+    from .evaluation.certify import certify_source
     from .io import atomic_write_json
     from .reporting import staged_output, versions
     from .validation import check_out_dir

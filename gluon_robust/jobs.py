@@ -223,7 +223,7 @@ class DemoLoader:
         return f"demo:{self.config}:{self.limit}:{self.ctx}"
 
     def load(self) -> Tuple[Classifier, Any]:
-        from .cli import parse_ctx
+        from .cli_values import parse_ctx
 
         model = load_classifier(self.config, ctx=parse_ctx(self.ctx)[0] if self.ctx else None)
         return model, load_data("mnist-sample", split="test", limit=self.limit, input_size=model.input_size[1:])

@@ -25,7 +25,8 @@ from gluon_robust.interrupts import Interrupted, deferred, handle_signals
 from gluon_robust.reporting import MANIFEST_NAME, recorded_outputs, staged_output
 from gluon_robust.training import PGDAT
 from gluon_robust.training.checkpoint import CheckpointManager, structural_params
-from gluon_robust.training.loop import TrainConfig, run_training, train_adversarial
+from gluon_robust.commands.train import run_training
+from gluon_robust.training.loop import TrainConfig, train_adversarial
 from training_helpers import tiny_data, training_model
 
 CLI = [sys.executable, "-m", "gluon_robust.cli"]

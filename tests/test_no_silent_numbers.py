@@ -455,7 +455,8 @@ def _epoch_lines(caplog) -> List[str]:
 
 @pytest.mark.parametrize("method", ["standard", "gaussian"])
 def test_epoch_line_of_a_method_without_an_attack_has_no_eps(method, tmp_path, caplog):
-    from gluon_robust.training.loop import TrainConfig, run_training
+    from gluon_robust.commands.train import run_training
+    from gluon_robust.training.loop import TrainConfig
 
     cfg = TrainConfig(config="mnist_resnet20", method=method, epochs=1, limit=8, val_limit=4, batch_size=8,
                       save_dir=str(tmp_path), progress=False)
@@ -468,7 +469,8 @@ def test_epoch_line_of_a_method_without_an_attack_has_no_eps(method, tmp_path, c
 
 
 def test_epoch_line_of_an_adversarial_method_keeps_eps_and_pgd(tmp_path, caplog):
-    from gluon_robust.training.loop import TrainConfig, run_training
+    from gluon_robust.commands.train import run_training
+    from gluon_robust.training.loop import TrainConfig
 
     cfg = TrainConfig(config="mnist_resnet20", method="fast-at", eps=0.1, epochs=1, limit=8, val_limit=4, batch_size=8,
                       val_steps=1, guard=False, save_dir=str(tmp_path), progress=False)
@@ -479,7 +481,8 @@ def test_epoch_line_of_an_adversarial_method_keeps_eps_and_pgd(tmp_path, caplog)
 
 
 def test_standard_training_measures_pgd_when_asked(tmp_path, caplog):
-    from gluon_robust.training.loop import TrainConfig, run_training
+    from gluon_robust.commands.train import run_training
+    from gluon_robust.training.loop import TrainConfig
 
     cfg = TrainConfig(config="mnist_resnet20", method="standard", epochs=1, limit=8, val_limit=4, batch_size=8,
                       val_eps=0.1, val_steps=1, save_dir=str(tmp_path), progress=False)

@@ -21,7 +21,8 @@ from gluon_robust.model import load_classifier
 from gluon_robust.training import Curriculum, FastAT, FreeAT, OverfittingGuard, PGDAT, TRADES
 from gluon_robust.training import loop as loop_module
 from gluon_robust.training.checkpoint import CheckpointManager, structural_params
-from gluon_robust.training.loop import TrainConfig, run_training, train_adversarial
+from gluon_robust.commands.train import run_training
+from gluon_robust.training.loop import TrainConfig, train_adversarial
 from training_helpers import tiny_data, training_model
 
 X, Y = tiny_data(40, seed=3)

@@ -25,7 +25,7 @@ def run_certify_chunk(loader: Loader, settings: CertifySettings, k: int, n: int,
     the data) a worker whose weights, data slice or settings differ from the
     client's ``expected`` fingerprint parts.
     """
-    from ..commands.certify import certify_points
+    from ..evaluation.certify import certify_points
 
     start = time.perf_counter()
     entry, worker, part = checked_slice(loader, settings, k, n, expected)
@@ -36,7 +36,7 @@ def run_certify_chunk(loader: Loader, settings: CertifySettings, k: int, n: int,
 
 def _certify_done(state: Path, k: int, n: int, expected: Dict[str, str]) -> Optional[Tuple[Dict[str, Any], Dict]]:
     """The finished certify chunk ``k`` of ``n`` in the state (when its fingerprint is the run's), else None."""
-    from ..commands.certify import POINT_ARRAYS
+    from ..evaluation.certify import POINT_ARRAYS
 
     return read_arrays_chunk(state, k, n, expected, POINT_ARRAYS, "certify chunk")
 
@@ -63,17 +63,17 @@ def certify_on_cluster(
     draws its noise from the seed and its own bytes, so a chunk certifies its
     points as the single process does; the per-sample arrays of the chunks are
     concatenated in order and the report is built from them
-    (:func:`~gluon_robust.commands.certify.certify_report`). Chunks are written
+    (:func:`~gluon_robust.evaluation.certify.certify_report`). Chunks are written
     to ``out_dir/cluster.state/`` as they arrive (``--resume`` keeps them);
     the caller publishes the report and removes the state (see ``certify --cluster``).
 
     Returns
     -------
     dict
-        The report of :func:`~gluon_robust.commands.certify.certify_source`
+        The report of :func:`~gluon_robust.evaluation.certify.certify_source`
         plus ``cluster`` (chunks, per-worker timing) and ``fingerprint``.
     """
-    from ..commands.certify import POINT_ARRAYS, certify_report
+    from ..evaluation.certify import POINT_ARRAYS, certify_report
 
     start = time.perf_counter()
     plan = functools.partial(_plan, settings=settings, chunk_size=chunk_size, max_memory=max_memory)

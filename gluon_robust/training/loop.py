@@ -138,18 +138,3 @@ def _config_of(config: Optional[TrainingConfig], options: Dict[str, Any]) -> Tra
     if options:
         raise TypeError(f"give either config or the keywords {', '.join(sorted(options))}, not both")
     return config
-
-
-def __getattr__(name: str) -> Any:
-    """The command layer's ``run_training`` and ``build_model``, at their former place here."""
-    if name == "run_training":
-        from ..commands.train import run_training
-
-        return run_training
-    if name == "build_model":
-        from ..commands._train_setup import build_model
-
-        return build_model
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
