@@ -48,7 +48,8 @@ from gluon_robust.defenses.smoothing import (
 from gluon_robust.model import load_classifier
 from gluon_robust.reporting import format_table
 from gluon_robust.training.gaussian_augmentation import GaussianAugmentation
-from gluon_robust.training.loop import TrainConfig, build_model, train_adversarial
+from gluon_robust.commands._train_setup import build_model  # noqa: E402
+from gluon_robust.training.loop import TrainConfig, train_adversarial
 from gluon_robust.training.standard import save_trained
 
 logger = logging.getLogger("benchmarks")

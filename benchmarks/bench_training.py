@@ -57,7 +57,8 @@ from gluon_robust.evaluation.report import stage_accuracies
 from gluon_robust.evaluation.recipes import RECIPE_SUMMARIES, describe, deviations, get_recipe, recipe_names
 from gluon_robust.evaluation.robustness import evaluate_attacks
 from gluon_robust.model import load_classifier
-from gluon_robust.training.loop import TrainConfig, run_training
+from gluon_robust.commands.train import run_training  # noqa: E402
+from gluon_robust.training.loop import TrainConfig
 
 logger = logging.getLogger("benchmarks")
 

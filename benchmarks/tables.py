@@ -65,7 +65,7 @@ def _pct(value: Optional[float]) -> str:
 AUTOATTACK_FULL = tuple((m, e) for m in ("mnist_resnet20", "mnist_resnet20_pgdat") for e in (0.1, 0.3))
 
 
-def autoattack_table(data: Dict[str, Any]) -> str:
+def autoattack_table(data: Dict[str, Any], done_elsewhere: frozenset = frozenset()) -> str:
     """gluon_robust's ``standard`` against reference AutoAttack: robust accuracy after each stage, agreement, time."""
     settings = data.get("settings", {})
     header = ["model", "ε", "clean", "stage", "AutoAttack", "gluon_robust"]
@@ -93,7 +93,7 @@ def autoattack_table(data: Dict[str, Any]) -> str:
              "(start-up and report included), the attack stages alone, and CPU time (fairest on a shared machine).")
     summary_header = ["model", "ε", "AutoAttack", "gluon_robust", "same verdict", "AutoAttack time",
                       "evaluate time", "wall ours/ref", "attacks ours/ref", "CPU ours/ref"]
-    done = {(e["model"], float(e["eps"])) for e in data["results"].values()}
+    done = {(e["model"], float(e["eps"])) for e in data["results"].values()} | set(done_elsewhere)
     missing = [f"{m} at ε {e:g}" for m, e in AUTOATTACK_FULL if (m, e) not in done]
     if missing and settings.get("limit") == 200:
         outro += f" Not measured (the run was stopped): {', '.join(missing)}."
@@ -152,6 +152,17 @@ def provenance_table(results_dir: str | Path) -> str:
     return "Every results file:\n\n" + markdown_table(["file", "revision", "cores", "versions"], rows)
 
 
+def _autoattack_done(results_dir: str | Path) -> frozenset:
+    """The (model, eps) pairs measured on 200 digits in any of the AutoAttack results files (a full run may be
+    split over several, one per model and eps)."""
+    done = set()
+    for path in Path(results_dir).glob("autoattack*.json"):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("settings", {}).get("limit") == 200:
+            done |= {(e["model"], float(e["eps"])) for e in data.get("results", {}).values()}
+    return frozenset(done)
+
+
 def render(results_dir: str | Path) -> str:
     """The Markdown of every results file present that has a renderer, each followed by its provenance,
     then the provenance of every results file."""
@@ -162,7 +173,8 @@ def render(results_dir: str | Path) -> str:
             if not path.is_file():
                 continue
             data = json.loads(path.read_text(encoding="utf-8"))
-            body = renderer(data)
+            body = (autoattack_table(data, _autoattack_done(results_dir)) if renderer is autoattack_table
+                    else renderer(data))
             if body:
                 parts.append(f"{body}\n\n{source_line(path.stem, data)}")
     files = provenance_table(results_dir)
