@@ -127,11 +127,26 @@ def memory_table(data: Dict[str, Any]) -> str:
     return "\n\n".join([intro, markdown_table(header, rows)])
 
 
+def revisions_table(data: Dict[str, Any]) -> str:
+    """The same workloads timed under two revisions, interleaved (``bench_revisions.py``)."""
+    rows = [[r["workload"], f"{r['baseline_seconds']:.2f} s", f"{r['this_seconds']:.2f} s", f"{r['ratio']:.2f}"]
+            for r in data.get("rows", [])]
+    if not rows:
+        return ""
+    base, this = data.get("baseline_revision", "?")[:7], data.get("this_revision", "?")[:7]
+    load = data.get("load_average") or [0.0]
+    intro = (f"The same workloads on the bundled `mnist_resnet20` (64 digits, 1 thread, one fresh process each, "
+             f"{data.get('repeats', '?')} interleaved rounds, medians) at revision {this} against {base} "
+             f"(`bench_revisions.py`; load average {min(load):.1f} to {max(load):.1f}):")
+    return "\n\n".join([intro, markdown_table(["workload", base, this, "ratio"], rows)])
+
+
 #: The results files with a README table, in the order they appear.
 RENDERERS: Dict[str, Callable[[Dict[str, Any]], str]] = {
     "autoattack": autoattack_table,
     "art": art_table,
     "memory": memory_table,
+    "revisions": revisions_table,
 }
 
 

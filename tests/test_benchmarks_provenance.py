@@ -253,3 +253,13 @@ def test_tables_render_the_memory_results(tmp_path):
     assert "| 1,000 | 1G | 857 MiB | 574 MiB | 16 | 1.6 % |" in lines
     assert "| 10,000 | 1G | 891 MiB | 5742 MiB | 16 | 0.2 % |" in lines
     assert "From `benchmarks/results/memory.json`, revision fedcba9, 2 cores, mxnet 1.9.1." in lines
+
+
+def test_tables_render_the_revision_comparison(tmp_path):
+    data = {"baseline_revision": "0f43228aaaa", "this_revision": "1234567bbbb", "repeats": 3, "load_average": [1.5, 2.25],
+            "rows": [{"workload": "pgd-10", "this_seconds": 1.5, "baseline_seconds": 1.25, "ratio": 1.2}],
+            "revision": {"commit": "1234567bbbb", "dirty": False}, "machine": {"cpus": 2}, "versions": {}}
+    (tmp_path / "revisions.json").write_text(json.dumps(data))
+    lines = tables.render(tmp_path).splitlines()
+    assert "| workload | 0f43228 | 1234567 | ratio |" in lines
+    assert "| pgd-10 | 1.25 s | 1.50 s | 1.20 |" in lines
