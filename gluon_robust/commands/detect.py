@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -245,18 +245,11 @@ def _write_csv(path: Path, rows: list) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-@command("detect", "Screen inputs with an adversarial-example detector calibrated to a false-positive rate.")(
-    _configure_detect)
-def run_detect(args: argparse.Namespace) -> int:
+def _detector_from_args(args: argparse.Namespace) -> Tuple[Any, Optional[Path], bool]:
+    """The detector of ``--detector``: loaded from ``--detector-params`` when that file exists (it must hold a
+    detector of that kind), else built from its options; with the params file and whether it was loaded."""
     from ..detection import DETECTORS, load_detector, parse_spec
-    from ..io import atomic_write_json
-    from ..reporting import staged_output
 
-    start = time.perf_counter()
-    fpr = float(args.fpr)
-    if not 0.0 < fpr < 1.0:
-        raise ConfigError(f"--fpr must be strictly between 0 and 1, got {args.fpr}")
-    adversarial = _check_inputs(args)
     name, _ = parse_spec(args.detector)
     canonical = DETECTORS.resolve(name)
     params_file = Path(args.detector_params) if args.detector_params else None
@@ -267,6 +260,33 @@ def run_detect(args: argparse.Namespace) -> int:
             raise ConfigError(f"--detector-params {params_file} holds a {detector.name} detector, not {canonical}")
     else:
         detector = _detector_with_seed(args.detector, args.seed)  # validate options before loading anything
+    return detector, params_file, loaded
+
+
+def _calibration_warnings(calibration: Dict[str, Any], model: Any) -> List[str]:
+    """Clean, labelled calibration data: the model must be far above chance on it (the warnings, emitted)."""
+    if "calibration_correct" not in calibration:
+        return []
+    from ..evaluation import sanity
+
+    warnings = sanity.accuracy_warnings(calibration["calibration_samples"], calibration["calibration_correct"],
+                                        model.num_classes, "clean accuracy on the calibration data")
+    sanity.emit(warnings)
+    return warnings
+
+
+@command("detect", "Screen inputs with an adversarial-example detector calibrated to a false-positive rate.")(
+    _configure_detect)
+def run_detect(args: argparse.Namespace) -> int:
+    from ..io import atomic_write_json
+    from ..reporting import staged_output
+
+    start = time.perf_counter()
+    fpr = float(args.fpr)
+    if not 0.0 < fpr < 1.0:
+        raise ConfigError(f"--fpr must be strictly between 0 and 1, got {args.fpr}")
+    adversarial = _check_inputs(args)
+    detector, params_file, loaded = _detector_from_args(args)
     model = model_from_args(args)
     source = _open(args.data, args.split, args.limit, model, "data") if args.data is not None else None
     clean = None
@@ -283,13 +303,7 @@ def run_detect(args: argparse.Namespace) -> int:
         detector.save(params_file)
         logger.info("detector params written to %s", params_file)
 
-    warnings = []
-    if "calibration_correct" in calibration:  # clean, labelled data: the model must be far above chance on it
-        from ..evaluation import sanity
-
-        warnings = sanity.accuracy_warnings(calibration["calibration_samples"], calibration["calibration_correct"],
-                                            model.num_classes, "clean accuracy on the calibration data")
-        sanity.emit(warnings)
+    warnings = _calibration_warnings(calibration, model)
     rows = list(_score_rows(detector, model, source, args.batch_size, "data")) if source is not None else []
     summary: Dict[str, Any] = {
         "detector": detector.name, "config": detector.config(), "threshold": detector.threshold,
