@@ -63,15 +63,8 @@ def _noise_sides(h: int, w: int) -> List[Tuple[int, int]]:
     return sides
 
 
-def noise_start(
-    oracle: QueryCounter,
-    x: np.ndarray,
-    y: np.ndarray,
-    target: Optional[np.ndarray],
-    rows: np.ndarray,
-    rngs: Sequence[np.random.Generator],
-    tries: int,
-) -> Tuple[np.ndarray, np.ndarray]:
+def noise_start(oracle: QueryCounter, x: np.ndarray, y: np.ndarray, target: Optional[np.ndarray], rows: np.ndarray,
+                rngs: Sequence[np.random.Generator], tries: int) -> Tuple[np.ndarray, np.ndarray]:
     """Uniform noise in the bounds, drawn until adversarial (one query a draw, at most ``tries``).
 
     Draw ``k`` is uniform noise on a grid cycling through full resolution,

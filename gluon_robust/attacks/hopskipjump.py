@@ -164,19 +164,9 @@ class HopSkipJump(BlackBoxAttack):
         best[rows[closer]] = current[rows[closer]]
         best_dist[rows[closer]] = dist[closer]
 
-    def _gradient_direction(
-        self,
-        oracle: QueryCounter,
-        points: np.ndarray,
-        y: np.ndarray,
-        target: Optional[np.ndarray],
-        rows: np.ndarray,
-        rngs: Sequence[np.random.Generator],
-        t: int,
-        dist: np.ndarray,
-        theta: float,
-        d: int,
-    ) -> np.ndarray:
+    def _gradient_direction(self, oracle: QueryCounter, points: np.ndarray, y: np.ndarray,
+                            target: Optional[np.ndarray], rows: np.ndarray, rngs: Sequence[np.random.Generator],
+                            t: int, dist: np.ndarray, theta: float, d: int) -> np.ndarray:
         """The estimated unit gradient direction of the adversarial region at each boundary point (step 3)."""
         low, high = oracle.bounds
         draw = self.norm.choose(l2="standard_normal", otherwise="uniform")  # the paper's probes per norm
