@@ -22,6 +22,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -75,7 +76,10 @@ print(json.dumps({"seconds": time.perf_counter() - start}))
 
 def _time(python: str, code: str) -> float:
     env = dict(os.environ, OMP_NUM_THREADS="1", MXNET_OMP_MAX_THREADS="1", PYTHONWARNINGS="ignore")
-    out = subprocess.run([python, "-c", CHILD, code], env=env, capture_output=True, text=True, timeout=1800)
+    # run outside any checkout: with ``-c`` the working directory comes first on sys.path, and a checkout there
+    # would shadow the environment's own gluon_robust
+    out = subprocess.run([python, "-c", CHILD, code], env=env, capture_output=True, text=True, timeout=1800,
+                         cwd=tempfile.gettempdir())
     if out.returncode != 0:
         raise RuntimeError(f"{python}: {code}: {out.stderr.strip().splitlines()[-1:]}")
     return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
@@ -83,7 +87,8 @@ def _time(python: str, code: str) -> float:
 
 def _revision(python: str) -> str:
     code = "import gluon_robust, subprocess, pathlib; print(pathlib.Path(gluon_robust.__file__).resolve().parents[1])"
-    root = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    root = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=tempfile.gettempdir()).stdout.strip()
     rev = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
     return rev.stdout.strip()
 
