@@ -253,6 +253,23 @@ def test_projection_onto_the_balls():
     np.testing.assert_allclose(norms, np.minimum(0.5, np.linalg.norm(delta.reshape(5, -1), axis=1)), rtol=1e-6)
 
 
+@pytest.mark.parametrize("eps", [0.1, 0.3, 8 / 255, 0.0123456789, 1 / 3])
+def test_the_numpy_snap_equals_the_framework_projection_bit_for_bit(eps):
+    # The oracle is Attack._enforce in MXNet, the projection the final check applies to returned points.
+    attack = SquareAttack(eps=eps, norm="linf", max_queries=10)
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, size=(64, 1, 6, 6)).astype(np.float32)
+    x[:, :, 0] = 0.0
+    x[:, :, 1] = 1.0  # on the bounds, where clipping to the box and to the ball meet
+    step = rng.choice([-1.0, 1.0], size=x.shape) * eps * rng.choice([1.0, 1 - 1e-7, 1 + 1e-7], size=x.shape)
+    points = np.clip(x + step, 0.0, 1.0).astype(np.float32)  # rounding leaves some a hair outside the ball
+    snapped = attack._snap_coordinatewise(x, points, 0.0, 1.0)
+    expected = attack._enforce(mx.nd.array(x), mx.nd.array(points), 0.0, 1.0).asnumpy()
+    assert snapped.dtype == np.float32
+    assert np.array_equal(snapped, expected)
+    assert np.array_equal(attack._enforce(mx.nd.array(x), mx.nd.array(snapped), 0.0, 1.0).asnumpy(), snapped)
+
+
 @pytest.mark.parametrize("factory,kwargs,match", [
     (SquareAttack, {"eps": 0.1, "max_queries": 0}, "max_queries must be an integer >= 1, got 0"),
     (SquareAttack, {"eps": 0.1, "max_queries": 10.5}, "max_queries.*10.5"),

@@ -38,6 +38,7 @@ the same count, since for a black-box attack one iteration of work is one query.
 from __future__ import annotations
 
 import abc
+import functools
 import logging
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -77,6 +78,12 @@ def project(norm: str, delta: np.ndarray, eps: float) -> np.ndarray:
 def steepest_direction(norm: str, grad: np.ndarray) -> np.ndarray:
     """The unit step of steepest ascent for ``grad``; prefer ``get_norm(norm).direction``."""
     return get_norm(norm).direction(grad)
+
+
+@functools.lru_cache(maxsize=64)
+def _mxnet_float32(value: float) -> np.float32:
+    """``value`` as MXNet's operators read a float parameter (through its decimal text), as a float32."""
+    return np.float32(nd.clip(nd.array([np.inf, -np.inf]), float(value), float(value)).asnumpy()[0])
 
 
 def _distinct(x: np.ndarray, y: np.ndarray, target: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
@@ -199,6 +206,9 @@ class BlackBoxAttack(Attack):
         inside = np.flatnonzero(self.norm.distance(out - x) <= self.eps * (1 + 1e-5) + 1e-6)
         if inside.size == 0:
             return out
+        if self.norm.coordinatewise:
+            out[inside] = self._snap_coordinatewise(x[inside], out[inside], low, high)
+            return out
         xs = nd.array(x[inside], dtype="float32")
         current = nd.array(out[inside], dtype="float32")
         for _ in range(_SNAP_PASSES):
@@ -208,6 +218,28 @@ class BlackBoxAttack(Attack):
             current = projected
         out[inside] = current.asnumpy()
         return out
+
+    def _snap_coordinatewise(self, x: np.ndarray, points: np.ndarray, low: float, high: float) -> np.ndarray:
+        """:meth:`_admissible`'s snapping for a coordinatewise norm (L-inf), in NumPy.
+
+        There :meth:`Attack._enforce` is elementwise float32 arithmetic (a
+        subtraction, a clip to the ball, an addition, a clip to the bounds),
+        which NumPy computes bit for bit as MXNet does, so the per-query round
+        trip through NDArrays (about a fifth of Square's time at 28x28) is not
+        needed. The clip limits are the float32 values MXNet itself uses
+        (:func:`_mxnet_float32`); ``tests/test_blackbox.py`` checks the result
+        against ``_enforce``.
+        """
+        eps = _mxnet_float32(self.eps)
+        lo, hi = _mxnet_float32(low), _mxnet_float32(high)
+        current = points
+        for _ in range(_SNAP_PASSES):
+            projected = np.where(current == current, current, x)
+            projected = np.clip(x + self.norm.project(projected - x, eps), lo, hi)
+            if np.array_equal(projected, current):
+                break
+            current = projected
+        return current
 
 
 class GradientEstimationAttack(BlackBoxAttack):
