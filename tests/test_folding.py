@@ -416,3 +416,83 @@ def test_folded_gradient_leaves_parameters_without_gradients():
         assert p.grad_req == "null"
         with pytest.raises(RuntimeError):
             p.grad()
+
+
+# ------------------------------------------------------------- ReLU6 as ReLU and minimum
+class _Relu6Net(gluon.HybridBlock):
+    """conv -> clip(0, 6) -> dense, without BatchNorm: the fold changes nothing but the ReLU6."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with self.name_scope():
+            self.conv = gluon.nn.Conv2D(4, 3, padding=1, in_channels=1, use_bias=False)
+            self.fc = gluon.nn.Dense(3, in_units=4 * 5 * 5)
+
+    def hybrid_forward(self, F, x):
+        return self.fc(F.clip(self.conv(x), 0.0, 6.0))
+
+
+def _relu6_pair():
+    net = _Relu6Net()
+    net.initialize(mx.init.Normal(1.0))
+    net.hybridize()
+    net(mx.nd.zeros((1, 1, 5, 5)))
+    sym, params = block_to_symbol(net)
+    folded, new_params, report = fold_symbol(sym, params)
+    return symbol_block(sym, params, mx.cpu()), symbol_block(folded, new_params, mx.cpu()), folded, report
+
+
+def _grad_of_sum(block: gluon.Block, x: mx.nd.NDArray) -> Tuple[np.ndarray, np.ndarray]:
+    x = x.copy()
+    x.attach_grad()
+    with autograd.record(train_mode=False):
+        out = block(x)
+        loss = (out * mx.nd.array([[1.0, -2.0, 0.5]])).sum()
+    loss.backward()
+    return out.asnumpy(), x.grad.asnumpy()
+
+
+def test_relu6_becomes_relu_and_minimum_with_the_same_values_and_gradients():
+    original, folded, folded_symbol, report = _relu6_pair()
+    ops = [n["op"] for n in json.loads(folded_symbol.tojson())["nodes"]]
+    assert report.relu6_rewritten == 1 and "clip" not in ops
+    assert "Activation" in ops and "_minimum_scalar" in ops
+    # Inputs spread so that pre-activations fall below 0, inside (0, 6) and above 6, never exactly on a kink.
+    x = mx.nd.array(np.random.RandomState(0).normal(0, 3, size=(16, 1, 5, 5)), dtype="float32")
+    want_out, want_grad = _grad_of_sum(original, x)  # oracle: MXNet's own clip and its backward
+    got_out, got_grad = _grad_of_sum(folded, x)
+    assert np.array_equal(got_out, want_out)
+    assert np.array_equal(got_grad, want_grad)
+    assert np.abs(want_grad).max() > 0
+
+
+def test_relu6_at_a_zero_pre_activation_passes_no_gradient():
+    # An input of zeros gives pre-activations of exactly 0 (no bias): clip passes the gradient there,
+    # relu (and PyTorch's ReLU6) does not. Above 6 and below 0 both pass none.
+    original, folded, _, _ = _relu6_pair()
+    x = mx.nd.zeros((1, 1, 5, 5))
+    assert np.abs(_grad_of_sum(original, x)[1]).max() > 0
+    assert np.array_equal(_grad_of_sum(folded, x)[1], np.zeros((1, 1, 5, 5), np.float32))
+
+
+def test_a_clip_that_is_not_a_relu6_is_kept():
+    data = mx.sym.var("data")
+    sym = mx.sym.clip(data, -1.0, 6.0) + mx.sym.clip(data, 0.0, 1.0)
+    folded, _, report = fold_symbol(sym, {})
+    ops = [n["op"] for n in json.loads(folded.tojson())["nodes"]]
+    assert report.relu6_rewritten == 1 and ops.count("clip") == 1
+
+
+def test_folded_mobilenet_input_gradients_match_finite_differences():
+    build, shape = NETS["mobilenetv2_0.25"]
+    net = build()
+    x = random_input(shape)
+    y = mx.nd.array(np.arange(shape[0]) % 10)
+    folded = fold_batchnorm(net, input_shape=shape)
+    assert folded.fold_report.relu6_rewritten > 0
+    g_fold = _loss_grad(folded, x, y)
+    coords = _coords(shape, g_fold)
+    fd = _central_differences(net, x, y, coords)
+    scale = np.abs(g_fold).max()
+    assert scale > 0
+    np.testing.assert_allclose(g_fold[tuple(zip(*coords))], fd, rtol=1e-4, atol=1e-4 * scale)
