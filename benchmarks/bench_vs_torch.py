@@ -289,11 +289,18 @@ def bench_model(model: str, args: argparse.Namespace, workdir: str) -> Dict[str,
 
 
 # ---------------------------------------------------------------- table
+def _revision_text(revision: Optional[Dict[str, Any]]) -> str:
+    """A row's commit, short, marked when its code was dirty; "not recorded" for rows older than the column."""
+    if not isinstance(revision, dict) or not revision.get("commit"):
+        return "not recorded"
+    return revision["commit"][:7] + ("+dirty" if revision.get("code_dirty", revision.get("dirty")) else "")
+
+
 def markdown(payload: Dict[str, Any]) -> str:
     """The README table of a ``vs_torch.json`` payload: one row per thread count and model."""
     lines = ["| threads | model | input | batch | ours ms/img-step | torchattacks | torch.compile | "
-             "ours ÷ torchattacks | ours ÷ compile | peak RSS MiB (ours / eager / compile) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "ours ÷ torchattacks | ours ÷ compile | peak RSS MiB (ours / eager / compile) | revision |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for threads in sorted(payload["runs"], key=int):
         run = payload["runs"][threads]
         for model, row in run["models"].items():
@@ -303,7 +310,8 @@ def markdown(payload: Dict[str, Any]) -> str:
                 f"{c['ours']['ms_per_image_step']:.2f} | {c['torchattacks']['ms_per_image_step']:.2f} | "
                 f"{c['compiled']['ms_per_image_step']:.2f} | {row['ratios']['ours/torchattacks']:.2f} | "
                 f"{row['ratios']['ours/compiled']:.2f} | {c['ours']['peak_rss_mb']:.0f} / "
-                f"{c['torchattacks']['peak_rss_mb']:.0f} / {c['compiled']['peak_rss_mb']:.0f} |")
+                f"{c['torchattacks']['peak_rss_mb']:.0f} / {c['compiled']['peak_rss_mb']:.0f} | "
+                f"{_revision_text(row.get('revision'))} |")
     return "\n".join(lines)
 
 
@@ -351,7 +359,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         worker_main(args.worker, args.threads)
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from common import write_results
+    from common import git_revision, write_results
 
     path = Path(args.out) / "vs_torch.json"
     payload = json.loads(path.read_text()) if path.exists() else {"runs": {}}
@@ -364,7 +372,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             for model in args.models.split(","):
                 load_start, started = list(os.getloadavg()), time.perf_counter()
                 row = bench_model(model, args, workdir)
-                row.update(repeats=args.repeats, note=args.note, load_average_start=load_start,
+                # Rows of several runs share this file: each keeps the revision it measured.
+                row.update(revision=git_revision(), repeats=args.repeats, note=args.note, load_average_start=load_start,
                            load_average_end=list(os.getloadavg()), wall_s=time.perf_counter() - started)
                 run["models"][model] = row
                 rows = [[args.threads, model, f"{row['contestants']['ours']['ms_per_image_step']:.2f}",

@@ -90,13 +90,15 @@ def _run(ms_ours, ms_ta, ms_co):
 
 
 def test_table_has_one_row_per_thread_count_and_model_in_order():
-    payload = {"runs": {"2": {"models": {"resnet50_v1b": _run(50.0, 40.0, 25.0)}},
+    newer = dict(_run(50.0, 40.0, 25.0), revision={"commit": "0123456789abcdef", "code_dirty": False})
+    payload = {"runs": {"2": {"models": {"resnet50_v1b": newer}},
                         "1": {"models": {"resnet50_v1b": _run(90.0, 100.0, 60.0)}}}}
     lines = bench_vs_torch.markdown(payload).splitlines()
     assert len(lines) == 4
     assert lines[2] == ("| 1 | resnet50_v1b | 3x224x224 | 8 | 90.00 | 100.00 | 60.00 | 0.90 | 1.50 | "
-                        "1000 / 2001 / 3000 |")
-    assert lines[3].startswith("| 2 | resnet50_v1b | 3x224x224 | 8 | 50.00 | 40.00 | 25.00 | 1.25 | 2.00 |")
+                        "1000 / 2001 / 3000 | not recorded |")
+    assert lines[3] == ("| 2 | resnet50_v1b | 3x224x224 | 8 | 50.00 | 40.00 | 25.00 | 1.25 | 2.00 | "
+                        "1000 / 2001 / 3000 | 0123456 |")
 
 
 @pytest.mark.parametrize("flag, value", [("--threads", "0"), ("--batch-size", "-1"), ("--models", "vgg16")])
