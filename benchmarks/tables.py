@@ -141,12 +141,62 @@ def revisions_table(data: Dict[str, Any]) -> str:
     return "\n\n".join([intro, markdown_table(["workload", base, this, "ratio"], rows)])
 
 
+def relu6_table(data: Dict[str, Any]) -> str:
+    """The folded network with GluonCV's ``clip`` ReLU6 against the fold-time ``minimum(relu(x), 6)``."""
+    medians = data.get("ms_per_image") or {}
+    if not medians:
+        return ""
+    ratio = data.get("ratio_rewritten_over_clip", {})
+    rows = [[label, f"{m['step']:.1f}", f"{m['forward']:.1f}"] for label, m in medians.items()]
+    rows.append(["ratio", f"{ratio.get('step', float('nan')):.2f}", f"{ratio.get('forward', float('nan')):.2f}"])
+    same = "the same" if data.get("same_logits") and data.get("same_input_gradient") else "NOT the same"
+    intro = (f"Folded `{data.get('model')}` at {'x'.join(map(str, data.get('input', [])))}, batch "
+             f"{data.get('batch_size')}, {data.get('threads') or 'default'} thread(s), with ReLU6 as GluonCV's `clip` "
+             f"and as `minimum(relu(x), 6)` (`bench_relu6.py`, {data.get('repeats')} interleaved rounds, medians, "
+             f"ms per image); logits and input gradients were {same} bit for bit:")
+    return "\n\n".join([intro, markdown_table(["ReLU6 as", "forward + input backward", "forward"], rows)])
+
+
+def cluster_table(data: Dict[str, Any]) -> str:
+    """``evaluate`` in one process against ``--cluster local:N`` (``bench_cluster.py``)."""
+    rows = [[r["config"], f"{r['wall_s']:.0f} s", f"{r['speedup']:.2f}x", f"{r['cpu_s']:.0f} s",
+             "yes" if r["report_equal"] else "NO"] for r in data.get("results", [])]
+    if not rows:
+        return ""
+    load = data.get("load_average_at_start")
+    intro = (f"`evaluate --recipe {data.get('recipe')} --eps {data.get('eps')}` on {data.get('limit')} digits of "
+             f"`{data.get('config')}` (batches of {data.get('batch_size')}), in one process and on local Dask "
+             f"clusters of single-threaded workers, on {data.get('cores')} cores (`bench_cluster.py`; load average "
+             f"{load if load is None else f'{load:.1f}'} at the start). Report equal: `report.json` (timings aside) "
+             "and `examples.npz` identical to the one-process run's:")
+    return "\n\n".join([intro, markdown_table(["configuration", "wall", "speed-up", "CPU", "report equal"], rows)])
+
+
+def demo_table(data: Dict[str, Any]) -> str:
+    """``gluon-robust demo``'s wall time against its compute floor (``bench_demo.py``)."""
+    rows = [[r["code"], r["workers"], f"{r['wall_s']:.0f} s", f"{r['floor_s']:.0f} s",
+             f"{r['wall_s'] / r['floor_s']:.2f}", f"{r['cpu_s']:.0f} s", "yes" if r["same_figures"] else "NO"]
+            for r in data.get("results", [])]
+    if not rows:
+        return ""
+    load = data.get("load_average_at_start")
+    intro = (f"`gluon-robust demo` (what `make demo` runs after the install) on {data.get('cores')} cores "
+             f"(`bench_demo.py`, load average {load if load is None else f'{load:.1f}'} at the start). Floor: the "
+             "attack stages' own seconds divided by the workers, the wall time if nothing but the attacks took "
+             "time and they were spread perfectly; same figures: the contrast table equal to the first run's:")
+    return "\n\n".join([intro, markdown_table(["code", "workers", "wall", "floor", "wall/floor", "CPU",
+                                                 "same figures"], rows)])
+
+
 #: The results files with a README table, in the order they appear.
 RENDERERS: Dict[str, Callable[[Dict[str, Any]], str]] = {
     "autoattack": autoattack_table,
     "art": art_table,
     "memory": memory_table,
     "revisions": revisions_table,
+    "demo": demo_table,
+    "relu6": relu6_table,
+    "bench_cluster": cluster_table,
 }
 
 
