@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import provenance, setup_logging, write_json_atomic  # noqa: E402
+from common import git_revision, provenance, setup_logging, write_json_atomic  # noqa: E402
 
 logger = logging.getLogger("benchmarks.revisions")
 
@@ -108,6 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.error("bad arguments: --workloads %s (known: %s), --repeats %s, --baseline-python %s",
                      ",".join(unknown) or "ok", ", ".join(WORKLOADS), args.repeats, args.baseline_python)
         return 2
+    revision = git_revision()  # at the start: the code that is measured
     load = [os.getloadavg()[0]]
     rows: List[Dict[str, object]] = []
     for name in names:
@@ -122,7 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.info("%-12s this %.3f s, baseline %.3f s, ratio %.3f", name, this, base, this / base)
     result = {"baseline_revision": _revision(args.baseline_python), "this_revision": _revision(args.python),
               "repeats": args.repeats, "threads": 1, "load_average": [round(v, 2) for v in load], "rows": rows,
-              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **provenance()}
+              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **provenance(revision)}
     write_json_atomic(Path(args.out) / "revisions.json", result)
     return 0
 

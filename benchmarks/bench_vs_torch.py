@@ -368,12 +368,13 @@ def main(argv: Optional[List[str]] = None) -> None:
             raise SystemExit(f"--torch-python: {args.torch_python} does not exist; run `make bench-torch`")
         run: Dict[str, Any] = payload["runs"].setdefault(str(args.threads), {"models": {}})
         run.update(eps=EPS, step_size=ALPHA)
+        revision = git_revision()  # at the start: the code that is measured
         with tempfile.TemporaryDirectory() as workdir:
             for model in args.models.split(","):
                 load_start, started = list(os.getloadavg()), time.perf_counter()
                 row = bench_model(model, args, workdir)
                 # Rows of several runs share this file: each keeps the revision it measured.
-                row.update(revision=git_revision(), repeats=args.repeats, note=args.note, load_average_start=load_start,
+                row.update(revision=revision, repeats=args.repeats, note=args.note, load_average_start=load_start,
                            load_average_end=list(os.getloadavg()), wall_s=time.perf_counter() - started)
                 run["models"][model] = row
                 rows = [[args.threads, model, f"{row['contestants']['ours']['ms_per_image_step']:.2f}",
