@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import setup_logging, write_results
+from common import git_revision, setup_logging, write_results
 from gluon_robust.evaluation.report import comparable
 
 logger = logging.getLogger("benchmarks")
@@ -106,6 +106,7 @@ def main(argv=None) -> None:
     setup_logging()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    revision = git_revision()  # at the start: the code that is measured
     if load is not None and load > cores:
         logger.warning("load average %.1f on %d cores: other jobs share the machine, wall times are not speed-ups", load,
                        cores)
@@ -140,7 +141,8 @@ def main(argv=None) -> None:
                "results": results, "workers": workers}
     name = "bench_cluster" if (args.limit, args.recipe) == (200, "standard") else \
         f"bench_cluster_limit{args.limit}_{args.recipe}"
-    write_results(args.out, name, payload, rows, ["configuration", "wall s", "speed-up", "CPU s", "report equal"])
+    write_results(args.out, name, payload, rows, ["configuration", "wall s", "speed-up", "CPU s", "report equal"],
+                  revision=revision)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import setup_logging, write_results
+from common import git_revision, setup_logging, write_results
 
 logger = logging.getLogger("benchmarks")
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +87,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     setup_logging()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    revision = git_revision()  # at the start: the code that is measured
     contestants = [("this", sys.executable)] + ([("baseline", args.baseline_python)] if args.baseline_python else [])
     runs = {(name, w): [] for name, _ in contestants for w in args.workers}
     with tempfile.TemporaryDirectory(prefix="bench_demo_") as scratch:
@@ -111,7 +112,8 @@ def main(argv=None) -> None:
     write_results(args.out, "demo", {"cores": cores, "load_average_at_start": load, "repeats": args.repeats,
                                      "baseline_python": args.baseline_python, "results": results,
                                      "contrast": first},
-                  rows, ["code", "workers", "wall s", "floor s", "wall/floor", "CPU s", "same figures"])
+                  rows, ["code", "workers", "wall s", "floor s", "wall/floor", "CPU s", "same figures"],
+                  revision=revision)
 
 
 if __name__ == "__main__":
