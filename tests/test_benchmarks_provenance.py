@@ -263,3 +263,42 @@ def test_tables_render_the_revision_comparison(tmp_path):
     lines = tables.render(tmp_path).splitlines()
     assert "| workload | 0f43228 | 1234567 | ratio |" in lines
     assert "| pgd-10 | 1.25 s | 1.50 s | 1.20 |" in lines
+
+
+def _meta(**extra):
+    return dict({"revision": {"commit": "1234567bbbb", "dirty": False}, "machine": {"cpus": 2}, "versions": {}},
+                **extra)
+
+
+def test_tables_render_the_demo_against_its_floor(tmp_path):
+    data = _meta(cores=2, load_average_at_start=0.5, results=[
+        {"code": "this", "workers": 2, "wall_s": 300.0, "floor_s": 250.0, "cpu_s": 590.0, "same_figures": True},
+        {"code": "baseline", "workers": 2, "wall_s": 330.0, "floor_s": 275.0, "cpu_s": 640.0, "same_figures": False}])
+    (tmp_path / "demo.json").write_text(json.dumps(data))
+    lines = tables.render(tmp_path).splitlines()
+    assert "| this | 2 | 300 s | 250 s | 1.20 | 590 s | yes |" in lines
+    assert "| baseline | 2 | 330 s | 275 s | 1.20 | 640 s | NO |" in lines
+
+
+def test_tables_render_the_cluster_speed_up(tmp_path):
+    data = _meta(limit=200, recipe="standard", eps="0.3", batch_size=25, config="mnist_resnet20_pgdat", cores=2,
+                 load_average_at_start=0.25, results=[
+                     {"config": "1 process", "wall_s": 1000.4, "speedup": 1.0, "cpu_s": 990.0, "report_equal": True},
+                     {"config": "local:2", "wall_s": 540.0, "speedup": 1.8526, "cpu_s": 1050.0, "report_equal": True}])
+    (tmp_path / "bench_cluster.json").write_text(json.dumps(data))
+    text = tables.render(tmp_path)
+    assert "| 1 process | 1000 s | 1.00x | 990 s | yes |" in text.splitlines()
+    assert "| local:2 | 540 s | 1.85x | 1050 s | yes |" in text.splitlines()
+    assert "on 200 digits of `mnist_resnet20_pgdat` (batches of 25)" in text
+
+
+def test_tables_render_the_relu6_rewrite(tmp_path):
+    data = _meta(model="mobilenetv2_1.0", input=[3, 224, 224], batch_size=8, threads="1", repeats=5,
+                 ms_per_image={"clip": {"step": 100.0, "forward": 40.0},
+                               "relu-minimum": {"step": 70.0, "forward": 30.0}},
+                 ratio_rewritten_over_clip={"step": 0.7, "forward": 0.75}, same_logits=True, same_input_gradient=False)
+    (tmp_path / "relu6.json").write_text(json.dumps(data))
+    text = tables.render(tmp_path)
+    assert "| relu-minimum | 70.0 | 30.0 |" in text.splitlines()
+    assert "| ratio | 0.70 | 0.75 |" in text.splitlines()
+    assert "were NOT the same bit for bit" in text
