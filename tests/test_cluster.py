@@ -31,7 +31,7 @@ from distributed.diagnostics.plugin import WorkerPlugin  # noqa: E402
 from gluon_robust.cli import build_parser, main  # noqa: E402
 from gluon_robust.cluster import (  # noqa: E402
     STATE_DIR, ClusterSpec, EvaluateSettings, connect, default_chunk_size, evaluate_on_cluster, parse_cluster,
-    worker_environment, worker_threads,
+    oversubscription_warning, worker_environment, worker_threads,
 )
 from gluon_robust.commands.evaluate import ArgsLoader  # noqa: E402
 from gluon_robust.errors import ConfigError  # noqa: E402
@@ -99,6 +99,15 @@ def test_parse_cluster(text, workers, address):
 def test_parse_cluster_refuses(text):
     with pytest.raises(InvalidValue, match=r"cluster must be local:N .* or tcp://HOST:PORT"):
         parse_cluster(text)
+
+
+@pytest.mark.parametrize("workers, cores, warned", [(1, 2, False), (2, 2, False), (3, 2, True), (4, 2, True),
+                                                    (16, 16, False)])
+def test_more_local_workers_than_cores_is_warned(workers, cores, warned):
+    warning = oversubscription_warning(workers, cores)
+    assert (warning is not None) == warned
+    if warned:
+        assert f"local:{workers}" in warning and f"{cores} cores" in warning and f"local:{cores}" in warning
 
 
 @pytest.mark.parametrize("workers, cores, threads", [(1, 2, 2), (2, 2, 1), (4, 2, 1), (2, 16, 8), (3, 16, 5)])
