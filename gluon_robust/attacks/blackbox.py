@@ -225,7 +225,7 @@ class BlackBoxAttack(Attack):
         There :meth:`Attack._enforce` is elementwise float32 arithmetic (a
         subtraction, a clip to the ball, an addition, a clip to the bounds),
         which NumPy computes bit for bit as MXNet does, so the per-query round
-        trip through NDArrays (about a fifth of Square's time at 28x28) is not
+        trip through NDArrays (about 15% of Square's time at 28x28) is not
         needed. The clip limits are the float32 values MXNet itself uses
         (:func:`_mxnet_float32`); ``tests/test_blackbox.py`` checks the result
         against ``_enforce``.
