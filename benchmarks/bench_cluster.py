@@ -29,7 +29,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import git_revision, setup_logging, write_results
+from common import children_cpu_seconds, git_revision, setup_logging, write_results
 from gluon_robust.evaluation.report import comparable
 
 logger = logging.getLogger("benchmarks")
@@ -63,12 +62,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def _children_cpu() -> float:
-    """User + system CPU seconds of this process's finished descendants (the workers are reaped by the command)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run(args: argparse.Namespace, cluster, out: Path):
     """Run one evaluation as a separate process; its wall time and CPU time in seconds."""
     command = [sys.executable, "-m", "gluon_robust.cli", "evaluate", "--config", args.config, "--data", "mnist-sample",
@@ -77,13 +70,13 @@ def run(args: argparse.Namespace, cluster, out: Path):
     if cluster is not None:
         command += ["--cluster", cluster]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cpu = _children_cpu()
+    cpu = children_cpu_seconds()
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-    return seconds, _children_cpu() - cpu
+    return seconds, children_cpu_seconds() - cpu
 
 
 def same_run(run_dir: Path, reference: Path) -> bool:

@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import git_revision, setup_logging, write_results
+from common import children_cpu_seconds, git_revision, setup_logging, write_results
 
 logger = logging.getLogger("benchmarks")
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,11 +56,6 @@ def parse_args(argv=None):
     return args
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def attack_seconds(report: dict) -> float:
     """The attack stages' own seconds in ``report`` (summed over chunks by the merge)."""
     return float(sum(a.get("seconds") or 0.0 for a in report.get("attacks", [])))
@@ -71,7 +65,7 @@ def run_demo(python: str, workers: int, out: Path, timeout: float) -> dict:
     """One ``demo`` run in a fresh process, outside any checkout (so ``python`` uses its own gluon_robust)."""
     command = [python, "-m", "gluon_robust.cli", "demo", "--workers", str(workers), "--out", str(out)]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    cpu, start = _children_cpu(), time.perf_counter()
+    cpu, start = children_cpu_seconds(), time.perf_counter()
     done = subprocess.run(command, cwd=out.parent, env=env, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - start
     if done.returncode != 0:
@@ -79,7 +73,7 @@ def run_demo(python: str, workers: int, out: Path, timeout: float) -> dict:
     contrast = json.loads((out / "contrast.json").read_text())
     reports = [json.loads(p.read_text()) for p in sorted(out.glob("*/report.json"))]
     attack_s = sum(attack_seconds(r) for r in reports)
-    return {"wall_s": wall, "cpu_s": _children_cpu() - cpu, "attack_s": attack_s, "floor_s": attack_s / workers,
+    return {"wall_s": wall, "cpu_s": children_cpu_seconds() - cpu, "attack_s": attack_s, "floor_s": attack_s / workers,
             "contrast": contrast["rows"]}
 
 

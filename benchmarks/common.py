@@ -199,6 +199,12 @@ def write_results(out_dir: str, name: str, payload: Dict, rows: List[Sequence[ob
     return path
 
 
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished descendants (a command's workers are reaped by it)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("gluon_robust").setLevel(logging.WARNING)

@@ -235,7 +235,7 @@ class BlackBoxAttack(Attack):
         current = points
         for _ in range(_SNAP_PASSES):
             projected = np.where(current == current, current, x)
-            projected = np.clip(x + self.norm.project(projected - x, eps), lo, hi)
+            projected = self.norm.clip_to_box(x, projected - x, eps, lo, hi)
             if np.array_equal(projected, current):
                 break
             current = projected
