@@ -16,9 +16,10 @@ so 8 chunks of 25). Reported per configuration:
   (:data:`gluon_robust.evaluation.report.TIMING_KEYS`) and ``examples.npz``
   equal the one-process run's.
 
-``local:4`` on a 2-core machine checks that oversubscription is handled: each
-of its workers gets one MXNet/OpenMP thread, so it should be no slower than
-``local:2``. The one-process run uses MXNet's default threads (all cores).
+``local:4`` on a 2-core machine checks that oversubscription is handled:
+``local:N`` starts at most one single-threaded worker per core (and warns when
+N is larger), so it should take as long as ``local:2``. The one-process run
+uses MXNet's default threads (all cores).
 
 A quick check of the script itself::
 

@@ -87,6 +87,7 @@ class MXNetWorker:
     """Builds the GluonCV net and the gluon_robust classifier; writes weights, inputs and logits for the twins."""
 
     def setup(self, model: str, batch: int, seed: int, workdir: str) -> Dict[str, Any]:
+        import gluon_robust  # noqa: F401 -- first: it sets glibc's allocator before MXNet runs an operator
         import mxnet as mx
         from gluoncv.model_zoo import get_model
 

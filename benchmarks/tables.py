@@ -188,6 +188,28 @@ def demo_table(data: Dict[str, Any]) -> str:
                                                  "same figures"], rows)])
 
 
+def allocator_table(data: Dict[str, Any]) -> str:
+    """glibc's allocator as ``gluon_robust.allocator`` sets it against glibc's defaults (``bench_allocator.py``)."""
+    models = data.get("models") or {}
+    if not models:
+        return ""
+    rows = [[f"`{name}`", "x".join(map(str, m.get("input", []))), f"{m['system']['ms_per_image_step']:.1f}",
+             f"{m['tuned']['ms_per_image_step']:.1f}", f"{m['ratio_tuned_over_system']['ms_per_image_step']:.2f}",
+             f"{m['system']['minor_faults_per_step']:,.0f} / {m['tuned']['minor_faults_per_step']:,.0f}",
+             f"{m['system']['peak_rss_mb']:.0f} / {m['tuned']['peak_rss_mb']:.0f}",
+             "yes" if m.get("same_numbers") else "NO"] for name, m in models.items()]
+    load = data.get("load_average_at_start") or [None]
+    intro = (f"One forward and input-backward pass (an attack's inner step) of folded GluonCV nets at batch "
+             f"{data.get('batch_size')}, {data.get('threads')} thread, each setting in its own process "
+             f"(`bench_allocator.py`, {data.get('rounds')} alternating rounds of {data.get('steps')} steps, medians; "
+             f"load average {load[0] if load[0] is None else f'{load[0]:.1f}'} at the start). glibc's defaults "
+             "(`GLUON_ROBUST_ALLOCATOR=system`) against the settings `import gluon_robust` makes "
+             "(`gluon_robust/allocator.py`); same numbers: logits and input gradients equal bit for bit in every run:")
+    return "\n\n".join([intro, markdown_table(
+        ["model", "input", "glibc ms/img-step", "tuned ms/img-step", "ratio", "page faults/step (glibc / tuned)",
+         "peak RSS MB (glibc / tuned)", "same numbers"], rows)])
+
+
 #: The results files with a README table, in the order they appear.
 RENDERERS: Dict[str, Callable[[Dict[str, Any]], str]] = {
     "autoattack": autoattack_table,
@@ -196,6 +218,7 @@ RENDERERS: Dict[str, Callable[[Dict[str, Any]], str]] = {
     "revisions": revisions_table,
     "demo": demo_table,
     "relu6": relu6_table,
+    "allocator": allocator_table,
     "bench_cluster": cluster_table,
 }
 

@@ -9,7 +9,11 @@ Inputs are always pixel-space (float32 NCHW inside the model's ``bounds``);
 normalisation lives inside the :class:`~gluon_robust.model.Classifier`.
 """
 
-from ._compat import check_versions
+from .allocator import tune_allocator
+
+tune_allocator()  # before MXNet runs an operator: see gluon_robust.allocator
+
+from ._compat import check_versions  # noqa: E402
 
 check_versions()
 

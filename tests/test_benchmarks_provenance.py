@@ -302,3 +302,19 @@ def test_tables_render_the_relu6_rewrite(tmp_path):
     assert "| relu-minimum | 70.0 | 30.0 |" in text.splitlines()
     assert "| ratio | 0.70 | 0.75 |" in text.splitlines()
     assert "were NOT the same bit for bit" in text
+
+
+def test_tables_render_the_allocator_comparison(tmp_path):
+    def setting(ms, faults, rss):
+        return {"ms_per_image_step": ms, "minor_faults_per_step": faults, "system_s_per_step": 0.0, "peak_rss_mb": rss}
+
+    data = _meta(batch_size=32, steps=4, rounds=2, threads=1, load_average_at_start=[0.5, 0.7, 0.9], models={
+        "mobilenetv2_1.0": {"input": [3, 224, 224], "system": setting(120.0, 510000.0, 3500.0),
+                            "tuned": setting(75.0, 25000.0, 3800.0),
+                            "ratio_tuned_over_system": {"ms_per_image_step": 0.625, "peak_rss_mb": 1.086},
+                            "same_numbers": False}})
+    (tmp_path / "allocator.json").write_text(json.dumps(data))
+    text = tables.render(tmp_path)
+    assert ("| `mobilenetv2_1.0` | 3x224x224 | 120.0 | 75.0 | 0.62 | 510,000 / 25,000 | 3500 / 3800 | NO |"
+            in text.splitlines())
+    assert "load average 0.5 at the start" in text

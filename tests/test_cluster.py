@@ -10,6 +10,7 @@ its ``examples.npz`` must be reproduced exactly.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -31,7 +32,7 @@ from distributed.diagnostics.plugin import WorkerPlugin  # noqa: E402
 from gluon_robust.cli import build_parser, main  # noqa: E402
 from gluon_robust.cluster import (  # noqa: E402
     STATE_DIR, ClusterSpec, EvaluateSettings, connect, default_chunk_size, evaluate_on_cluster, parse_cluster,
-    oversubscription_warning, worker_environment, worker_threads,
+    local_workers, oversubscription_warning, worker_environment, worker_threads,
 )
 from gluon_robust.commands.evaluate import ArgsLoader  # noqa: E402
 from gluon_robust.errors import ConfigError  # noqa: E402
@@ -107,7 +108,26 @@ def test_more_local_workers_than_cores_is_warned(workers, cores, warned):
     warning = oversubscription_warning(workers, cores)
     assert (warning is not None) == warned
     if warned:
-        assert f"local:{workers}" in warning and f"{cores} cores" in warning and f"local:{cores}" in warning
+        assert f"local:{workers}" in warning and f"{cores} cores" in warning and f"starting {cores}" in warning
+
+
+@pytest.mark.parametrize("workers, cores, started", [(1, 2, 1), (2, 2, 2), (3, 2, 2), (4, 2, 2), (256, 16, 16),
+                                                     (5, 16, 5)])
+def test_local_workers_are_capped_at_the_cores(workers, cores, started):
+    assert local_workers(workers, cores) == started
+
+
+def test_local_cluster_past_the_cores_starts_one_worker_per_core(caplog):
+    """``local:N`` with N = cores + 2 starts one single-threaded worker per core and says so."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    asked = cores + 2
+    with caplog.at_level(logging.WARNING, logger="gluon_robust.cluster.connection"):
+        with connect(ClusterSpec(text=f"local:{asked}", workers=asked)) as client:
+            client.wait_for_workers(cores, timeout=60)
+            workers = client.scheduler_info()["workers"]
+            threads = client.run(lambda: os.environ.get("OMP_NUM_THREADS"))
+    assert len(workers) == cores and set(threads.values()) == {"1"}
+    assert any(f"starting {cores} (one per core)" in record.getMessage() for record in caplog.records)
 
 
 @pytest.mark.parametrize("workers, cores, threads", [(1, 2, 2), (2, 2, 1), (4, 2, 1), (2, 16, 8), (3, 16, 5)])
@@ -169,6 +189,13 @@ def test_local_cluster_workers_get_their_share_of_the_cores(scheduler):
     found = scheduler.run(lambda: {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS")})
     assert len(found) == 2 and all(env == {"OMP_NUM_THREADS": want, "MXNET_OMP_MAX_THREADS": want}
                                    for env in found.values())
+
+
+def test_local_workers_start_with_the_tuned_allocator(scheduler):
+    """glibc reads the allocator settings (gluon_robust.allocator) when each worker process starts."""
+    names = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
+    found = scheduler.run(lambda: tuple(os.environ.get(name) for name in names))
+    assert len(found) == 2 and set(found.values()) == {("1", "0", str(2**31 - 1))}
 
 
 def test_local2_equals_single_process(scheduler, reference, tmp_path, capsys):

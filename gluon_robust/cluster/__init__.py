@@ -45,7 +45,7 @@ from .attack import attack_on_cluster, run_attack_chunk
 from .certify import certify_on_cluster, run_certify_chunk
 from .connection import (
     CONNECT_TIMEOUT, MAX_LOCAL_WORKERS, THREAD_VARIABLES, ClusterError, ClusterSpec, connect, dashboard, parse_cluster,
-    oversubscription_warning, worker_environment, worker_threads,
+    local_workers, oversubscription_warning, worker_environment, worker_threads,
 )
 from .driver import default_chunk_size
 from .evaluate import evaluate_on_cluster, run_chunk
@@ -57,5 +57,5 @@ __all__ = [
     "worker_environment", "connect", "evaluate_on_cluster", "run_chunk", "default_chunk_size", "STATE_DIR",
     "CertifySettings", "certify_on_cluster", "run_certify_chunk", "AttackSettings", "attack_on_cluster",
     "run_attack_chunk", "CONNECT_TIMEOUT", "MAX_LOCAL_WORKERS", "THREAD_VARIABLES", "dashboard",
-    "oversubscription_warning",
+    "oversubscription_warning", "local_workers",
 ]

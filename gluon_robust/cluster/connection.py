@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional, Sequence
 
+from ..allocator import allocator_environment
 from ..errors import GluonRobustError
 from ..validation import InvalidValue
 
@@ -92,23 +93,33 @@ def worker_threads(n_workers: int, cores: Optional[int] = None) -> int:
     return max(1, int(cores) // max(1, int(n_workers)))
 
 
-def oversubscription_warning(n_workers: int, cores: Optional[int] = None) -> Optional[str]:
-    """The warning for ``local:N`` with more workers than ``cores`` (default: this machine's), else None.
+def local_workers(requested: int, cores: Optional[int] = None) -> int:
+    """The worker processes ``local:N`` starts: ``N``, but no more than ``cores`` (default: this machine's).
 
-    Each worker still gets one thread, so threads are not oversubscribed, but
-    the extra processes cost start-ups and switching: on 2 cores ``local:4``
-    took 9% longer than ``local:2`` (``benchmarks/results/bench_cluster.json``).
+    More single-threaded processes than cores only share the cores: on 2 cores
+    ``local:4`` took 9% longer than ``local:2`` (4 processes, at 4706ade;
+    ``benchmarks/results/bench_cluster.json`` holds the run since the cap). To run
+    more processes than cores on purpose, start ``dask worker --nworkers N`` and
+    pass its scheduler's ``tcp://`` address.
     """
+    cores = cores if cores is not None else _cores()
+    return max(1, min(int(requested), int(cores)))
+
+
+def oversubscription_warning(n_workers: int, cores: Optional[int] = None) -> Optional[str]:
+    """The warning for ``local:N`` with more workers than ``cores`` (default: this machine's), else None."""
     cores = cores if cores is not None else _cores()
     if n_workers <= cores:
         return None
-    return (f"--cluster local:{n_workers} starts more workers than the {cores} cores here; they share the cores "
-            f"(one thread each) and usually finish later than local:{cores}")
+    return (f"--cluster local:{n_workers} asks for more workers than the {cores} cores here; starting "
+            f"{local_workers(n_workers, cores)} (one per core), since more processes would only share the cores "
+            f"and finish later")
 
 
 def worker_environment(threads: int) -> Dict[str, str]:
-    """The environment of a worker process whose MXNet and OpenMP pools have ``threads`` threads."""
-    return {name: str(int(threads)) for name in THREAD_VARIABLES}
+    """The environment of a worker process: MXNet and OpenMP pools of ``threads`` threads, and glibc's allocator
+    set as :mod:`gluon_robust.allocator` sets it (for every thread of the worker, Dask's own included)."""
+    return {**allocator_environment(), **{name: str(int(threads)) for name in THREAD_VARIABLES}}
 
 
 @contextlib.contextmanager
@@ -129,10 +140,11 @@ def _restored_environment(names: Sequence[str]) -> Iterator[None]:
 def connect(spec: ClusterSpec | str, *, timeout: float = CONNECT_TIMEOUT) -> Iterator[Any]:
     """A ``distributed.Client`` of the cluster ``spec``, closed (with the local cluster it started) on exit.
 
-    ``local:N`` starts a ``LocalCluster`` of ``N`` worker processes with one
-    Dask thread each, whose MXNet and OpenMP pools get ``cores // N`` threads
-    (at least one; see :func:`worker_threads`), set before the worker process
-    starts so that MXNet reads them when it is imported there.
+    ``local:N`` starts a ``LocalCluster`` of ``N`` worker processes, capped at
+    the cores (:func:`local_workers`, with a warning), with one Dask thread
+    each, whose MXNet and OpenMP pools get ``cores // N`` threads (at least
+    one; see :func:`worker_threads`), set before the worker process starts so
+    that MXNet reads them when it is imported there.
 
     Raises
     ------
@@ -149,12 +161,13 @@ def connect(spec: ClusterSpec | str, *, timeout: float = CONNECT_TIMEOUT) -> Ite
             warning = oversubscription_warning(spec.workers)
             if warning:
                 logger.warning(warning)
-            env = worker_environment(worker_threads(spec.workers))
+            n_workers = local_workers(spec.workers)
+            env = worker_environment(worker_threads(n_workers))
             stack.enter_context(_restored_environment(tuple(env) + ("MALLOC_TRIM_THRESHOLD_",)))
             pre_spawn = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}, **env)
             with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn}):
                 cluster = stack.enter_context(LocalCluster(
-                    n_workers=spec.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                    n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                     silence_logs=logging.ERROR,
                 ))
             client = stack.enter_context(Client(cluster, timeout=max(timeout, 30.0)))
