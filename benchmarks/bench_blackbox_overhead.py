@@ -49,7 +49,7 @@ START, END = "<!-- blackbox-overhead:start -->", "<!-- blackbox-overhead:end -->
 SETTINGS: Dict[str, Dict[str, Any]] = {
     "mnist_resnet20_pgdat": {"eps": 0.05, "budget": {"square": 200, "simba": 200, "nes": 204, "hopskipjump": 300},
                              "nes_samples": 50, "hsj_evals": 50},
-    "mobilenetv2_1.0": {"eps": 1 / 255, "budget": {"square": 10, "simba": 10, "nes": 22, "hopskipjump": 30},
+    "mobilenetv2_1.0": {"eps": 1 / 255, "budget": {"square": 60, "simba": 60, "nes": 64, "hopskipjump": 60},
                         "nes_samples": 10, "hsj_evals": 20},
     "resnet50_v1b": {"eps": 1 / 255, "budget": {"square": 10, "simba": 10, "nes": 22, "hopskipjump": 40},
                      "nes_samples": 10, "hsj_evals": 10},

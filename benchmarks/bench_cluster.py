@@ -134,7 +134,7 @@ def main(argv=None) -> None:
                "config": args.config, "cores": cores, "load_average_at_start": load, "repeats": args.repeats,
                "results": results, "workers": workers}
     name = "bench_cluster" if (args.limit, args.recipe) == (200, "standard") else \
-        f"bench_cluster_limit{args.limit}_{args.recipe}"
+        f"bench_cluster-limit{args.limit}_{args.recipe}"  # NAME-SUFFIX.json: tables.py renders it beside NAME.json
     write_results(args.out, name, payload, rows, ["configuration", "wall s", "speed-up", "CPU s", "report equal"],
                   revision=revision)
 

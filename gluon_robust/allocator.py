@@ -6,9 +6,11 @@ MXNet 1.x on CPU allocates every NDArray with ``malloc`` and frees it with
 one of MXNet's worker threads (their arenas are 64 MiB heaps), is a fresh
 ``mmap``. Its pages are zeroed by the kernel on first touch and handed back
 with ``munmap`` when it is freed, so each attack step pays those page faults
-again. At 224x224 this is most of the time: one PGD step of MobileNetV2 at
-batch 32 took 0.5 million minor page faults and 2 s of system time of its
-4 s (``benchmarks/results/allocator.json``).
+again. At 224x224 this can be half the time: one forward and input-backward
+pass of MobileNetV2 at batch 32 took 490,000 minor page faults and 1.6 s of
+system time of its 3.4 s, and 11,000 faults and 1.7 s in all with the
+settings below; ResNet-50's took as long either way
+(``benchmarks/results/allocator.json``).
 
 :func:`tune_allocator` asks glibc (``mallopt``) to serve every thread from
 the main arena (``M_ARENA_MAX = 1``), from the heap rather than ``mmap``
