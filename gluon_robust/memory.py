@@ -16,7 +16,8 @@ graph (:func:`estimate_memory`), not from running it:
   per-sample part, the rest is fixed);
 * ``per_sample_bytes = BACKWARD_FACTOR * activation_bytes + INPUT_COPIES *
   input_bytes``: the forward's outputs are kept for the backward pass, which
-  writes gradients of the same kind (``BACKWARD_FACTOR = 2``); an attack keeps
+  writes gradients of the same kind, and the heap holds freed arrays for
+  reuse (``BACKWARD_FACTOR = 3``; see :mod:`gluon_robust.allocator`); an attack keeps
   a few copies of the input (clean, adversarial, gradient, best so far, the
   random start: ``INPUT_COPIES = 8``);
 * ``fixed_bytes = PARAMETER_COPIES * parameter_bytes + batch-independent
@@ -27,10 +28,12 @@ graph (:func:`estimate_memory`), not from running it:
 The factors were calibrated on CPU (MXNet 1.9.1 with MKLDNN) at 224x224 by
 ``benchmarks/bench_memory.py``, which compares the estimate with the peak
 resident memory of real runs: with PGD, a run grows by 0.5 to 1.75 times the
-activation bytes per sample (``resnet50_v1``, ``mobilenet0.25``,
-``resnet18_v1``) and loading a net peaks at about 260 MiB plus 6 to 7 times
-its parameter bytes, so the estimate errs on the safe side (``resnet18_v1`` at
-its automatic batch of 68: 3.2 GiB measured, 4.0 GiB estimated). A budget that cannot hold the fixed cost plus one sample
+activation bytes per sample with glibc's default allocator (``resnet50_v1``,
+``mobilenet0.25``, ``resnet18_v1``), and by up to 2.5 times with the
+allocator settings gluon_robust makes, whose heap keeps freed arrays for
+reuse (``resnet18_v1`` at batch 68: 3.2 GiB with glibc's defaults, 4.4 GiB
+with the settings, against 4.0 GiB estimated with a factor of 2, hence 3).
+Loading a net peaks at about 260 MiB plus 6 to 7 times its parameter bytes. A budget that cannot hold the fixed cost plus one sample
 is refused with an error naming ``max_memory`` (``--max-memory``).
 """
 
@@ -59,8 +62,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_MEMORY = 4 * 2 ** 30
 #: The largest batch chosen automatically (the former fixed default): larger batches gain little speed on a CPU.
 MAX_AUTO_BATCH = 128
-#: Bytes per sample of forward plus backward, as a multiple of the forward's internal outputs.
-BACKWARD_FACTOR = 2.0
+#: Bytes per sample of forward plus backward, as a multiple of the forward's internal outputs (the heap's reuse
+#: of freed arrays included: gluon_robust.allocator).
+BACKWARD_FACTOR = 3.0
 #: Copies of one input an attack holds per sample besides the graph's tensors.
 INPUT_COPIES = 8
 #: Copies of the parameters alive at the peak: built, folded, hybridised, reordered for forward and backward.
