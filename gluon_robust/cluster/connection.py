@@ -97,8 +97,9 @@ def local_workers(requested: int, cores: Optional[int] = None) -> int:
     """The worker processes ``local:N`` starts: ``N``, but no more than ``cores`` (default: this machine's).
 
     More single-threaded processes than cores only share the cores: on 2 cores
-    ``local:4`` took 9% longer than ``local:2`` (4 processes, at 4706ade;
-    ``benchmarks/results/bench_cluster.json`` holds the run since the cap). To run
+    ``local:4`` took 9% longer than ``local:2`` (4 processes, at 4706ade:
+    ``benchmarks/results/bench_cluster.json``; the run since the cap is
+    ``bench_cluster-limit100_standard.json``). To run
     more processes than cores on purpose, start ``dask worker --nworkers N`` and
     pass its scheduler's ``tcp://`` address.
     """
