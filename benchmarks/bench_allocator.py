@@ -62,40 +62,21 @@ def parse_args(argv=None):
     return args
 
 
-def step(block, x):
-    """Logits, input gradient of the summed top logit, and seconds, recorded as the attacks record a folded graph.
-
-    Train mode: the folded graph is mode free, and MXNet 1.9.1's MKLDNN max-pooling backward (ResNet-50) is
-    wrong after an inference-mode forward (``gluon_robust.attacks.base``).
-    """
-    from mxnet import autograd
-
-    xv = x.copy()
-    xv.attach_grad()
-    start = time.perf_counter()
-    with autograd.record(train_mode=True):
-        out = block(xv)
-        loss = out.max(axis=1).sum()
-    loss.backward()
-    grad = xv.grad.asnumpy()
-    return out.asnumpy(), grad, time.perf_counter() - start
-
-
 def child(model: str, batch_size: int, steps: int) -> dict:
     """Runs in the child: time ``steps`` forward+input-backward passes; what :func:`main` records."""
     import gluon_robust  # noqa: F401 -- first, so that the allocator is set before MXNet runs an operator
     import mxnet as mx
     import numpy as np
-    from bench_relu6 import folded
+    from bench_relu6 import folded, step
 
     shape = (batch_size,) + MODELS[model]
     block, _ = folded(model, shape, True)
     x = mx.nd.array(np.random.RandomState(0).rand(*shape), dtype="float32")
-    step(block, x)
+    step(block, x, train_mode=True)  # as the attacks record a folded graph: see bench_relu6.step
     before = resource.getrusage(resource.RUSAGE_SELF)
     seconds = []
     for _ in range(steps):
-        logits, grad, elapsed = step(block, x)
+        logits, grad, elapsed = step(block, x, train_mode=True)
         seconds.append(elapsed)
     after = resource.getrusage(resource.RUSAGE_SELF)
     digest = hashlib.sha256(logits.tobytes() + grad.tobytes()).hexdigest()

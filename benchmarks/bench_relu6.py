@@ -47,12 +47,17 @@ def folded(name, shape, rewrite):
     return symbol_block(sym, params, mx.cpu()), report
 
 
-def step(block, x):
-    """Logits and input gradient of the summed top logit; seconds for forward+backward."""
+def step(block, x, train_mode=False):
+    """Logits and input gradient of the summed top logit; seconds for forward+backward.
+
+    ``train_mode=True`` records as the attacks record a folded graph (``gluon_robust.attacks.base``): needed for
+    a net with max pooling, whose MKLDNN backward is wrong after an inference-mode forward. MobileNetV2 (this
+    benchmark's net) has none, so both modes compute the same gradient there.
+    """
     xv = x.copy()
     xv.attach_grad()
     start = time.perf_counter()
-    with autograd.record(train_mode=False):
+    with autograd.record(train_mode=train_mode):
         out = block(xv)
         loss = out.max(axis=1).sum()
     loss.backward()
