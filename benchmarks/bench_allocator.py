@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from common import git_revision, setup_logging, write_results
+from gluon_robust.allocator import MALLOPT_SETTINGS
 
 logger = logging.getLogger("benchmarks")
 
@@ -90,8 +91,8 @@ def run_child(args, model: str, setting: str) -> dict:
     env = dict(os.environ, GLUON_ROBUST_ALLOCATOR=setting, OMP_NUM_THREADS=str(args.threads),
                MXNET_OMP_MAX_THREADS=str(args.threads),
                PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
-    for name in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"):
-        env.pop(name, None)
+    for *_, variable in MALLOPT_SETTINGS:  # the child sets them itself, or not at all (``system``)
+        env.pop(variable, None)
     command = [sys.executable, __file__, "--child", model, setting, "--batch-size", str(args.batch_size),
                "--steps", str(args.steps)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
