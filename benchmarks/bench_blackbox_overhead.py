@@ -2,15 +2,22 @@
 """Per-query cost of the black-box attacks against a plain batched forward of the same batch.
 
 For each model and batch size, every attack runs on the same batch with a
-small query budget, and a plain forward of that batch (NumPy in, the model,
-scores back as NumPy: what the query counter does for one query per sample)
-is timed ``--forward-calls`` times between the attack runs (repeats interleaved, medians reported):
+small query budget. A plain forward of that batch (NumPy in, the model, scores
+back as NumPy: what the query counter does for one query per sample) is timed
+``--forward-calls`` times before and after every attack run, so that each run
+is compared with the forwards next to it (this host's speed drifts by 10-20%
+over minutes). Repeats are interleaved and medians reported:
 
 * ``per_query_ms``: wall time of the attack call x batch / queries spent
   (the time one query of every sample costs);
-* ``ratio``: ``per_query_ms`` over the forward's time (1.0 is the floor of a
-  batched forward; below 1 when the attack sends larger query batches, as
-  HopSkipJump's gradient estimate does);
+* ``ratio``: ``per_query_ms`` over the median of the adjacent forwards (1.0 is
+  the floor of a batched forward; below 1 when the attack sends larger query
+  batches, as HopSkipJump's gradient estimate does);
+* ``overhead_ms``: the same wall time less the time spent inside the
+  target's evaluations (``QueryCounter._evaluate``, timed in the same run),
+  per query: the attack's own work, the framework's final success check
+  included, and free of the host's drift;
+* ``ratio_in_run``: wall time over that evaluation time;
 * ``queries_per_s``: queries spent / wall time.
 
 Attacks: Square (Andriushchenko et al. 2020, https://arxiv.org/abs/1912.00049),
@@ -29,13 +36,14 @@ the table between the ``blackbox-overhead`` markers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 
@@ -99,6 +107,28 @@ def make_attack(kind: str, setting: Dict[str, Any], seed: int):
                        init_tries=10, seed=seed)
 
 
+@contextlib.contextmanager
+def evaluation_clock() -> Iterator[List[float]]:
+    """Seconds spent inside the target's evaluations (``QueryCounter._evaluate``, forward and ``asnumpy``), per call."""
+    from gluon_robust.attacks.queries import QueryCounter
+
+    seconds: List[float] = []
+    original = QueryCounter._evaluate
+
+    def timed(self, points):
+        start = time.perf_counter()
+        try:
+            return original(self, points)
+        finally:
+            seconds.append(time.perf_counter() - start)
+
+    QueryCounter._evaluate = timed
+    try:
+        yield seconds
+    finally:
+        QueryCounter._evaluate = original
+
+
 def bench(name: str, batch: int, repeats: int, seed: int, attacks: List[str], forward_calls: int = 5) -> Dict[str, Any]:
     import mxnet as mx
 
@@ -116,33 +146,50 @@ def bench(name: str, batch: int, repeats: int, seed: int, attacks: List[str], fo
         with mx.autograd.pause(train_mode=False):
             model(mx.nd.array(x, ctx=model.ctx, dtype="float32")).asnumpy()
 
-    setting = SETTINGS[name]
-    forward()
-    samples: Dict[str, List[Dict[str, float]]] = {"forward": [], **{a: [] for a in attacks}}
-    for repeat in range(repeats):
+    def forwards() -> List[float]:
+        out = []
         for _ in range(forward_calls):
             start = time.perf_counter()
             forward()
-            samples["forward"].append({"seconds": time.perf_counter() - start})
+            out.append(time.perf_counter() - start)
+        return out
+
+    setting = SETTINGS[name]
+    forward()
+    samples: Dict[str, List[Dict[str, Any]]] = {a: [] for a in attacks}
+    every_forward: List[float] = []
+    for repeat in range(repeats):
+        before = forwards()
         for kind in attacks:
             attack = make_attack(kind, setting, seed)
-            start = time.perf_counter()
-            result = attack(model, x, y)
-            seconds = time.perf_counter() - start
+            with evaluation_clock() as evaluations:
+                start = time.perf_counter()
+                result = attack(model, x, y)
+                seconds = time.perf_counter() - start
+            after = forwards()
             queries = int(result.queries.sum())
-            samples[kind].append({"seconds": seconds, "queries": queries, "success": float(result.success.mean())})
-            logger.info("%s batch %d %s: %.2f s, %d queries", name, batch, kind, seconds, queries)
-    forward_ms = 1000 * statistics.median(s["seconds"] for s in samples["forward"])
-    out: Dict[str, Any] = {"input": list(size), "batch": batch, "eps": setting["eps"], "forward_ms": forward_ms,
-                           "attacks": {}}
+            samples[kind].append({"seconds": seconds, "queries": queries, "success": float(result.success.mean()),
+                                  "evaluation_s": sum(evaluations), "forward_s": statistics.median(before + after)})
+            every_forward += before
+            before = after
+            logger.info("%s batch %d %s: %.2f s (%.2f s evaluating), %d queries, forward %.0f ms", name, batch, kind,
+                        seconds, sum(evaluations), queries, 1000 * samples[kind][-1]["forward_s"])
+        every_forward += before
+    out: Dict[str, Any] = {"input": list(size), "batch": batch, "eps": setting["eps"],
+                           "forward_ms": 1000 * statistics.median(every_forward), "attacks": {}}
     for kind in attacks:
-        per_query = [1000 * s["seconds"] * batch / s["queries"] for s in samples[kind]]
-        ms = statistics.median(per_query)
+        runs = samples[kind]
+        per_query = [1000 * s["seconds"] * batch / s["queries"] for s in runs]
+        overhead = [1000 * (s["seconds"] - s["evaluation_s"]) * batch / s["queries"] for s in runs]
         out["attacks"][kind] = {
-            "per_query_ms": ms, "ratio": ms / forward_ms,
-            "queries_per_s": statistics.median(s["queries"] / s["seconds"] for s in samples[kind]),
-            "budget": setting["budget"][kind], "queries": samples[kind][0]["queries"],
-            "success": samples[kind][0]["success"], "seconds": [s["seconds"] for s in samples[kind]],
+            "per_query_ms": statistics.median(per_query),
+            "ratio": statistics.median(q / (1000 * s["forward_s"]) for q, s in zip(per_query, runs)),
+            "overhead_ms": statistics.median(overhead),
+            "ratio_in_run": statistics.median(s["seconds"] / s["evaluation_s"] for s in runs),
+            "queries_per_s": statistics.median(s["queries"] / s["seconds"] for s in runs),
+            "budget": setting["budget"][kind], "queries": runs[0]["queries"],
+            "success": runs[0]["success"], "seconds": [s["seconds"] for s in runs],
+            "evaluation_s": [s["evaluation_s"] for s in runs], "adjacent_forward_ms": [1000 * s["forward_s"] for s in runs],
         }
     return out
 
@@ -155,7 +202,12 @@ def markdown(payload: Dict[str, Any]) -> str:
         cells = []
         for kind in ATTACKS:
             a = row["attacks"].get(kind)
-            cells.append("-" if a is None else f"{a['ratio']:.2f}x ({a['queries_per_s']:.0f} q/s)")
+            if a is None:
+                cells.append("-")
+            elif "overhead_ms" in a:
+                cells.append(f"{a['ratio']:.2f}x ({a['queries_per_s']:.0f} q/s, +{a['overhead_ms']:.0f} ms)")
+            else:
+                cells.append(f"{a['ratio']:.2f}x ({a['queries_per_s']:.0f} q/s)")
         lines.append(f"| {key.split('@')[0]} | {'x'.join(map(str, row['input']))} | {row['batch']} | "
                      f"{row['forward_ms']:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

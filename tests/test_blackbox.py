@@ -270,6 +270,39 @@ def test_the_numpy_snap_equals_the_framework_projection_bit_for_bit(eps):
     assert np.array_equal(attack._enforce(mx.nd.array(x), mx.nd.array(snapped), 0.0, 1.0).asnumpy(), snapped)
 
 
+def test_the_numpy_snap_replaces_nan_as_the_framework_does():
+    # _enforce replaces a NaN coordinate by the clean input's; the snap must agree, bit for bit.
+    attack = SquareAttack(eps=0.1, norm="linf", max_queries=10)
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 1, size=(8, 1, 5, 5)).astype(np.float32)
+    points = np.clip(x + rng.choice([-0.1, 0.1], size=x.shape), 0.0, 1.0).astype(np.float32)
+    points[0, 0, 2, 2] = np.nan
+    points[3, 0, 0, :] = np.nan
+    snapped = attack._snap_coordinatewise(x, points, 0.0, 1.0)
+    expected = attack._enforce(mx.nd.array(x), mx.nd.array(points), 0.0, 1.0).asnumpy()
+    assert not np.isnan(snapped).any()
+    assert np.array_equal(snapped, expected)
+
+
+def test_admissible_snaps_the_rows_inside_the_ball_and_sends_the_others_as_they_are():
+    # Rows inside the ball (up to rounding) become the framework's projection of themselves; a row far outside
+    # (a probe of a minimal-perturbation attack) is only clipped to the bounds.
+    eps = 8 / 255
+    attack = SquareAttack(eps=eps, norm="linf", max_queries=10)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, size=(6, 3, 7, 7)).astype(np.float32)
+    step = rng.choice([-1.0, 1.0], size=x.shape) * eps * rng.choice([1.0, 1 - 1e-7, 1 + 1e-7], size=x.shape)
+    points = (x + step).astype(np.float32)
+    points[2] = x[2] + 0.5  # far outside the ball, and partly outside the bounds
+    sent = attack._admissible(x, points.copy(), 0.0, 1.0)
+    inside = [0, 1, 3, 4, 5]
+    expected = attack._enforce(mx.nd.array(x[inside]), mx.nd.array(points[inside]), 0.0, 1.0).asnumpy()
+    assert np.array_equal(sent[inside], expected)
+    assert np.array_equal(sent[2], np.clip(points[2], 0.0, 1.0))
+    whole = attack._admissible(x[inside], points[inside].copy(), 0.0, 1.0)  # every row inside: the no-copy path
+    assert np.array_equal(whole, expected)
+
+
 @pytest.mark.parametrize("factory,kwargs,match", [
     (SquareAttack, {"eps": 0.1, "max_queries": 0}, "max_queries must be an integer >= 1, got 0"),
     (SquareAttack, {"eps": 0.1, "max_queries": 10.5}, "max_queries.*10.5"),

@@ -176,7 +176,8 @@ class QueryCounter:
             return np.zeros((0, self.num_classes or 2), np.float32)
         points = np.ascontiguousarray(points, dtype=np.float32)
         if self._admissible is not None:
-            points = self._admissible(self._x[rows], points)
+            whole = len(rows) == len(self._x) and bool((rows == np.arange(len(rows))).all())
+            points = self._admissible(self._x if whole else self._x[rows], points)  # no copy for a whole batch
         out = self._evaluate(points)
         self.counts += spend
         if not self._is_block:

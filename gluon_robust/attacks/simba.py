@@ -133,12 +133,15 @@ class SimBA(BlackBoxAttack):
             active = np.flatnonzero(~done & (oracle.remaining > 0))
             if active.size == 0:
                 break
-            q = self._directions(shape, orders[active, k])
+            step = self._directions(shape, orders[active, k])
+            step *= np.float32(self.step_size)
+            clean = x if active.size == len(x) else x[active]
+            base = current[active]  # rows improved by the first sign are left out of the second's trial
             improved = np.zeros(len(active), bool)
             for sign in (-1.0, 1.0):
                 # Try the direction for samples not yet improved, with budget, whose candidate is a new point.
-                candidates = self._candidates(x[active], current[active] + sign * self.step_size * q, oracle.bounds)
-                moved = np.any((candidates != current[active]).reshape(len(active), -1), axis=1)
+                candidates = self._candidates(clean, base - step if sign < 0 else base + step, oracle.bounds)
+                moved = np.any((candidates != base).reshape(len(active), -1), axis=1)
                 trial = np.flatnonzero(~improved & moved & (oracle.remaining[active] > 0))
                 if trial.size == 0:
                     continue
