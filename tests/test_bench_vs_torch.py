@@ -129,7 +129,8 @@ def test_blackbox_overhead_table_shows_each_attack_ratio_and_rate():
     import bench_blackbox_overhead
 
     payload = {"runs": {"mobilenetv2_1.0@32": {"input": [3, 224, 224], "batch": 32, "forward_ms": 2500.04, "attacks": {
-        "square": {"ratio": 1.049, "queries_per_s": 13.4}, "nes": {"ratio": 0.5, "queries_per_s": 26.6}}}}}
+        "square": {"ratio": 1.049, "queries_per_s": 13.4, "overhead_ms": 61.6},
+        "nes": {"ratio": 0.5, "queries_per_s": 26.6}}}}}  # a run recorded before the in-run split
     lines = bench_blackbox_overhead.markdown(payload).splitlines()
     assert lines[0] == "| model | input | batch | forward ms | square | simba | nes | hopskipjump |"
-    assert lines[2] == "| mobilenetv2_1.0 | 3x224x224 | 32 | 2500.0 | 1.05x (13 q/s) | - | 0.50x (27 q/s) | - |"
+    assert lines[2] == "| mobilenetv2_1.0 | 3x224x224 | 32 | 2500.0 | 1.05x (13 q/s, +62 ms) | - | 0.50x (27 q/s) | - |"
