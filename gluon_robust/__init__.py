@@ -10,10 +10,8 @@ normalisation lives inside the :class:`~gluon_robust.model.Classifier`.
 """
 
 from .allocator import tune_allocator
-from .threads import use_physical_cores
 
 tune_allocator()  # before MXNet runs an operator: see gluon_robust.allocator
-use_physical_cores()  # before MXNet's engine starts: see gluon_robust.threads
 
 from ._compat import check_versions  # noqa: E402
 

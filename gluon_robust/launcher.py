@@ -25,7 +25,6 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import ConfigError, GluonRobustError
-from .threads import child_environment
 from .validation import check_host, check_int, check_positive
 
 __all__ = ["launch", "JobFailed", "JobResult", "free_port", "dmlc_environment"]
@@ -189,7 +188,7 @@ def launch(
     """
     command = [str(part) for part in command]
     host, port = _check_launch(command, num_workers, num_servers, host, port, timeout, grace)
-    base = child_environment(os.environ)  # the workers share the cores: MXNet's own thread count, as before
+    base = dict(os.environ)
     base.update(env or {})
     if host in ("127.0.0.1", "localhost"):
         base.setdefault("DMLC_NODE_HOST", "127.0.0.1")  # every role announces loopback: no network needed
