@@ -254,10 +254,9 @@ class BlackBoxAttack(Attack):
             return points
         # The projection is elementwise: a coordinate it left alone stays put, so later passes need only the moved ones.
         where = np.flatnonzero(moved)
-        current, clean = points.reshape(-1)[where], x.reshape(-1)[where]
-        if np.isnan(current).any():  # NaN never compares equal
+        if np.isnan(points.reshape(-1)[where]).any():  # NaN never compares equal, so a NaN is always among them
             return self._snap_with_nan(x, points, eps, lo, hi)
-        current = projected.reshape(-1)[where]
+        current, clean = projected.reshape(-1)[where], x.reshape(-1)[where]
         for _ in range(_SNAP_PASSES - 1):
             again = project(clean, current - clean)
             if np.array_equal(again, current):
